@@ -1,0 +1,7 @@
+"""``python -m mrfound`` is the ``mrfound`` command."""
+
+import sys
+
+from mrfound.cli import main
+
+sys.exit(main())
