@@ -1,0 +1,147 @@
+"""Torch dataset over a manifest, delivering the DESIGN §3 sample, and its collate function.
+
+Sample (``MRDataset[i]``): ``image`` float32 (S, D, H, W) in the vocabulary's order with zeros where a
+sequence is missing (D, H, W = the RAS voxel axes of the common grid), ``available`` bool (S,), ``mask``
+int64 (1, D, H, W) when the case has one, ``label`` int (-1 if unlabeled), ``case``, ``subject``,
+``center`` strings, and ``affine`` float64 (4, 4), the voxel -> world (RAS mm) matrix of the returned
+array (so a prediction can be written back as NIfTI).
+
+Random crops draw from ``numpy.random.default_rng([seed, epoch, index, worker_seed])``: reproducible for a
+given seed, different for every epoch when :meth:`MRDataset.set_epoch` is called (the training loop should),
+and different across DataLoader workers (``worker_seed`` is torch's per-worker seed, itself derived from
+``torch.manual_seed``; 0 in the main process).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mrfound.data.manifest import Manifest, as_manifest
+from mrfound.data.preprocess import PreprocessConfig, crop_lesion, preprocess_case, random_crop
+from mrfound.errors import ConfigError
+
+MODES = ("lesion", "random", "full")
+
+
+class MRDataset(Dataset):
+    """Preprocessed, cropped cases of a manifest.
+
+    Args:
+        manifest: A :class:`Manifest` or a CSV path.
+        config: Preprocessing settings (``roi_size`` sets the crop).
+        mode: ``"lesion"`` (lesion-centred ROI, classification), ``"random"`` (random ROI inside the body,
+            pretraining) or ``"full"`` (whole volume, segmentation / sliding window).
+        cache_dir: Preprocessing cache folder; ``None`` preprocesses on every access (slow: use a cache
+            for training).
+        samples_per_case: Items per case per epoch (several random crops of one case).
+        seed: Seed of the random crops.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest | str | os.PathLike,
+        config: PreprocessConfig | None = None,
+        mode: str = "lesion",
+        cache_dir: str | os.PathLike | None = None,
+        samples_per_case: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"unknown dataset mode {mode!r}; use one of {', '.join(MODES)}")
+        if samples_per_case < 1:
+            raise ConfigError(f"samples_per_case must be >= 1, got {samples_per_case}")
+        self.manifest = as_manifest(manifest)
+        self.vocabulary = self.manifest.vocabulary
+        self.config = config or PreprocessConfig()
+        self.mode = mode
+        self.samples_per_case = int(samples_per_case)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.cache = None
+        if cache_dir is not None:
+            from mrfound.data.cache import PreprocessCache
+
+            self.cache = PreprocessCache(Path(cache_dir), self.config, self.vocabulary)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the random crops for a new epoch."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.manifest) * self.samples_per_case
+
+    def _rng(self, index: int) -> np.random.Generator:
+        info = torch.utils.data.get_worker_info()
+        worker_seed = int(info.seed % (2**32)) if info is not None else 0
+        return np.random.default_rng([self.seed, self.epoch, index, worker_seed])
+
+    def preprocessed(self, case_index: int) -> dict[str, Any]:
+        """The whole preprocessed volume of a case (from the cache when there is one)."""
+        case = self.manifest.cases[case_index]
+        if self.cache is not None:
+            return self.cache.get(case)
+        return preprocess_case(case, self.config, self.vocabulary)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        ci = index // self.samples_per_case
+        case = self.manifest.cases[ci]
+        arrays = self.preprocessed(ci)
+        if self.mode == "lesion":
+            arrays = crop_lesion(arrays, self.config.roi_size)
+        elif self.mode == "random":
+            arrays = random_crop(arrays, self.config.roi_size, self._rng(index))
+        sample: dict[str, Any] = {
+            "image": torch.from_numpy(np.ascontiguousarray(arrays["image"], dtype=np.float32)),
+            "available": torch.from_numpy(np.asarray(arrays["available"], dtype=bool)),
+            "label": self.vocabulary.class_index(case.label) if case.label else -1,
+            "case": case.case,
+            "subject": case.subject,
+            "center": case.center,
+            "affine": torch.from_numpy(np.asarray(arrays["affine"], dtype=np.float64)),
+        }
+        if arrays.get("mask") is not None:
+            sample["mask"] = torch.from_numpy(arrays["mask"].astype(np.int64))
+        return sample
+
+
+def _pad_to(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    pad: list[int] = []
+    for have, want in zip(reversed(t.shape[-3:]), reversed(shape)):
+        pad += [0, int(want) - int(have)]
+    return torch.nn.functional.pad(t, pad) if any(pad) else t
+
+
+def collate_cases(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch samples with possibly different available sequences.
+
+    Returns:
+        ``image`` (B, S, D, H, W) float32, ``available`` (B, S) bool, ``label`` (B,) long, ``affine``
+        (B, 4, 4), ``mask`` (B, 1, D, H, W) long only when every sample has one, and lists ``case``,
+        ``subject``, ``center``. Volumes of different sizes ("full" mode) are zero-padded at the high end
+        of each axis to the largest size (their affines stay valid).
+    """
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    shape = np.max([b["image"].shape[-3:] for b in batch], axis=0)
+    out: dict[str, Any] = {
+        "image": torch.stack([_pad_to(b["image"], shape) for b in batch]),
+        "available": torch.stack([torch.as_tensor(b["available"], dtype=torch.bool) for b in batch]),
+        "label": torch.as_tensor([int(b.get("label", -1)) for b in batch], dtype=torch.long),
+        "case": [b["case"] for b in batch],
+        "subject": [b.get("subject", b["case"]) for b in batch],
+        "center": [b.get("center", "") for b in batch],
+    }
+    if all("affine" in b for b in batch):
+        out["affine"] = torch.stack([torch.as_tensor(b["affine"]) for b in batch])
+    if all(b.get("mask") is not None for b in batch):
+        out["mask"] = torch.stack([_pad_to(b["mask"], shape) for b in batch]).long()
+    return out

@@ -1,0 +1,89 @@
+"""MRDataset samples and collate_cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mrfound.data.dataset import MRDataset, collate_cases
+from mrfound.data.manifest import Case, Manifest
+from mrfound.data.preprocess import PreprocessConfig
+from mrfound.data.readers import write_nifti
+from mrfound.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ds")
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    img = np.zeros((24, 24, 24), np.float32)
+    img[3:21, 3:21, 3:21] = 100
+    img[10:14, 10:14, 10:14] = 300
+    mask = (img > 0).astype(np.uint8) + (img >= 300).astype(np.uint8)
+    p = {n: write_nifti(d / f"{n}.nii.gz", img * (i + 1), aff) for i, n in enumerate(("t2", "dwi", "pv"))}
+    m = write_nifti(d / "mask.nii.gz", mask, aff, dtype=np.uint8)
+    cases = [
+        Case("a", subject="s1", center="A", label="hcc", sequences={"t2": p["t2"], "t1_pv": p["pv"]}, mask=m),
+        Case("b", subject="s2", center="B", sequences={"dwi": p["dwi"]}, lesion_xyz=(24.0, 24.0, 24.0)),
+    ]
+    return Manifest.from_cases(cases, d)
+
+
+def test_lesion_mode_sample(manifest, tmp_path):
+    ds = MRDataset(
+        manifest, PreprocessConfig(spacing=2.0, roi_size=16), mode="lesion", cache_dir=tmp_path / "c"
+    )
+    s = ds[0]
+    assert s["image"].shape == (8, 16, 16, 16) and s["image"].dtype == torch.float32
+    assert s["available"].dtype == torch.bool and s["available"].tolist() == [1, 0, 0, 0, 0, 0, 1, 0]
+    assert s["mask"].shape == (1, 16, 16, 16) and s["mask"].dtype == torch.int64
+    assert s["mask"][0, 8, 8, 8] == 2  # the lesion is centred
+    assert s["label"] == 0 and (s["case"], s["subject"], s["center"]) == ("a", "s1", "A")
+    assert not s["image"][1].any()  # missing dwi is zeros
+    t = ds[1]
+    assert "mask" not in t and t["label"] == -1 and t["available"].tolist()[1]
+    # the world lesion point maps to the crop centre: bright lesion voxels there
+    assert t["image"][1, 8, 8, 8] > 0.5
+
+
+def test_collate_different_available_sets(manifest):
+    ds = MRDataset(manifest, PreprocessConfig(spacing=2.0, roi_size=12), mode="lesion")
+    batch = collate_cases([ds[0], ds[1]])
+    assert batch["image"].shape == (2, 8, 12, 12, 12) and batch["available"].shape == (2, 8)
+    assert batch["available"].sum(1).tolist() == [2, 1]
+    assert batch["label"].tolist() == [0, -1] and batch["label"].dtype == torch.long
+    assert "mask" not in batch  # only one sample has a mask
+    assert (
+        batch["case"] == ["a", "b"] and batch["center"] == ["A", "B"] and batch["affine"].shape == (2, 4, 4)
+    )
+    both = collate_cases([ds[0], ds[0]])
+    assert both["mask"].shape == (2, 1, 12, 12, 12)
+
+
+def test_random_and_full_modes(manifest, tmp_path):
+    cfg = PreprocessConfig(spacing=2.0, roi_size=8)
+    ds = MRDataset(manifest, cfg, mode="random", cache_dir=tmp_path / "c", samples_per_case=3, seed=1)
+    assert len(ds) == 6
+    crops = [ds[i]["affine"][:3, 3] for i in range(3)]
+    assert ds[0]["image"].shape == (8, 8, 8, 8)
+    again = [ds[i]["affine"][:3, 3] for i in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(crops, again))  # reproducible
+    ds.set_epoch(1)
+    assert any(
+        not torch.equal(a, ds[i]["affine"][:3, 3]) for i, a in enumerate(crops)
+    )  # new epoch, new crops
+    full = MRDataset(manifest, cfg, mode="full", cache_dir=tmp_path / "c")
+    f0, f1 = full[0], full[1]
+    assert f0["image"].shape[1:] == f0["mask"].shape[1:]
+    batch = collate_cases([f0, f1])  # different volume sizes are zero-padded
+    assert batch["image"].shape[2:] == tuple(np.maximum(f0["image"].shape[1:], f1["image"].shape[1:]))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_cases)
+    assert next(iter(loader))["image"].shape == (2, 8, 8, 8, 8)
+
+
+def test_bad_arguments(manifest):
+    with pytest.raises(ConfigError):
+        MRDataset(manifest, mode="crop")
+    with pytest.raises(IndexError):
+        MRDataset(manifest)[5]
