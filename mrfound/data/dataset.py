@@ -6,10 +6,10 @@ int64 (1, D, H, W) when the case has one, ``label`` int (-1 if unlabeled), ``cas
 ``center`` strings, and ``affine`` float64 (4, 4), the voxel -> world (RAS mm) matrix of the returned
 array (so a prediction can be written back as NIfTI).
 
-Random crops draw from ``numpy.random.default_rng([seed, epoch, index, worker_seed])``: reproducible for a
-given seed, different for every epoch when :meth:`MRDataset.set_epoch` is called (the training loop should),
-and different across DataLoader workers (``worker_seed`` is torch's per-worker seed, itself derived from
-``torch.manual_seed``; 0 in the main process).
+Random crops draw from ``numpy.random.default_rng([seed, epoch, index])``: reproducible for a given seed,
+different for every epoch when :meth:`MRDataset.set_epoch` is called (the training loop should). The
+DataLoader worker is deliberately not part of the seed: which worker loads an item changes after a
+resume, and the crop must not, or resumed runs would diverge from uninterrupted ones.
 """
 
 from __future__ import annotations
@@ -78,9 +78,7 @@ class MRDataset(Dataset):
         return len(self.manifest) * self.samples_per_case
 
     def _rng(self, index: int) -> np.random.Generator:
-        info = torch.utils.data.get_worker_info()
-        worker_seed = int(info.seed % (2**32)) if info is not None else 0
-        return np.random.default_rng([self.seed, self.epoch, index, worker_seed])
+        return np.random.default_rng([self.seed, self.epoch, index])
 
     def preprocessed(self, case_index: int) -> dict[str, Any]:
         """The whole preprocessed volume of a case (from the cache when there is one)."""
