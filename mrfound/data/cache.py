@@ -126,6 +126,8 @@ class PreprocessCache:
                 pass  # a damaged entry (disk trouble): recompute and overwrite it
         sample = preprocess_case(case, self.config, self.vocabulary)
         self.put(path, sample, case)
+        # hand back exactly what a later hit will read (float16-rounded), so first and later runs agree
+        sample["image"] = sample["image"].astype(np.float16).astype(np.float32)
         return sample, False
 
     def put(self, path: Path, sample: dict[str, Any], case: Case | None = None) -> Path:

@@ -1,0 +1,346 @@
+"""Lesion-classification fine-tuning (``mrfound finetune --task classify``) with the shared trainer.
+
+Recipe (MAE/BEiT fine-tuning): pretrained encoder + :class:`~mrfound.models.heads.ClassificationHead`,
+AdamW with layer-wise LR decay (``layer_decay`` per block towards the input), warm-up + cosine,
+class-balanced cross-entropy (or class-balanced resampling), optional sequence dropout (each available
+sequence removed with probability p during training, at least one kept) for robustness to missing
+sequences. ``--from-scratch`` trains the same architecture from random weights (the supervised
+baseline); ``--labels-fraction`` keeps a stratified, nested, seeded share of the labelled training
+cases (label-efficiency curves).
+
+Outputs in ``RUN``: ``config.json`` (resolved config), ``log.jsonl``, ``tb/``, ``checkpoints/``,
+``final/`` (a checkpoint of architecture ``classifier`` that ``load_pretrained`` and
+:func:`mrfound.models.checkpoint.load_model` read), ``split.csv`` (role of every case),
+``val_predictions.csv`` and ``val_metrics.json`` when there is a validation set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mrfound.errors import ConfigError
+from mrfound.finetune.common import (
+    BalancedDataset,
+    EncoderSource,
+    class_weights,
+    holdout_split,
+    labels_fraction_subset,
+    load_encoder,
+    resolve_steps,
+)
+from mrfound.finetune.config import FinetuneConfig
+from mrfound.utils.io import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+def source_for(config: FinetuneConfig) -> EncoderSource:
+    """The encoder a fine-tuning run starts from (pretrained, or random for ``from_scratch``)."""
+    if config.checkpoint:
+        src = load_encoder(
+            config.checkpoint,
+            random_init=config.from_scratch,
+            seed=config.seed,
+            model_overrides=config.model_overrides,
+        )
+    else:
+        src = load_encoder(f"random:{config.model}", seed=config.seed, model_overrides=config.model_overrides)
+    if config.spacing is not None:
+        src.preprocess = dataclasses.replace(src.preprocess, spacing=float(config.spacing))
+    return src
+
+
+def split_cases(
+    config: FinetuneConfig, manifest: Any, usable: Sequence[bool], strata: Sequence[str]
+) -> tuple[list[Any], list[Any], pd.DataFrame]:
+    """Training and validation cases plus a ``split.csv`` table (case, subject, label, role).
+
+    Validation: ``val_manifest`` if given, else a stratified subject-grouped holdout of
+    ``val_fraction``. The labels fraction is applied to the training part only.
+    """
+    from mrfound.data.manifest import read_manifest
+
+    cases = [c for c, u in zip(manifest.cases, usable) if u]
+    strata = [s for s, u in zip(strata, usable) if u]
+    if not cases:
+        raise ConfigError(f"manifest {config.manifest}: no usable case for task {config.task!r}")
+    role = np.array(["train"] * len(cases), dtype=object)
+    val_cases: list[Any] = []
+    if config.val_manifest:
+        vm = read_manifest(config.val_manifest, vocabulary=manifest.vocabulary)
+        val_cases = list(vm.cases)
+        overlap = {c.subject for c in val_cases} & {c.subject for c in cases}
+        if overlap:
+            raise ConfigError(f"subjects {sorted(overlap)[:3]} are in both --manifest and --val-manifest")
+    elif config.val_fraction > 0:
+        val = holdout_split(strata, [c.subject for c in cases], config.val_fraction, config.seed)
+        role[val] = "val"
+        val_cases = [c for c, v in zip(cases, val) if v]
+    if config.val_max_cases is not None and len(val_cases) > config.val_max_cases:
+        dropped = {c.case for c in val_cases[config.val_max_cases :]}
+        val_cases = val_cases[: config.val_max_cases]
+        role[[c.case in dropped for c in cases]] = "unused"
+    train_idx = np.flatnonzero(role == "train")
+    keep = train_idx[
+        labels_fraction_subset([strata[i] for i in train_idx], config.labels_fraction, config.seed)
+    ]
+    role[np.setdiff1d(train_idx, keep)] = "unused"
+    train_cases = [cases[i] for i in keep]
+    table = pd.DataFrame(
+        {
+            "case": [c.case for c in cases],
+            "subject": [c.subject for c in cases],
+            "label": [c.label or "" for c in cases],
+            "role": role,
+        }
+    )
+    if config.val_manifest:
+        table = pd.concat(
+            [
+                table,
+                pd.DataFrame(
+                    {
+                        "case": [c.case for c in val_cases],
+                        "subject": [c.subject for c in val_cases],
+                        "label": [c.label or "" for c in val_cases],
+                        "role": "val",
+                    }
+                ),
+            ]
+        )
+    return train_cases, val_cases, table
+
+
+def predict_classifier(
+    model: Any,
+    manifest: Any,
+    preprocess: Any,
+    *,
+    cache_dir: Any = None,
+    batch_size: int = 8,
+    device: Any = None,
+    protocol_sequences: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Class probabilities of every case of ``manifest`` from its lesion-centred ROI.
+
+    Args:
+        model: A :class:`mrfound.models.heads.Classifier`.
+        manifest: Cases to predict.
+        preprocess: Its :class:`PreprocessConfig` (from the checkpoint).
+        cache_dir: Preprocessing cache.
+        batch_size: Cases per forward.
+        device: Torch device (default: the model's).
+        protocol_sequences: If given, only these sequences are used (missing-sequence protocol);
+            cases left with none get no row.
+
+    Returns:
+        DataFrame ``case``, ``label_pred``, ``p_<class>`` for each class, ``sequences_used``.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from mrfound.data.dataset import MRDataset, collate_cases
+
+    seqs = list(model.encoder.config.sequences)
+    keep = torch.tensor([protocol_sequences is None or s in set(protocol_sequences) for s in seqs])
+    ds = MRDataset(manifest, preprocess, mode="lesion", cache_dir=cache_dir)
+    dl = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_cases)
+    dev = device or next(model.parameters()).device
+    rows = []
+    for batch in tqdm(dl, desc="predict", disable=None, leave=False):
+        avail = batch["available"] & keep
+        use = avail.any(dim=1)
+        if not bool(use.any()):
+            continue
+        proba = model.predict_proba(batch["image"][use].to(dev), avail[use].to(dev)).cpu().numpy()
+        names = [c for c, u in zip(batch["case"], use.tolist()) if u]
+        for name, p, a in zip(names, proba, avail[use].tolist()):
+            row = {"case": name, "label_pred": model.classes[int(np.argmax(p))]}
+            row.update({f"p_{c}": float(v) for c, v in zip(model.classes, p)})
+            row["sequences_used"] = "+".join(s for s, ok in zip(seqs, a) if ok)
+            rows.append(row)
+    cols = ["case", "label_pred", *[f"p_{c}" for c in model.classes], "sequences_used"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def evaluate_classifier(
+    model: Any,
+    manifest: Any,
+    preprocess: Any,
+    *,
+    cache_dir: Any = None,
+    batch_size: int = 8,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Predictions and :func:`classification_metrics` on the labelled cases of ``manifest``."""
+    from mrfound.finetune.metrics import classification_metrics
+
+    pred = predict_classifier(model, manifest, preprocess, cache_dir=cache_dir, batch_size=batch_size)
+    truth = {c.case: c.label for c in manifest.cases}
+    pred.insert(1, "label", [truth.get(c) or "" for c in pred["case"]])
+    lab = pred[pred["label"] != ""]
+    if lab.empty:
+        return {"n_cases": 0}, pred
+    proba = lab[[f"p_{c}" for c in model.classes]].to_numpy(float)
+    metrics = classification_metrics(
+        lab["label"].tolist(), proba, model.classes, manifest.vocabulary.malignant, n_boot=n_boot, seed=seed
+    )
+    return metrics, pred
+
+
+def finetune_classifier(config: FinetuneConfig) -> dict[str, Any]:
+    """Run classification fine-tuning end to end (see the module docstring for the outputs).
+
+    Returns:
+        Summary: ``final`` (checkpoint folder), ``n_train``, ``n_val``, ``steps``, ``val_metrics``
+        (or ``None``), ``train_result`` (last logs).
+    """
+    import accelerate.utils
+
+    from mrfound.data.dataset import MRDataset, collate_cases
+    from mrfound.data.manifest import Manifest, read_manifest
+    from mrfound.models.checkpoint import save_checkpoint
+    from mrfound.models.heads import Classifier, make_classification_head, param_groups_layer_decay
+    from mrfound.pretrain.trainer import EveryN, Trainer, make_accelerator
+
+    config.validate()
+    accelerate.utils.set_seed(config.seed)
+    src = source_for(config)
+    vocab = src.vocabulary
+    manifest = read_manifest(config.manifest, vocabulary=vocab)
+    labelled = [c.label is not None for c in manifest.cases]
+    train_cases, val_cases, split = split_cases(
+        config, manifest, labelled, [c.label or "" for c in manifest.cases]
+    )
+    run = Path(config.out)
+    pre = src.preprocess
+    cache_dir = config.cache_dir or str(run / "cache")
+    train_m = Manifest.from_cases(train_cases, manifest.root, vocab)
+    val_m = Manifest.from_cases(val_cases, manifest.root, vocab) if val_cases else None
+    y = [vocab.class_index(c.label) for c in train_cases]
+
+    acc = make_accelerator(config)
+    if len(train_cases) < config.batch_size * acc.num_processes:
+        logger.warning(
+            "only %d training cases: batch_size lowered from %d to %d",
+            len(train_cases),
+            config.batch_size,
+            max(1, len(train_cases) // acc.num_processes),
+        )
+        config.batch_size = max(1, len(train_cases) // acc.num_processes)
+    dataset: Any = MRDataset(train_m, pre, mode="lesion", cache_dir=cache_dir, seed=config.seed)
+    if config.balance == "sampler":
+        dataset = BalancedDataset(dataset, y, seed=config.seed)
+    config.steps = resolve_steps(
+        config.steps, config.epochs, len(dataset), config.batch_size, acc.num_processes
+    )
+    if config.warmup_steps is not None and config.warmup_steps > config.steps:
+        config.warmup_steps = config.steps
+
+    encoder = src.encoder
+    torch.manual_seed(config.seed)
+    head = make_classification_head(
+        encoder,
+        len(vocab.classes),
+        pooling=config.pooling,
+        dropout=config.head_dropout,
+        num_heads=encoder.config.num_heads if config.pooling == "attention" else 1,
+    )
+    weights = class_weights(y, len(vocab.classes)) if config.balance == "loss" else None
+    model = Classifier(
+        encoder,
+        head,
+        vocab.classes,
+        class_weights=weights,
+        sequence_dropout=config.sequence_dropout,
+        label_smoothing=config.label_smoothing,
+    )
+    if config.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    groups = param_groups_layer_decay(model, config.weight_decay, config.layer_decay)
+
+    history: list[dict[str, Any]] = []
+
+    def validate(trainer: Trainer) -> None:
+        if val_m is None or not trainer.is_main:
+            trainer.accelerator.wait_for_everyone()
+            return
+        m, _ = evaluate_classifier(
+            trainer.eval_model(), val_m, pre, cache_dir=cache_dir, batch_size=config.batch_size, n_boot=0
+        )
+        logs = {
+            f"val/{k}": m[k]["value"]
+            for k in ("auc_macro", "balanced_accuracy", "f1_macro", "kappa")
+            if k in m and m[k]["value"] is not None
+        }
+        trainer.log_metrics(logs)
+        history.append({"step": trainer.step, **logs})
+        trainer.accelerator.wait_for_everyone()
+
+    callbacks = [EveryN(config.eval_every, validate, at_end=False)] if config.eval_every else []
+    trainer = Trainer(
+        model,
+        dataset,
+        config,
+        collate_fn=collate_cases,
+        param_groups=groups,
+        callbacks=callbacks,
+        accelerator=acc,
+    )
+    result = trainer.fit()
+    final_model = trainer.eval_model()
+    summary: dict[str, Any] = {
+        "final": str(run / "final"),
+        "n_train": len(train_cases),
+        "n_val": len(val_cases),
+        "steps": config.steps,
+        "train_result": result.last_logs,
+        "val_metrics": None,
+        "source": src.description,
+    }
+    if trainer.is_main:
+        atomic_write_text(run / "split.csv", split.to_csv(index=False))
+        if val_m is not None:
+            metrics, pred = evaluate_classifier(
+                final_model,
+                val_m,
+                pre,
+                cache_dir=cache_dir,
+                batch_size=config.batch_size,
+                n_boot=config.n_boot,
+                seed=config.seed,
+            )
+            atomic_write_text(run / "val_predictions.csv", pred.to_csv(index=False))
+            atomic_write_json(
+                run / "val_metrics.json",
+                {"final": metrics, "history": history, "n_val": len(val_cases), "step": trainer.step},
+            )
+            summary["val_metrics"] = metrics
+        provenance = {
+            "task": "classify",
+            "source": src.description,
+            "from_scratch": config.from_scratch,
+            "labels_fraction": config.labels_fraction,
+            "n_train": len(train_cases),
+            "n_val": len(val_cases),
+            "steps": trainer.step,
+            "seed": config.seed,
+            "run": str(run),
+            "manifest": str(Path(config.manifest).resolve()),
+        }
+        save_checkpoint(
+            run / "final",
+            final_model,
+            {"vocabulary": vocab.to_dict(), "preprocessing": pre.to_dict(), "provenance": provenance},
+        )
+    acc.wait_for_everyone()
+    return summary

@@ -1,0 +1,249 @@
+"""Shared pieces of probing and fine-tuning: getting an encoder, holding out validation subjects,
+label-fraction subsets, class weights and class-balanced resampling."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mrfound.errors import CheckpointError, ConfigError
+
+RANDOM_PREFIX = "random:"
+
+
+@dataclass
+class EncoderSource:
+    """An encoder with what came with it.
+
+    Attributes:
+        encoder: The :class:`mrfound.models.encoder.MultiSequenceViT`.
+        checkpoint_config: The checkpoint's ``config.json`` (``None`` for ``random:<size>``).
+        preprocess: The :class:`PreprocessConfig` to feed it (the checkpoint's, or defaults with
+            ``roi_size`` = the encoder's ``img_size``).
+        vocabulary: The checkpoint's :class:`Vocabulary` (default vocabulary with the encoder's sequences).
+        key: A short id of the weights (hash of the weights file, or of the random-init recipe), for
+            feature caches.
+        description: Human-readable origin ("checkpoint X", "random init of tiny, seed 0").
+    """
+
+    encoder: Any
+    checkpoint_config: dict[str, Any] | None
+    preprocess: Any
+    vocabulary: Any
+    key: str
+    description: str
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _preprocess_for(encoder: Any, cfg: Mapping[str, Any] | None) -> Any:
+    from mrfound.data.preprocess import PreprocessConfig
+
+    img = encoder.config.img_shape
+    if len(set(img)) != 1:
+        raise ConfigError(f"fine-tuning needs a cubic encoder ROI, got img_size {list(img)}")
+    pre = dict((cfg or {}).get("preprocessing") or {})
+    pre["roi_size"] = int(img[0])  # the crop must be what the encoder takes
+    known = {f for f in PreprocessConfig.__dataclass_fields__}
+    return PreprocessConfig.from_dict({k: v for k, v in pre.items() if k in known})
+
+
+def load_encoder(
+    checkpoint: str | os.PathLike,
+    *,
+    random_init: bool = False,
+    seed: int = 0,
+    model_overrides: Mapping[str, Any] | None = None,
+) -> EncoderSource:
+    """The encoder of a checkpoint (pretrained MAE, bare encoder, or fine-tuned wrapper), or a random one.
+
+    Args:
+        checkpoint: Checkpoint folder / registry name / ``hf://`` id, or ``random:<size>`` (a registry
+            size at random init, e.g. ``random:tiny``).
+        random_init: Keep the checkpoint's architecture and preprocessing but re-initialise the
+            weights (the random-init baseline of the same architecture).
+        seed: Seed of a random initialisation.
+        model_overrides: Encoder fields changed for ``random:<size>`` (e.g. ``{"img_size": 32}``).
+
+    Raises:
+        CheckpointError: unreadable checkpoint or one without an encoder.
+    """
+    from mrfound.data.sequences import Vocabulary
+    from mrfound.models.encoder import MultiSequenceViT
+
+    text = os.fspath(checkpoint)
+    if text.startswith(RANDOM_PREFIX):
+        from mrfound.models.registry import get_model_config
+
+        size = text[len(RANDOM_PREFIX) :]
+        enc_cfg = get_model_config(size, **dict(model_overrides or {}))
+        torch.manual_seed(seed)
+        encoder = MultiSequenceViT(enc_cfg)
+        recipe = f"{size}|{seed}|{sorted(enc_cfg.to_dict().items())}"
+        return EncoderSource(
+            encoder,
+            None,
+            _preprocess_for(encoder, None),
+            Vocabulary(sequences=enc_cfg.sequences),
+            "random-" + hashlib.sha256(recipe.encode()).hexdigest()[:12],
+            f"random init of {size}, seed {seed}",
+        )
+    from mrfound.models.checkpoint import WEIGHTS_NAME, load_model, resolve_checkpoint
+
+    folder = resolve_checkpoint(text)
+    model, cfg = load_model(folder)
+    if isinstance(model, MultiSequenceViT):
+        encoder = model
+    elif isinstance(getattr(model, "encoder", None), MultiSequenceViT):
+        encoder = model.encoder
+    else:
+        raise CheckpointError(
+            f"{text}: architecture {cfg.get('architecture')!r} has no multi-sequence encoder"
+        )
+    vocab = (
+        Vocabulary.from_dict(cfg["vocabulary"])
+        if cfg.get("vocabulary")
+        else Vocabulary(sequences=encoder.config.sequences)
+    )
+    key = _file_hash(folder / WEIGHTS_NAME)
+    desc = f"checkpoint {folder}"
+    if random_init:
+        torch.manual_seed(seed)
+        encoder = MultiSequenceViT(encoder.config)
+        key = f"random-{key}-{seed}"
+        desc = f"random init of the architecture of {folder}, seed {seed}"
+    encoder.eval()
+    return EncoderSource(encoder, cfg, _preprocess_for(encoder, cfg), vocab, key, desc)
+
+
+def holdout_split(
+    labels: Sequence[str | None], subjects: Sequence[str], fraction: float, seed: int
+) -> np.ndarray:
+    """Boolean validation mask holding out about ``fraction`` of the subjects, stratified by class.
+
+    Uses ``StratifiedGroupKFold(round(1 / fraction))`` and takes its first fold, so no subject is on
+    both sides. Unlabelled rows are never in validation. ``fraction == 0`` gives no validation.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n = len(labels)
+    val = np.zeros(n, dtype=bool)
+    if fraction <= 0:
+        return val
+    idx = np.array([i for i, lab in enumerate(labels) if lab], dtype=int)
+    k = max(2, int(round(1 / fraction)))
+    groups = np.asarray(subjects)[idx]
+    if len(np.unique(groups)) < k:
+        raise ConfigError(
+            f"val_fraction {fraction} needs at least {k} labelled subjects; have "
+            f"{len(np.unique(groups))} (lower --val-fraction or pass --val-manifest)"
+        )
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        _, test = next(splitter.split(np.zeros(len(idx)), np.asarray(labels)[idx], groups))
+    val[idx[test]] = True
+    return val
+
+
+def labels_fraction_subset(labels: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """Indices of a stratified, seeded, nested subset of labelled cases.
+
+    Per class, ``max(1, round(fraction * n_class))`` cases are kept: the first ones of a permutation
+    that depends only on ``(seed, class)``, so a smaller fraction is always a subset of a larger one
+    and the choice does not depend on the other classes.
+
+    Args:
+        labels: Class name of each case (all labelled).
+        fraction: Share kept, in (0, 1].
+        seed: Seed.
+
+    Returns:
+        Sorted int indices into ``labels``.
+    """
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"labels fraction must be in (0, 1], got {fraction}")
+    labels = list(labels)
+    keep: list[int] = []
+    for cls in sorted(set(labels)):
+        idx = np.array([i for i, lab in enumerate(labels) if lab == cls])
+        digest = hashlib.sha256(f"{seed}|{cls}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        perm = idx[rng.permutation(len(idx))]
+        keep.extend(perm[: max(1, int(round(fraction * len(idx))))].tolist())
+    return np.array(sorted(keep), dtype=int)
+
+
+def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1 over the present classes (absent classes 0)."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    present = counts > 0
+    w[present] *= present.sum() / w[present].sum()
+    return torch.tensor(w, dtype=torch.float32)
+
+
+class BalancedDataset(Dataset):
+    """Class-balanced resampling of a dataset: each epoch draws ``len(base)`` items with replacement,
+    every class equally likely; the draw depends only on ``(seed, epoch)`` (the shared trainer calls
+    :meth:`set_epoch`).
+
+    Args:
+        base: The dataset.
+        labels: Class index of each item.
+        seed: Seed.
+    """
+
+    def __init__(self, base: Dataset, labels: Sequence[int], seed: int = 0) -> None:
+        self.base, self.labels, self.seed = base, np.asarray(labels, dtype=int), int(seed)
+        counts = np.bincount(self.labels)
+        self.p = 1.0 / counts[self.labels]
+        self.p /= self.p.sum()
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the items of ``epoch`` (and forward the epoch to the base dataset)."""
+        self.epoch = int(epoch)
+        rng = np.random.default_rng([self.seed, self.epoch, 0xBA1])
+        self.index = rng.choice(len(self.labels), size=len(self.labels), replace=True, p=self.p)
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.base[int(self.index[i])]
+
+
+class ConcatWithEpoch(torch.utils.data.ConcatDataset):
+    """``ConcatDataset`` that forwards :meth:`set_epoch` to its parts."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch (new random crops)."""
+        for d in self.datasets:
+            if hasattr(d, "set_epoch"):
+                d.set_epoch(epoch)
+
+
+def resolve_steps(steps: int, epochs: float | None, n_items: int, batch_size: int, processes: int = 1) -> int:
+    """``steps``, or ``ceil(epochs * n_items / (batch_size * processes))`` when ``epochs`` is set."""
+    if epochs is None:
+        return int(steps)
+    return max(1, math.ceil(epochs * n_items / (batch_size * processes)))

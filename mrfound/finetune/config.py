@@ -1,0 +1,176 @@
+"""Fine-tuning configuration: the shared :class:`TrainerConfig` plus the data, model and head options.
+
+Loaded like pretraining's (dataclass defaults < ``--config FILE`` < ``--set key=value`` < flags) with
+:func:`mrfound.pretrain.config.apply_overrides`; the resolved config is saved as ``RUN/config.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mrfound.pretrain.config import TrainerConfig, _check, _finite, _is_int
+
+TASKS = ("classify", "segment")
+BALANCE = ("loss", "sampler", "none")
+
+
+@dataclass
+class FinetuneConfig(TrainerConfig):
+    """``mrfound finetune`` settings (fields of :class:`TrainerConfig` plus these).
+
+    Attributes:
+        task: ``classify`` (lesion class from a lesion-centred ROI) or ``segment`` (liver + lesion).
+        checkpoint: Pretrained checkpoint (folder, registry name, ``hf://``), or ``random:<size>``.
+        manifest: Training manifest (labelled cases; masks for ``segment``).
+        val_manifest: Validation manifest; when empty ``val_fraction`` of the subjects are held out.
+        val_fraction: Share of subjects held out for validation (stratified, grouped); 0 = none.
+        labels_fraction: Share of the labelled training cases used (stratified per class, seeded,
+            nested: a smaller fraction is a subset of a larger one); for label-efficiency runs.
+        from_scratch: Same architecture, random init (the supervised baseline).
+        model: Registry size for ``from_scratch`` without a checkpoint.
+        model_overrides: Encoder fields to change in that case (e.g. ``{"depth": 2}``).
+        epochs: If set, ``steps = ceil(epochs * training items / batch_size)``.
+        layer_decay: Layer-wise LR decay (1 = off).
+        freeze_encoder: Train the head only.
+        sequence_dropout: Probability of removing each available sequence during training (>= 1 kept).
+        balance: Class balancing: ``loss`` (inverse-frequency CE weights), ``sampler`` (class-balanced
+            resampling) or ``none``.
+        pooling: Classification pooling, ``mean`` or ``attention``.
+        head_dropout: Dropout before the classification layer.
+        label_smoothing: Cross-entropy label smoothing.
+        feature_size: Width of the segmentation decoder's full-resolution stage.
+        samples_per_case: Random crops per case per epoch (segmentation); plus one lesion-centred crop.
+        sw_overlap: Sliding-window overlap for segmentation validation.
+        sw_batch_size: Windows per forward pass in sliding-window inference.
+        val_max_cases: Cap on the validation cases (the first ones of the held-out set); ``None`` = all.
+            Whole-volume sliding-window validation is the slow part of segmentation runs on CPU.
+        spacing: Grid spacing in mm; ``None`` = the checkpoint's preprocessing spacing (the crop edge
+            in voxels is always the encoder's ``img_size``).
+        cache_dir: Preprocessing cache (default ``RUN/cache``).
+        eval_every: Steps between validations (0 = only at the end).
+        n_boot: Bootstrap resamples for the validation CIs.
+    """
+
+    task: str = "classify"
+    checkpoint: str = ""
+    manifest: str = ""
+    val_manifest: str = ""
+    val_fraction: float = 0.2
+    labels_fraction: float = 1.0
+    from_scratch: bool = False
+    model: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    epochs: float | None = None
+    layer_decay: float = 0.75
+    freeze_encoder: bool = False
+    sequence_dropout: float = 0.0
+    balance: str = "loss"
+    pooling: str = "mean"
+    head_dropout: float = 0.0
+    label_smoothing: float = 0.0
+    feature_size: int = 16
+    samples_per_case: int = 2
+    sw_overlap: float = 0.25
+    sw_batch_size: int = 4
+    val_max_cases: int | None = None
+    spacing: float | None = None
+    cache_dir: str | None = None
+    eval_every: int = 0
+    n_boot: int = 200
+    # fine-tuning defaults that differ from pretraining
+    steps: int = 300
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    save_every: int = 0
+    keep_checkpoints: int = 1
+    log_every: int = 10
+
+    def validate(self) -> None:
+        """Check ranges (see :meth:`TrainerConfig.validate`) and the fine-tuning fields."""
+        super().validate()
+        _check(self.task in TASKS, "task", self.task, f"must be one of {', '.join(TASKS)}")
+        _check(bool(self.manifest), "manifest", self.manifest, "a training manifest is required (--manifest)")
+        _check(
+            bool(self.checkpoint) or self.from_scratch,
+            "checkpoint",
+            self.checkpoint,
+            "a checkpoint is required unless --from-scratch is given",
+        )
+        _check(
+            _finite(self.val_fraction) and 0 <= self.val_fraction < 1,
+            "val_fraction",
+            self.val_fraction,
+            "must be in [0, 1)",
+        )
+        _check(
+            _finite(self.labels_fraction) and 0 < self.labels_fraction <= 1,
+            "labels_fraction",
+            self.labels_fraction,
+            "must be in (0, 1]",
+        )
+        if self.epochs is not None:
+            _check(_finite(self.epochs) and self.epochs > 0, "epochs", self.epochs, "must be > 0")
+        _check(
+            _finite(self.layer_decay) and 0 < self.layer_decay <= 1,
+            "layer_decay",
+            self.layer_decay,
+            "must be in (0, 1]",
+        )
+        _check(
+            _finite(self.sequence_dropout) and 0 <= self.sequence_dropout < 1,
+            "sequence_dropout",
+            self.sequence_dropout,
+            "must be in [0, 1)",
+        )
+        _check(self.balance in BALANCE, "balance", self.balance, f"must be one of {', '.join(BALANCE)}")
+        _check(self.pooling in ("mean", "attention"), "pooling", self.pooling, "must be mean or attention")
+        _check(
+            _finite(self.head_dropout) and 0 <= self.head_dropout < 1,
+            "head_dropout",
+            self.head_dropout,
+            "must be in [0, 1)",
+        )
+        _check(
+            _finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+            "label_smoothing",
+            self.label_smoothing,
+            "must be in [0, 1)",
+        )
+        _check(
+            _is_int(self.feature_size) and self.feature_size > 0,
+            "feature_size",
+            self.feature_size,
+            "must be a positive integer",
+        )
+        _check(
+            _is_int(self.samples_per_case) and self.samples_per_case > 0,
+            "samples_per_case",
+            self.samples_per_case,
+            "must be a positive integer",
+        )
+        _check(
+            _finite(self.sw_overlap) and 0 <= self.sw_overlap < 1,
+            "sw_overlap",
+            self.sw_overlap,
+            "must be in [0, 1)",
+        )
+        _check(
+            _is_int(self.sw_batch_size) and self.sw_batch_size > 0,
+            "sw_batch_size",
+            self.sw_batch_size,
+            "must be a positive integer",
+        )
+        if self.val_max_cases is not None:
+            _check(
+                _is_int(self.val_max_cases) and self.val_max_cases > 0,
+                "val_max_cases",
+                self.val_max_cases,
+                "must be a positive integer or null",
+            )
+        if self.spacing is not None:
+            _check(_finite(self.spacing) and self.spacing > 0, "spacing", self.spacing, "must be > 0")
+        _check(
+            _is_int(self.eval_every) and self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0"
+        )
+        _check(_is_int(self.n_boot) and self.n_boot >= 0, "n_boot", self.n_boot, "must be >= 0")

@@ -1,0 +1,254 @@
+"""Liver + lesion segmentation fine-tuning (``mrfound finetune --task segment``) with the shared trainer.
+
+Training items are random ROI crops inside the body (``MRDataset(mode="random")``, ``samples_per_case``
+per case per epoch) plus one lesion-centred crop per case (so small lesions are seen every epoch);
+the loss is MONAI ``DiceCELoss`` on labels {0 background, 1 liver, 2 lesion}, with the manifest's
+label 3 (other lesions) counted as lesion (see :mod:`mrfound.models.heads`). Validation segments whole
+volumes by MONAI sliding-window inference and reports Dice and HD95 (mm) per class with MONAI metrics.
+
+Outputs in ``RUN``: ``config.json``, ``log.jsonl``, ``tb/``, ``checkpoints/``, ``final/`` (architecture
+``segmenter``), ``split.csv``, ``val_segmentation.csv`` (per case) and ``val_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mrfound.finetune.classify import source_for, split_cases
+from mrfound.finetune.common import ConcatWithEpoch, resolve_steps
+from mrfound.finetune.config import FinetuneConfig
+from mrfound.utils.io import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_segmenter(
+    model: Any,
+    manifest: Any,
+    preprocess: Any,
+    *,
+    cache_dir: Any = None,
+    overlap: float = 0.25,
+    sw_batch_size: int = 4,
+    device: Any = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Sliding-window segmentation of every case with a mask; Dice / HD95 per class.
+
+    Args:
+        model: A :class:`mrfound.models.heads.Segmenter`.
+        manifest: Cases (those without a mask are skipped).
+        preprocess: The :class:`PreprocessConfig` (spacing gives HD95 in mm).
+        cache_dir: Preprocessing cache.
+        overlap: Sliding-window overlap.
+        sw_batch_size: Windows per forward pass.
+        device: Torch device (default: the model's).
+
+    Returns:
+        ``(summary, per_case)``: summary ``{liver: {dice, hd95}, lesion: {...}, n_cases}`` (means over
+        the cases where the class is present), and a per-case table.
+    """
+    from tqdm.auto import tqdm
+
+    from mrfound.data.dataset import MRDataset
+    from mrfound.finetune.metrics import segmentation_metrics
+    from mrfound.models.heads import remap_mask
+
+    ds = MRDataset(manifest, preprocess, mode="full", cache_dir=cache_dir)
+    dev = device or next(model.parameters()).device
+    rows = []
+    for i in tqdm(range(len(ds)), desc="segment", disable=None, leave=False):
+        s = ds[i]
+        if "mask" not in s:
+            continue
+        image, avail = s["image"][None].to(dev), s["available"][None].to(dev)
+        pred = model.segment(image, avail, overlap=overlap, sw_batch_size=sw_batch_size).cpu()
+        m = segmentation_metrics(pred, remap_mask(s["mask"])[None], spacing=preprocess.spacing)
+        rows.append(
+            {
+                "case": s["case"],
+                "liver_dice": m["liver"]["dice"],
+                "liver_hd95": m["liver"]["hd95"],
+                "lesion_dice": m["lesion"]["dice"],
+                "lesion_hd95": m["lesion"]["hd95"],
+            }
+        )
+    table = pd.DataFrame(rows, columns=["case", "liver_dice", "liver_hd95", "lesion_dice", "lesion_hd95"])
+    summary: dict[str, Any] = {"n_cases": len(table)}
+    for cls in ("liver", "lesion"):
+        entry = {}
+        for metric in ("dice", "hd95"):
+            vals = pd.to_numeric(table[f"{cls}_{metric}"], errors="coerce").dropna()
+            entry[metric] = float(vals.mean()) if len(vals) else None
+            entry[f"{metric}_std"] = float(vals.std(ddof=0)) if len(vals) else None
+            entry[f"n_{metric}"] = int(len(vals))
+        summary[cls] = entry
+    return summary, table
+
+
+def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
+    """Run segmentation fine-tuning end to end (see the module docstring for the outputs).
+
+    Returns:
+        Summary: ``final``, ``n_train``, ``n_val``, ``steps``, ``val_metrics`` (or ``None``),
+        ``train_result``.
+    """
+    import accelerate.utils
+
+    from mrfound.data.dataset import MRDataset, collate_cases
+    from mrfound.data.manifest import Manifest, read_manifest
+    from mrfound.models.checkpoint import save_checkpoint
+    from mrfound.models.heads import Segmenter, make_segmentation_head, param_groups_layer_decay
+    from mrfound.pretrain.trainer import EveryN, Trainer, make_accelerator
+
+    config.validate()
+    accelerate.utils.set_seed(config.seed)
+    src = source_for(config)
+    vocab = src.vocabulary
+    manifest = read_manifest(config.manifest, vocabulary=vocab)
+    has_mask = [c.mask is not None for c in manifest.cases]
+    train_cases, val_cases, split = split_cases(config, manifest, has_mask, ["seg"] * len(manifest.cases))
+    val_cases = [c for c in val_cases if c.mask is not None]
+    run = Path(config.out)
+    pre = src.preprocess
+    cache_dir = config.cache_dir or str(run / "cache")
+    train_m = Manifest.from_cases(train_cases, manifest.root, vocab)
+    val_m = Manifest.from_cases(val_cases, manifest.root, vocab) if val_cases else None
+
+    acc = make_accelerator(config)
+    dataset = ConcatWithEpoch(
+        [
+            MRDataset(
+                train_m,
+                pre,
+                mode="random",
+                cache_dir=cache_dir,
+                samples_per_case=config.samples_per_case,
+                seed=config.seed,
+            ),
+            MRDataset(train_m, pre, mode="lesion", cache_dir=cache_dir, seed=config.seed),
+        ]
+    )
+    if len(dataset) < config.batch_size * acc.num_processes:
+        config.batch_size = max(1, len(dataset) // acc.num_processes)
+        logger.warning("few training crops: batch_size lowered to %d", config.batch_size)
+    config.steps = resolve_steps(
+        config.steps, config.epochs, len(dataset), config.batch_size, acc.num_processes
+    )
+    if config.warmup_steps is not None and config.warmup_steps > config.steps:
+        config.warmup_steps = config.steps
+
+    encoder = src.encoder
+    torch.manual_seed(config.seed)
+    head = make_segmentation_head(encoder, feature_size=config.feature_size)
+    model = Segmenter(encoder, head, sequence_dropout=config.sequence_dropout)
+    if config.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    groups = param_groups_layer_decay(model, config.weight_decay, config.layer_decay)
+
+    history: list[dict[str, Any]] = []
+
+    def validate(trainer: Trainer) -> None:
+        if val_m is not None and trainer.is_main:
+            m, _ = evaluate_segmenter(
+                trainer.eval_model(),
+                val_m,
+                pre,
+                cache_dir=cache_dir,
+                overlap=config.sw_overlap,
+                sw_batch_size=config.sw_batch_size,
+            )
+            logs = {
+                f"val/{c}_{k}": m[c][k]
+                for c in ("liver", "lesion")
+                for k in ("dice", "hd95")
+                if m[c][k] is not None
+            }
+            trainer.log_metrics(logs)
+            history.append({"step": trainer.step, **logs})
+        trainer.accelerator.wait_for_everyone()
+
+    callbacks = [EveryN(config.eval_every, validate, at_end=False)] if config.eval_every else []
+    trainer = Trainer(
+        model,
+        dataset,
+        config,
+        collate_fn=collate_cases,
+        param_groups=groups,
+        callbacks=callbacks,
+        accelerator=acc,
+    )
+    result = trainer.fit()
+    final_model = trainer.eval_model()
+    summary: dict[str, Any] = {
+        "final": str(run / "final"),
+        "n_train": len(train_cases),
+        "n_val": len(val_cases),
+        "steps": config.steps,
+        "train_result": result.last_logs,
+        "val_metrics": None,
+        "source": src.description,
+    }
+    if trainer.is_main:
+        atomic_write_text(run / "split.csv", split.to_csv(index=False))
+        if val_m is not None:
+            metrics, table = evaluate_segmenter(
+                final_model,
+                val_m,
+                pre,
+                cache_dir=cache_dir,
+                overlap=config.sw_overlap,
+                sw_batch_size=config.sw_batch_size,
+            )
+            atomic_write_text(run / "val_segmentation.csv", table.to_csv(index=False))
+            atomic_write_json(
+                run / "val_metrics.json",
+                {
+                    "final": metrics,
+                    "history": history,
+                    "n_val": len(val_cases),
+                    "step": trainer.step,
+                    "spacing_mm": pre.spacing,
+                },
+            )
+            summary["val_metrics"] = metrics
+        provenance = {
+            "task": "segment",
+            "source": src.description,
+            "from_scratch": config.from_scratch,
+            "labels_fraction": config.labels_fraction,
+            "n_train": len(train_cases),
+            "n_val": len(val_cases),
+            "steps": trainer.step,
+            "seed": config.seed,
+            "run": str(run),
+            "manifest": str(Path(config.manifest).resolve()),
+            "other_lesions_label_3": "trained as lesion (2)",
+        }
+        save_checkpoint(
+            run / "final",
+            final_model,
+            {"vocabulary": vocab.to_dict(), "preprocessing": pre.to_dict(), "provenance": provenance},
+        )
+    acc.wait_for_everyone()
+    return summary
+
+
+def segmentation_volume(
+    model: Any, sample: dict[str, Any], overlap: float = 0.25, sw_batch_size: int = 4
+) -> np.ndarray:
+    """Labels (D, H, W) uint8 {0, 1, 2} of one preprocessed whole volume on its own grid.
+
+    ``sample`` is an ``MRDataset(mode="full")`` item or a ``load_case_arrays`` dict (``image`` (S, D, H, W),
+    ``available`` (S,)); inference code then resamples the labels to the case's reference grid.
+    """
+    image = torch.as_tensor(np.asarray(sample["image"]), dtype=torch.float32)[None]
+    avail = torch.as_tensor(np.asarray(sample["available"]), dtype=torch.bool)[None]
+    dev = next(model.parameters()).device
+    labels = model.segment(image.to(dev), avail.to(dev), overlap=overlap, sw_batch_size=sw_batch_size)
+    return labels[0, 0].cpu().numpy().astype(np.uint8)

@@ -1,0 +1,109 @@
+"""``mrfound finetune`` command line: config precedence, outputs, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from mrfound.cli import main
+from mrfound.commands import finetune as cmd
+
+
+def _cohort_module():
+    path = Path(__file__).resolve().parents[1] / "finetune" / "cohort_data.py"
+    spec = importlib.util.spec_from_file_location("mrfound_test_cohort_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_config_precedence(tmp_path) -> None:
+    (tmp_path / "ft.yaml").write_text(
+        "steps: 50\nlayer_decay: 0.6\nmanifest: m.csv\ncheckpoint: random:tiny\n"
+    )
+    args = _parse(
+        [
+            "--config",
+            str(tmp_path / "ft.yaml"),
+            "--set",
+            "steps=70",
+            "--set",
+            "sequence_dropout=0.3",
+            "--steps",
+            "90",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    cfg = cmd.config_from_args(args)
+    assert cfg.steps == 90 and cfg.layer_decay == 0.6 and cfg.sequence_dropout == 0.3
+    assert Path(cfg.manifest).is_absolute() and cfg.task == "classify"
+
+
+def test_finetune_command_runs_and_rejects_bad_values(tmp_path, capsys) -> None:
+    mod = _cohort_module()
+    manifest = mod.write_cohort(tmp_path / "cohort", n_cases=12)
+    ckpt = mod.write_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "finetune",
+                "--task",
+                "classify",
+                "--checkpoint",
+                str(ckpt),
+                "--manifest",
+                str(manifest),
+                "--steps",
+                "3",
+                "--batch-size",
+                "2",
+                "--val-fraction",
+                "0.25",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "checkpoint:" in capsys.readouterr().out
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["task"] == "classify" and saved["steps"] == 3 and saved["layer_decay"] == 0.75
+    assert (out / "final" / "model.safetensors").is_file()
+    assert (
+        main(
+            [
+                "finetune",
+                "--checkpoint",
+                str(ckpt),
+                "--manifest",
+                str(manifest),
+                "--labels-fraction",
+                "1.5",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
+    assert "labels_fraction" in capsys.readouterr().err
+    assert main(["finetune", "--manifest", str(manifest), "--out", str(tmp_path / "bad")]) == 2
+    assert "checkpoint is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--help"])
+def test_help_has_examples(flag, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["finetune", flag])
+    assert "--labels-fraction" in capsys.readouterr().out

@@ -1,0 +1,84 @@
+"""Tests of the shared fine-tuning helpers: encoder loading, holdout split, label fractions, balancing."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from mrfound.errors import ConfigError
+from mrfound.finetune.common import (
+    BalancedDataset,
+    class_weights,
+    holdout_split,
+    labels_fraction_subset,
+    load_encoder,
+    resolve_steps,
+)
+
+
+def test_labels_fraction_is_stratified_deterministic_and_nested() -> None:
+    labels = ["hcc"] * 40 + ["cyst"] * 20 + ["fnh"] * 3
+    a = labels_fraction_subset(labels, 0.25, seed=7)
+    assert np.array_equal(a, labels_fraction_subset(labels, 0.25, seed=7))
+    counts = Counter(labels[i] for i in a)
+    assert counts == {"hcc": 10, "cyst": 5, "fnh": 1}  # round(0.25 * n), at least one per class
+    small, big = labels_fraction_subset(labels, 0.1, seed=7), labels_fraction_subset(labels, 0.5, seed=7)
+    assert set(small) <= set(a) <= set(big)
+    assert not np.array_equal(a, labels_fraction_subset(labels, 0.25, seed=8))
+    assert len(labels_fraction_subset(labels, 1.0, seed=0)) == len(labels)
+    with pytest.raises(ConfigError):
+        labels_fraction_subset(labels, 0.0, seed=0)
+
+
+def test_holdout_split_groups_subjects_and_skips_unlabelled() -> None:
+    labels = (["hcc", "cyst"] * 15) + [None, ""]
+    subjects = [f"s{i // 2}" for i in range(32)]
+    val = holdout_split(labels, subjects, 0.2, seed=0)
+    assert 4 <= val.sum() <= 8
+    assert not val[-2:].any()
+    for s in set(subjects):
+        sides = {bool(val[i]) for i, x in enumerate(subjects) if x == s and labels[i]}
+        assert len(sides) <= 1
+    assert not holdout_split(labels, subjects, 0.0, seed=0).any()
+    with pytest.raises(ConfigError, match="labelled subjects"):
+        holdout_split(["hcc", "cyst"], ["a", "b"], 0.2, seed=0)
+
+
+def test_class_weights_and_balanced_dataset() -> None:
+    w = class_weights([0, 0, 0, 1], 3)
+    assert w[2] == 0 and w[1] == pytest.approx(3 * w[0]) and w[:2].mean() == pytest.approx(1.0)
+    labels = [0] * 90 + [1] * 10
+    ds = BalancedDataset(list(range(100)), labels, seed=0)
+    drawn = [labels[ds[i]] for i in range(len(ds))]
+    assert 30 < sum(drawn) < 70  # about half from the rare class
+    first = [ds[i] for i in range(10)]
+    ds.set_epoch(1)
+    assert [ds[i] for i in range(10)] != first
+    ds.set_epoch(0)
+    assert [ds[i] for i in range(10)] == first
+
+
+def test_resolve_steps() -> None:
+    assert resolve_steps(100, None, 50, 8) == 100
+    assert resolve_steps(100, 2, 50, 8) == 13
+    assert resolve_steps(100, 1, 50, 8, processes=2) == 4
+
+
+def test_load_encoder_random_and_from_checkpoint(tiny_checkpoint) -> None:
+    src = load_encoder("random:tiny", seed=1, model_overrides={"img_size": 16, "patch_size": 8, "depth": 1})
+    assert src.checkpoint_config is None and src.preprocess.roi_size == 16
+    assert (
+        src.key
+        == load_encoder(
+            "random:tiny", seed=1, model_overrides={"img_size": 16, "patch_size": 8, "depth": 1}
+        ).key
+    )
+    ck = load_encoder(tiny_checkpoint)
+    assert ck.preprocess.spacing == 2.0 and ck.preprocess.roi_size == 16
+    rnd = load_encoder(tiny_checkpoint, random_init=True, seed=3)
+    assert rnd.encoder.config == ck.encoder.config and rnd.key != ck.key
+    w_ck, w_rnd = ck.encoder.patch_embed.weight, rnd.encoder.patch_embed.weight
+    assert not torch.equal(w_ck, w_rnd)
