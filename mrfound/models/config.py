@@ -1,0 +1,230 @@
+"""Configuration dataclasses of the encoder and the masked-modality autoencoder (DESIGN §4).
+
+Both are plain frozen dataclasses that round-trip through JSON (``to_dict`` / ``from_dict``) because
+they are stored in every checkpoint's ``config.json``. Construction validates every field and raises
+:class:`mrfound.errors.ConfigError` with one line naming the field and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mrfound.data.sequences import SEQUENCES
+from mrfound.errors import ConfigError
+
+_C = TypeVar("_C", bound="_ConfigBase")
+
+
+def _as_triple(value: Any, name: str) -> tuple[int, int, int]:
+    """Accept an int or a 3-sequence of positive ints (JSON gives lists)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be an int or 3 ints, got {value!r}")
+    if isinstance(value, int):
+        value = (value, value, value)
+    try:
+        triple = tuple(value)
+    except TypeError:
+        raise ConfigError(f"{name} must be an int or 3 ints, got {value!r}") from None
+    if len(triple) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in triple):
+        raise ConfigError(f"{name} must be a positive int or 3 positive ints, got {value!r}")
+    return triple  # type: ignore[return-value]
+
+
+def _check_int(obj: Any, name: str, low: int = 1) -> None:
+    v = getattr(obj, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ConfigError(f"{type(obj).__name__}.{name} must be an int >= {low}, got {v!r}")
+
+
+def _check_float(
+    obj: Any, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> None:
+    v = getattr(obj, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"{type(obj).__name__}.{name} must be a number, got {v!r}")
+    too_low = v <= low if low_open else v < low
+    too_high = v >= high if high_open else v > high
+    if too_low or too_high:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ConfigError(f"{type(obj).__name__}.{name} must be in {lo}{low}, {high}{hi}, got {v!r}")
+    object.__setattr__(obj, name, float(v))
+
+
+def _check_bool(obj: Any, name: str) -> None:
+    v = getattr(obj, name)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{type(obj).__name__}.{name} must be true or false, got {v!r}")
+
+
+class _ConfigBase:
+    """JSON round-trip shared by the config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls: type[_C], d: Mapping[str, Any]) -> _C:
+        """Build from a dict as written by :meth:`to_dict`; unknown keys raise ``ConfigError``.
+
+        Missing keys take the defaults, so configs written by older versions that lacked a newer
+        optional field still load.
+        """
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{cls.__name__} must be a JSON object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown {cls.__name__} key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            )
+        return cls(**dict(d))
+
+    def replace(self: _C, **changes: Any) -> _C:
+        """Copy with some fields changed (validated); unknown names raise ``ConfigError``."""
+        names = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown {type(self).__name__} key(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(names))}"
+            )
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class EncoderConfig(_ConfigBase):
+    """Multi-sequence 3D ViT encoder.
+
+    Args:
+        img_size: ROI size in voxels, an int (cube) or (D, H, W).
+        patch_size: Edge of the cubic patches; must divide every ``img_size`` entry.
+        sequences: The sequence vocabulary (one learned sequence embedding each), in channel order.
+        embed_dim: Token width.
+        depth: Number of transformer blocks.
+        num_heads: Attention heads; must divide ``embed_dim``.
+        mlp_ratio: MLP hidden width / ``embed_dim``.
+        qkv_bias: Bias in the attention's QKV projection (MAE uses it).
+        drop_path_rate: Stochastic depth at the last block (linearly increasing from 0).
+    """
+
+    img_size: int | tuple[int, int, int] = 64
+    patch_size: int = 16
+    sequences: tuple[str, ...] = SEQUENCES
+    embed_dim: int = 192
+    depth: int = 6
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        img = _as_triple(self.img_size, "EncoderConfig.img_size")
+        # keep an int when the ROI is a cube so configs stay readable
+        object.__setattr__(self, "img_size", img[0] if len(set(img)) == 1 else img)
+        for name in ("patch_size", "embed_dim", "depth", "num_heads"):
+            _check_int(self, name)
+        bad = [s for s in img if s % self.patch_size]
+        if bad:
+            raise ConfigError(
+                f"EncoderConfig.patch_size {self.patch_size} must divide img_size {self.img_size}"
+            )
+        if isinstance(self.sequences, str) or not all(isinstance(s, str) and s for s in self.sequences):
+            raise ConfigError(f"EncoderConfig.sequences must be a list of names, got {self.sequences!r}")
+        seqs = tuple(self.sequences)
+        if not seqs or len(set(seqs)) != len(seqs):
+            raise ConfigError(f"EncoderConfig.sequences must be non-empty and unique, got {list(seqs)}")
+        object.__setattr__(self, "sequences", seqs)
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(
+                f"EncoderConfig.num_heads {self.num_heads} must divide embed_dim {self.embed_dim}"
+            )
+        _check_float(self, "mlp_ratio", 0.0, 64.0, low_open=True)
+        _check_float(self, "drop_path_rate", 0.0, 1.0, high_open=True)
+        _check_bool(self, "qkv_bias")
+
+    @property
+    def img_shape(self) -> tuple[int, int, int]:
+        """ROI shape (D, H, W) in voxels."""
+        return _as_triple(self.img_size, "img_size")
+
+    @property
+    def grid_size(self) -> tuple[int, int, int]:
+        """Patch grid (gd, gh, gw)."""
+        return tuple(s // self.patch_size for s in self.img_shape)  # type: ignore[return-value]
+
+    @property
+    def num_patches(self) -> int:
+        """Tokens per sequence."""
+        gd, gh, gw = self.grid_size
+        return gd * gh * gw
+
+    @property
+    def patch_volume(self) -> int:
+        """Voxels per patch (p^3), the input width of the patch projection."""
+        return self.patch_size**3
+
+    @property
+    def num_sequences(self) -> int:
+        """Size of the sequence vocabulary."""
+        return len(self.sequences)
+
+
+@dataclass(frozen=True)
+class MAEConfig(_ConfigBase):
+    """Masked-modality autoencoder (pretraining) on top of an :class:`EncoderConfig`.
+
+    Args:
+        decoder_dim: Decoder token width.
+        decoder_depth: Decoder blocks.
+        decoder_heads: Decoder attention heads; must divide ``decoder_dim``.
+        decoder_mlp_ratio: Decoder MLP ratio.
+        mask_ratio: Fraction of the kept sequences' tokens hidden from the encoder, in (0, 1).
+        sequence_drop: Largest fraction of a sample's available sequences dropped whole; the number
+            dropped is uniform in ``0 .. min(A - 1, floor(sequence_drop * A))`` for A available
+            sequences, so at least one is always kept. 0 disables whole-sequence dropout.
+        dirichlet_alpha: If set, the visible tokens are split across the kept sequences with
+            proportions drawn from Dirichlet(alpha) (MultiMAE); ``None`` = uniform over all kept tokens.
+        norm_pix_loss: Targets are per-patch normalised voxels (MAE). The decoder then also predicts
+            each hidden patch's mean and std (a 2-output "stats" head) so that :meth:`reconstruct`
+            can return intensities; see ``mrfound.models.mae``.
+        stats_loss_weight: Weight of the patch mean/std regression in ``loss`` (norm-pix only).
+        max_decoded: Cap on the hidden tokens decoded per sample (a random subset); ``None`` = all.
+    """
+
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    decoder_mlp_ratio: float = 4.0
+    mask_ratio: float = 0.75
+    sequence_drop: float = 0.5
+    dirichlet_alpha: float | None = None
+    norm_pix_loss: bool = True
+    stats_loss_weight: float = 1.0
+    max_decoded: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("decoder_dim", "decoder_depth", "decoder_heads"):
+            _check_int(self, name)
+        if self.decoder_dim % self.decoder_heads:
+            raise ConfigError(
+                f"MAEConfig.decoder_heads {self.decoder_heads} must divide decoder_dim {self.decoder_dim}"
+            )
+        _check_float(self, "decoder_mlp_ratio", 0.0, 64.0, low_open=True)
+        _check_float(self, "mask_ratio", 0.0, 1.0, low_open=True, high_open=True)
+        _check_float(self, "sequence_drop", 0.0, 1.0)
+        if self.dirichlet_alpha is not None:
+            _check_float(self, "dirichlet_alpha", 0.0, 1e6, low_open=True)
+        _check_bool(self, "norm_pix_loss")
+        _check_float(self, "stats_loss_weight", 0.0, 1e6)
+        if self.max_decoded is not None:
+            _check_int(self, "max_decoded")

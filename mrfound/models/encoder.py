@@ -1,0 +1,254 @@
+"""Multi-sequence 3D ViT encoder (DESIGN §4).
+
+A case is the *set* of tokens of its available sequences. Each token is
+
+    Linear(flattened p^3 patch) + sequence_embedding[s] + sincos_3d_position[l]
+
+with one patch projection shared by all sequences, a learned embedding per vocabulary sequence and a
+fixed 3D sine-cosine position. A missing sequence contributes no tokens (no zero-filled channel ever
+reaches the encoder); samples with different token counts are packed and padded with a key-padding
+attention mask, and the mask is skipped entirely when no sample needs padding. Only the patches that
+are used are gathered and projected (for the autoencoder: the visible 25 %).
+
+Because attention is permutation-equivariant and identity comes only from the embeddings, the output
+does not depend on the order in which tokens or sequences are stored, and a case gives the same
+tokens alone or padded inside a batch (up to float rounding).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention as _TimmAttention
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from mrfound.errors import MrfoundError
+from mrfound.models.config import EncoderConfig
+from mrfound.models.layers import attention_mask, gather_patches, pack_tokens, sincos_pos_embed_3d
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def init_mae_weights(module: nn.Module) -> None:
+    """MAE initialisation: xavier-uniform Linear weights, zero biases, unit LayerNorm."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+MATMUL_ATTENTION_MAX_TOKENS = 1024
+"""Longest sequence for which low-precision CPU attention uses explicit matmuls instead of SDPA."""
+
+
+class Attention(_TimmAttention):
+    """timm ``Attention`` (same weights) that picks the faster kernel per call.
+
+    Fused ``F.scaled_dot_product_attention`` is used on GPU and in float32. Under bf16/fp16 autocast on
+    CPU, torch 2.14's flash-attention CPU kernel is 1.3-3x slower (forward + backward) than two
+    batched matmuls and a softmax at the token counts used here (128-512; measured on the 2-core
+    AVX-512-BF16 machine), so those calls take the explicit path up to
+    ``MATMUL_ATTENTION_MAX_TOKENS`` tokens (beyond it the N^2 score matrix costs too much memory).
+    """
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        b, n, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        low_precision_cpu = q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+        if self.fused_attn and not (low_precision_cpu and n <= MATMUL_ATTENTION_MAX_TOKENS and not is_causal):
+            x = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                dropout_p=self.attn_drop.p if self.training else 0.0,
+                is_causal=is_causal,
+            )
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if is_causal:
+                attn = attn.masked_fill(
+                    torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1), float("-inf")
+                )
+            if attn_mask is not None:
+                attn = (
+                    attn.masked_fill(~attn_mask, float("-inf"))
+                    if attn_mask.dtype == torch.bool
+                    else attn + attn_mask
+                )
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v
+        x = self.norm(x.transpose(1, 2).reshape(b, n, self.attn_dim))
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))
+
+
+def make_blocks(
+    dim: int, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool = True, drop_path_rate: float = 0.0
+) -> nn.ModuleList:
+    """Pre-norm timm ``Block`` stack (attention: :class:`Attention`), drop path increasing linearly."""
+    # plain floats: works under torch.device('meta') too (shape-only builds)
+    rates = [drop_path_rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [drop_path_rate]
+    return nn.ModuleList(
+        Block(
+            dim,
+            num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop_path=rates[i],
+            norm_layer=LayerNorm,
+            attn_layer=Attention,
+        )
+        for i in range(depth)
+    )
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Apply blocks with a key-padding mask built once (None when no slot is padding)."""
+    mask = attention_mask(valid)
+    for blk in blocks:
+        x = blk(x, attn_mask=mask)
+    return x
+
+
+class MultiSequenceViT(nn.Module):
+    """Encoder over the tokens of the available sequences.
+
+    Args:
+        config: Encoder configuration.
+
+    Example:
+        >>> enc = MultiSequenceViT(EncoderConfig(img_size=32, patch_size=8, embed_dim=32, depth=2,
+        ...                                      num_heads=2))  # doctest: +SKIP
+        >>> out = enc(image, available)  # image (B, S, 32, 32, 32), available (B, S) bool
+        >>> out["tokens"].shape          # (B, N, 32), N = 64 * max available count
+    """
+
+    architecture = "multi_sequence_vit"
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config.embed_dim
+        self.patch_embed = nn.Linear(config.patch_volume, c)
+        self.seq_embed = nn.Parameter(torch.zeros(config.num_sequences, c))
+        # fixed, recomputed from the config: not stored in checkpoints
+        self.register_buffer("pos_embed", sincos_pos_embed_3d(config.grid_size, c), persistent=False)
+        self.blocks = make_blocks(
+            c, config.depth, config.num_heads, config.mlp_ratio, config.qkv_bias, config.drop_path_rate
+        )
+        self.norm = LayerNorm(c)
+        self.apply(init_mae_weights)
+        trunc_normal_(self.seq_embed, std=0.02)
+
+    @property
+    def embed_dim(self) -> int:
+        """Token width C."""
+        return self.config.embed_dim
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names to exclude from weight decay (timm convention)."""
+        return {"seq_embed"}
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        """The architecture part of a checkpoint ``config.json``."""
+        return {"architecture": self.architecture, "encoder": self.config.to_dict()}
+
+    def check_input(self, image: torch.Tensor, available: torch.Tensor) -> None:
+        """Raise ``MrfoundError`` on a wrong image shape or a sample with no available sequence."""
+        cfg = self.config
+        expected = (cfg.num_sequences, *cfg.img_shape)
+        if image.ndim != 5 or tuple(image.shape[1:]) != expected:
+            raise MrfoundError(
+                f"image must have shape (B, {', '.join(map(str, expected))}) = (batch, sequences "
+                f"{list(cfg.sequences)}, ROI voxels); got {tuple(image.shape)}"
+            )
+        if tuple(available.shape) != tuple(image.shape[:2]) or available.dtype != torch.bool:
+            raise MrfoundError(
+                f"available must be a bool tensor of shape {tuple(image.shape[:2])}; "
+                f"got {available.dtype} {tuple(available.shape)}"
+            )
+        if not bool(available.any(dim=1).all()):
+            raise MrfoundError("every sample needs at least one available sequence")
+
+    def token_mask(self, available: torch.Tensor) -> torch.Tensor:
+        """(B, S) sequence availability -> (B, S, L) token mask (all patches of available sequences)."""
+        return available.unsqueeze(-1).expand(-1, -1, self.config.num_patches)
+
+    def forward_tokens(
+        self,
+        patches: torch.Tensor,
+        seq_idx: torch.Tensor,
+        pos_idx: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encode packed patches.
+
+        Args:
+            patches: (B, N, p^3) flattened patches.
+            seq_idx: (B, N) vocabulary index of each token's sequence.
+            pos_idx: (B, N) patch-grid index of each token.
+            valid: (B, N) bool, False for padding; None = no padding.
+
+        Returns:
+            (B, N, C) tokens after the final LayerNorm (padding slots hold unused values).
+        """
+        x = self.patch_embed(patches.to(self.patch_embed.weight.dtype))
+        x = x + self.seq_embed[seq_idx] + self.pos_embed[pos_idx]
+        x = run_blocks(self.blocks, x, valid)
+        return self.norm(x)
+
+    def forward(
+        self, image: torch.Tensor, available: torch.Tensor, token_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Encode the tokens of the available sequences (or a subset of them).
+
+        Args:
+            image: (B, S, D, H, W) in vocabulary order; missing channels are ignored (any content).
+            available: (B, S) bool.
+            token_mask: Optional (B, S, L) bool subset of the tokens to encode (e.g. the visible ones
+                in pretraining); it is intersected with ``available``.
+
+        Returns:
+            Dict with ``tokens`` (B, N, C), ``valid`` (B, N) bool, ``seq_idx`` (B, N) and ``pos_idx``
+            (B, N) long (N = the largest token count in the batch).
+        """
+        self.check_input(image, available)
+        mask = self.token_mask(available)
+        if token_mask is not None:
+            mask = mask & token_mask
+        b = image.shape[0]
+        index, valid = pack_tokens(mask.reshape(b, -1))
+        n_per_seq = self.config.num_patches
+        seq_idx = torch.div(index, n_per_seq, rounding_mode="floor")
+        pos_idx = index % n_per_seq
+        patches = gather_patches(image, self.config.patch_size, seq_idx, pos_idx)
+        tokens = self.forward_tokens(patches, seq_idx, pos_idx, valid)
+        return {"tokens": tokens, "valid": valid, "seq_idx": seq_idx, "pos_idx": pos_idx}
+
+    @staticmethod
+    def pool(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Mean over the valid tokens: (B, N, C), (B, N) -> (B, C)."""
+        w = valid.to(tokens.dtype).unsqueeze(-1)
+        return (tokens * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+    def embed(self, image: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+        """Pooled case features (B, C): mean of the final-norm tokens of all available sequences."""
+        out = self.forward(image, available)
+        return self.pool(out["tokens"], out["valid"])

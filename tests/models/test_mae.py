@@ -1,0 +1,190 @@
+"""Tests of mrfound/models/mae.py: masking invariants, losses, gradients, reconstruction."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mrfound.errors import MrfoundError
+from mrfound.models.mae import MaskedModalityAutoencoder, dirichlet_quotas, sample_gamma
+
+L = 64  # tokens per sequence of the test config (32^3 ROI, patch 8)
+
+
+@pytest.fixture()
+def model(enc_cfg, mae_cfg) -> MaskedModalityAutoencoder:
+    torch.manual_seed(0)
+    return MaskedModalityAutoencoder(enc_cfg, mae_cfg)
+
+
+def _random_available(b: int, s: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    avail = torch.rand(b, s, generator=g) > 0.5
+    avail[torch.arange(b), torch.randint(0, s, (b,), generator=g)] = True  # at least one each
+    return avail
+
+
+def _check_invariants(masks, avail, mask_ratio, sequence_drop) -> None:
+    dropped, visible, target = masks["dropped"], masks["visible"], masks["target"]
+    avail_tok = avail.unsqueeze(-1).expand_as(visible)
+    kept = avail & ~dropped
+    assert not (dropped & ~avail).any(), "only available sequences can be dropped"
+    assert kept.any(1).all(), "at least one sequence is kept"
+    n_avail = avail.sum(1)
+    assert (dropped.sum(1) <= torch.floor(sequence_drop * n_avail.double()).long()).all()
+    assert not (visible & ~kept.unsqueeze(-1)).any(), "dropped/missing sequences are fully hidden"
+    total = kept.sum(1) * L
+    want = torch.clamp(torch.floor((1 - mask_ratio) * total.double() + 0.5).long(), min=1)
+    assert torch.equal(visible.sum((1, 2)), torch.minimum(want, total)), "visible count as configured"
+    assert (visible.sum((1, 2)) >= 1).all()
+    assert torch.equal(target, avail_tok & ~visible), "targets = every hidden token of available sequences"
+    assert target[dropped].all(), "dropped sequences are decoded whole"
+
+
+@pytest.mark.parametrize("alpha", [None, 0.3, 0.005])
+def test_masking_invariants(model, mae_cfg, alpha) -> None:
+    model.config = mae_cfg.replace(dirichlet_alpha=alpha)
+    for seed in range(5):
+        avail = _random_available(16, 8, seed)
+        masks = model.random_masking(avail, torch.Generator().manual_seed(seed))
+        _check_invariants(masks, avail, 0.75, 0.5)
+    # sequence dropout actually happens, and never drops the last sequence
+    masks = model.random_masking(torch.ones(64, 8, dtype=torch.bool), torch.Generator().manual_seed(1))
+    assert masks["dropped"].any() and (masks["dropped"].sum(1) <= 4).all()
+    single = torch.zeros(8, 8, dtype=torch.bool)
+    single[:, 2] = True
+    assert not model.random_masking(single)["dropped"].any()
+
+
+def test_dirichlet_split_is_uneven_and_capped(model, mae_cfg) -> None:
+    model.config = mae_cfg.replace(dirichlet_alpha=0.2, mask_ratio=0.5, sequence_drop=0.0)
+    avail = torch.ones(32, 4, dtype=torch.bool)
+    masks = model.random_masking(avail, torch.Generator().manual_seed(0))
+    per_seq = masks["visible"].sum(-1)  # (B, S)
+    assert (per_seq.sum(1) == 128).all() and (per_seq <= L).all()
+    assert per_seq.float().std(1).mean() > 10  # far from the uniform split (std ~ 3)
+    quotas = dirichlet_quotas(torch.tensor([[0.97, 0.01, 0.02, 0.0]]), torch.tensor([150]), cap=64)
+    assert quotas.tolist()[0][0] == 64 and quotas.sum() == 150 and quotas[0, 3] == 0
+
+
+def test_gamma_sampler_moments() -> None:
+    g = torch.Generator().manual_seed(0)
+    for alpha in (0.3, 2.0):
+        x = sample_gamma(torch.full((20000,), alpha, dtype=torch.float64), g)
+        assert (x > 0).all()
+        assert math.isclose(float(x.mean()), alpha, rel_tol=0.05)
+        assert math.isclose(float(x.var()), alpha, rel_tol=0.1)
+
+
+def test_max_decoded_caps_targets(model, mae_cfg) -> None:
+    model.config = mae_cfg.replace(max_decoded=20)
+    avail = _random_available(8, 8, 3)
+    masks = model.random_masking(avail, torch.Generator().manual_seed(0))
+    hidden = avail.unsqueeze(-1).expand_as(masks["visible"]) & ~masks["visible"]
+    assert torch.equal(masks["target"].sum((1, 2)), hidden.sum((1, 2)).clamp_max(20))
+    assert not (masks["target"] & ~hidden).any()
+
+
+def test_masking_randomness_is_reproducible(model) -> None:
+    avail = _random_available(4, 8, 0)
+    a = model.random_masking(avail, torch.Generator().manual_seed(7))
+    b = model.random_masking(avail, torch.Generator().manual_seed(7))
+    c = model.random_masking(avail, torch.Generator().manual_seed(8))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["visible"], c["visible"])
+    torch.manual_seed(3)
+    d = model.random_masking(avail)
+    torch.manual_seed(3)
+    e = model.random_masking(avail)
+    assert all(torch.equal(d[k], e[k]) for k in d)  # global RNG (the trainer checkpoints its state)
+
+
+def test_forward_protocol_returns_scalars_and_trains_every_parameter(model, batch) -> None:
+    out = model(batch, generator=torch.Generator().manual_seed(0))
+    assert list(out)[0] == "loss"
+    assert {"loss", "loss_inpaint", "loss_synth", "loss_recon", "loss_stats", "n_inpaint", "n_synth"} <= set(
+        out
+    )
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
+    assert out["n_synth"] > 0 and out["n_inpaint"] > 0
+    recon = (out["loss_inpaint"] * out["n_inpaint"] + out["loss_synth"] * out["n_synth"]) / (
+        out["n_inpaint"] + out["n_synth"]
+    )
+    torch.testing.assert_close(recon, out["loss_recon"].detach())
+    out["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    same = model(batch["image"], batch["available"], generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(same["loss"], out["loss"])
+
+
+def test_loss_is_zero_for_a_perfect_prediction(model, batch) -> None:
+    masks = model.random_masking(batch["available"], torch.Generator().manual_seed(0))
+    enc = model.forward_encoder(batch["image"], batch["available"], masks["visible"])
+    dec = dict(model.forward_decoder(enc, masks["target"]))
+    gt = model.patch_targets(batch["image"], dec)
+    dec["pred"] = (gt["pixels"] - gt["mean"]) / gt["std"]
+    dec["stats"] = torch.cat([gt["mean"], gt["std"]], -1)
+    out = model.forward_loss(batch["image"], dec, masks["dropped"])
+    assert out["loss"].item() == pytest.approx(0.0, abs=1e-10)
+    # and the reconstruction from such a prediction gives back the voxels
+    voxels = model._to_intensity(dec)
+    torch.testing.assert_close(voxels, gt["pixels"], atol=1e-5, rtol=1e-5)
+
+
+def test_no_sequence_dropout_means_no_synthesis_loss(enc_cfg, mae_cfg, batch) -> None:
+    model = MaskedModalityAutoencoder(enc_cfg, mae_cfg.replace(sequence_drop=0.0))
+    out = model(batch)
+    assert out["n_synth"] == 0 and out["loss_synth"] == 0
+
+
+def test_raw_voxel_model_has_no_stats_head(enc_cfg, mae_cfg, batch) -> None:
+    model = MaskedModalityAutoencoder(enc_cfg, mae_cfg.replace(norm_pix_loss=False))
+    assert model.decoder_stats is None
+    out = model(batch)
+    assert "loss_stats" not in out and torch.equal(out["loss"], out["loss_recon"])
+
+
+def test_reconstruct_synthesises_targets_from_sources(model, batch) -> None:
+    model.eval()
+    image, avail = batch["image"], batch["available"]
+    out = model.reconstruct(image, avail, ["T2WI", "pv"])  # aliases of t2 and t1_pv
+    assert out.shape == image.shape and torch.isfinite(out).all()
+    t2, pv = 0, 6
+    sources = avail.clone()
+    sources[:, [t2, pv]] = False
+    for b in range(image.shape[0]):
+        for s in range(8):
+            if s in (t2, pv):
+                assert not torch.equal(out[b, s], image[b, s])
+            elif sources[b, s]:
+                assert torch.equal(out[b, s], image[b, s])
+            else:
+                assert not out[b, s].any()
+    # the synthesis does not depend on the hidden target's own voxels
+    leaked = image.clone()
+    leaked[:, t2] = 5.0
+    torch.testing.assert_close(model.reconstruct(leaked, avail, ["t2", "pv"])[:, t2], out[:, t2])
+    with pytest.raises(MrfoundError, match="unknown sequence"):
+        model.reconstruct(image, avail, ["flair"])
+    only_t2 = torch.zeros_like(avail)
+    only_t2[:, 0] = True
+    with pytest.raises(MrfoundError, match="not a target"):
+        model.reconstruct(image, only_t2, ["t2"])
+
+
+def test_reconstruction_images_show_visible_patches(model, batch) -> None:
+    from mrfound.models.layers import unpatchify
+
+    rec = model.reconstruction_images(batch, generator=torch.Generator().manual_seed(0))
+    image = batch["image"]
+    assert rec["masked"].shape == image.shape == rec["recon"].shape
+    vis = unpatchify(rec["visible"].unsqueeze(-1).expand(-1, -1, -1, 512).float(), (4, 4, 4), 8).bool()
+    assert 0 < vis.float().mean() < 0.5
+    assert torch.equal(rec["masked"], torch.where(vis, image, torch.zeros_like(image)))
+    assert torch.equal(rec["recon"][vis], image[vis])  # visible patches are copied
+    hidden = ~vis & batch["available"].view(3, 8, 1, 1, 1)
+    assert not torch.equal(rec["recon"][hidden], image[hidden])  # hidden ones are predicted
+    assert not rec["visible"][rec["dropped"]].any()
