@@ -217,6 +217,34 @@ class MRFoundModel:
         x = self.prepare(case, lesion_xyz=lesion_xyz, mask=mask)
         return self.embed_arrays(x["image"], x["available"])
 
+    # ------------------------------------------------------------------------------ heads (inference.py)
+    def predict(self, case_or_manifest: Any, **kwargs: Any) -> Any:
+        """Class probabilities or segmentation of a case, or a table for a manifest.
+
+        See :func:`mrfound.inference.predict` (needs a fine-tuned classification/segmentation checkpoint).
+        """
+        from mrfound.inference import predict
+
+        return predict(self, case_or_manifest, **kwargs)
+
+    def segment(self, case: Any, **kwargs: Any) -> Any:
+        """Liver/lesion labels on the case's reference grid (``nibabel.Nifti1Image``).
+
+        See :func:`mrfound.inference.segment`.
+        """
+        from mrfound.inference import segment
+
+        return segment(self, case, **kwargs)
+
+    def impute(self, case: Any, sequence: str, **kwargs: Any) -> Any:
+        """Synthesise ``sequence`` from the case's other sequences (``nibabel.Nifti1Image``).
+
+        See :func:`mrfound.inference.impute` (needs a pretrained masked-modality autoencoder checkpoint).
+        """
+        from mrfound.inference import impute
+
+        return impute(self, case, sequence, **kwargs)
+
 
 def load_pretrained(
     name_or_path: str | os.PathLike,

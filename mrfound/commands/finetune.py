@@ -135,6 +135,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c = p.add_argument_group("configuration")
     c.add_argument("--config", help="YAML or JSON file with FinetuneConfig keys")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    from mrfound.data.guard import add_on_error_argument
+
+    add_on_error_argument(g)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -168,11 +171,41 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return cfg
 
 
+def _check_manifests(cfg: Any, on_error: str) -> None:
+    """Check --manifest / --val-manifest and their files before any output, with the model's vocabulary.
+
+    With ``skip``, bad rows go to RUN/rejected.csv (RUN/val_rejected.csv) and the run uses RUN/clean.csv.
+    """
+    from mrfound.data.guard import checked_manifest
+    from mrfound.data.sequences import Vocabulary
+    from mrfound.finetune.common import RANDOM_PREFIX
+
+    ckpt = cfg.checkpoint or f"{RANDOM_PREFIX}{cfg.model}"
+    if ckpt.startswith(RANDOM_PREFIX):
+        from mrfound.models.registry import get_model_config
+
+        enc = get_model_config(ckpt[len(RANDOM_PREFIX) :], **dict(cfg.model_overrides))
+        vocab = Vocabulary(sequences=enc.sequences)
+    else:  # the checkpoint's vocabulary, from its config.json (the weights are loaded later, once)
+        from mrfound.models.checkpoint import read_config, resolve_checkpoint
+
+        ck = read_config(resolve_checkpoint(ckpt))
+        voc = ck.get("vocabulary")
+        vocab = Vocabulary.from_dict(voc) if voc else Vocabulary(sequences=tuple(ck["encoder"]["sequences"]))
+    for key, prefix in (("manifest", ""), ("val_manifest", "val_")):
+        if getattr(cfg, key):
+            m = checked_manifest(
+                getattr(cfg, key), on_error=on_error, out_dir=cfg.out, vocabulary=vocab, prefix=prefix
+            )
+            setattr(cfg, key, str(m.path))
+
+
 def run(args: argparse.Namespace) -> int:
     from mrfound.finetune.classify import finetune_classifier
     from mrfound.finetune.segment import finetune_segmenter
 
     cfg = config_from_args(args)
+    _check_manifests(cfg, getattr(args, "on_error", "raise"))
     summary = finetune_classifier(cfg) if cfg.task == "classify" else finetune_segmenter(cfg)
     m = summary.get("val_metrics")
     if m and cfg.task == "classify" and m.get("n_cases"):

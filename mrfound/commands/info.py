@@ -22,10 +22,12 @@ def run(args: argparse.Namespace) -> int:
     from mrfound.data.sequences import CLASSES, MALIGNANT, SEQUENCES
 
     if args.checkpoint:
-        from mrfound.models.checkpoint import read_config, resolve_checkpoint
+        from mrfound.models.checkpoint import load_checkpoint
 
-        folder = resolve_checkpoint(args.checkpoint)
-        print(json.dumps(read_config(folder), indent=2))
+        # verify the weights too (safetensors only, each tensor against the architecture): a checkpoint
+        # that load_pretrained would refuse is not described as if it were usable
+        config, _ = load_checkpoint(args.checkpoint)
+        print(json.dumps(config, indent=2))
         return 0
     import torch
 

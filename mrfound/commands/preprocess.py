@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     p.add_argument("--spacing", type=float, default=None, help="grid spacing in mm (default 1.5)")
     p.add_argument("--no-crop-body", action="store_true", help="keep the reference's full field of view")
+    from mrfound.data.guard import add_on_error_argument
+
+    add_on_error_argument(p)
 
 
 def _init_worker() -> None:
@@ -50,19 +53,20 @@ def _one(job: tuple) -> tuple[str, bool, str | None]:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from mrfound.data.manifest import read_manifest
+    from mrfound.data.guard import checked_manifest
     from mrfound.data.preprocess import PreprocessConfig
     from mrfound.errors import ConfigError
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    manifest = read_manifest(args.manifest)
     config = PreprocessConfig()
     if args.spacing is not None:
         config.spacing = args.spacing
     if args.no_crop_body:
         config.crop_to_body = False
     config = PreprocessConfig.from_dict(config.to_dict())  # re-validate edited values
+    # every file checked before anything is written (bad rows -> one-line error, or OUT/rejected.csv)
+    manifest = checked_manifest(args.manifest, on_error=args.on_error, out_dir=args.out)
     jobs = [(c, args.out, config.to_dict(), manifest.vocabulary.to_dict()) for c in manifest]
     t0 = time.perf_counter()
     results: list[tuple[str, bool, str | None]] = []

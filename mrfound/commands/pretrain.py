@@ -81,6 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--spacing", type=float, metavar="MM", help="isotropic voxel size in mm (default 1.5)")
     g.add_argument("--cache-dir", metavar="DIR", help="preprocessing cache (default RUN/cache)")
+    from mrfound.data.guard import add_on_error_argument
+
+    add_on_error_argument(g)
     g.add_argument(
         "--eval-fraction",
         type=float,
@@ -221,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     command = getattr(args, "_command_line", None) or "mrfound " + shlex.join(sys.argv[1:])
-    result = pretrain(cfg, command=command)
+    result = pretrain(cfg, command=command, on_error=getattr(args, "on_error", "raise"))
     if result.is_main:
         t = result.timings
         done = result.steps - result.train.start_step

@@ -59,12 +59,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feature-cache", help="feature cache (default $MRFOUND_HOME/cache/features)")
     p.add_argument("--device", help="torch device (default cuda if available, else cpu)")
     p.add_argument("--out", required=True, help="output folder")
+    from mrfound.data.guard import add_on_error_argument
+
+    add_on_error_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from mrfound.data.manifest import read_manifest
+    from mrfound.data.guard import checked_manifest
     from mrfound.errors import ConfigError
     from mrfound.finetune import format_command
     from mrfound.finetune.common import load_encoder
@@ -105,8 +108,15 @@ def run(args: argparse.Namespace) -> int:
         vocab = DEFAULT_VOCABULARY
         key = f"radiomics-s{pre.spacing:g}"
         source = f"hand-crafted radiomics features (spacing {pre.spacing:g} mm)"
-    train = read_manifest(args.train_manifest, vocabulary=vocab)
-    test = read_manifest(args.test_manifest, vocabulary=vocab) if args.test_manifest else None
+    # every row and file checked before any output (--on-error skip: bad rows -> OUT/rejected.csv)
+    train = checked_manifest(args.train_manifest, on_error=args.on_error, out_dir=args.out, vocabulary=vocab)
+    test = (
+        checked_manifest(
+            args.test_manifest, on_error=args.on_error, out_dir=args.out, vocabulary=vocab, prefix="test_"
+        )
+        if args.test_manifest
+        else None
+    )
     res = probe_cohort(
         train,
         feature_fn,

@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {line}")
     else:
         print("no problems found")
+    if report.errors and args.on_error != "skip":  # the first problem as the one-line error, as every command
+        from mrfound.data.guard import first_error
+
+        print(f"mrfound validate: error: {first_error(report.errors, args.manifest)}", file=sys.stderr)
     if args.on_error == "skip":
         out = Path(args.out) if args.out else Path(args.manifest).resolve().parent
         clean, rejected, n_clean, n_rej = report.write_split(out)

@@ -18,7 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import zipfile
+import zlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,11 @@ from mrfound.data.sequences import DEFAULT_VOCABULARY, Vocabulary
 from mrfound.utils.io import atomic_write_with
 
 CACHE_FORMAT = 1
+MEMORY_ENV = "MRFOUND_CACHE_MEMORY_MB"
+"""Environment variable: default in-memory budget (MB) of :class:`PreprocessCache` (0 = off)."""
 _DIGESTS: dict[tuple[str, int, int], str] = {}
+_VERIFIED: set[tuple[str, int, int]] = set()
+"""Cache entries whose memory-mapped image member passed its CRC check in this process."""
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -62,6 +69,58 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray], stored: set[str]) -> No
                 np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
+def _stored_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray:
+    """Read-only memory map of an uncompressed ``.npy`` member of an ``.npz`` file.
+
+    The member's CRC is checked the first time an entry (path, size, mtime) is mapped in a process, so a
+    damaged entry is still detected, but later maps skip the full read: a crop then touches only the
+    pages of its ROI. Raises ``ValueError``/``BadZipFile`` on anything unexpected (the caller falls back to
+    a full read).
+    """
+    info = zf.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        raise ValueError(f"{name} is not stored uncompressed")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        head = f.read(30)
+        if len(head) != 30 or head[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"bad local header of {name}")
+        n_name, n_extra = struct.unpack("<HH", head[26:30])
+        start = info.header_offset + 30 + n_name + n_extra
+        f.seek(start)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"npy format {version} not mapped")
+        data_start = f.tell()
+        if dtype.hasobject:
+            raise ValueError("object arrays are never loaded")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if data_start - start + nbytes != info.file_size:
+            raise ValueError(f"{name}: size does not match its header")
+        st = os.fstat(f.fileno())
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in _VERIFIED:
+            f.seek(start)
+            crc, left = 0, info.file_size
+            while left > 0:
+                block = f.read(min(left, 1 << 22))
+                if not block:
+                    raise zipfile.BadZipFile(f"{name} is truncated")
+                crc = zlib.crc32(block, crc)
+                left -= len(block)
+            if crc != info.CRC:
+                raise zipfile.BadZipFile(f"bad CRC of {name}")
+            _VERIFIED.add(key)
+    if nbytes == 0:
+        return np.zeros(shape, dtype=dtype)
+    order = "F" if fortran else "C"
+    return np.memmap(path, dtype=dtype, mode="r", offset=data_start, shape=shape, order=order)
+
+
 class PreprocessCache:
     """Preprocessed cases on disk, keyed by content.
 
@@ -69,6 +128,9 @@ class PreprocessCache:
         folder: Cache folder (created on first write).
         config: Preprocessing settings.
         vocabulary: Sequence vocabulary (channel order).
+        memory_mb: Keep up to this many MB of entries in process memory (compact float16 form, least
+            recently used evicted) so that repeated crops of a small cohort skip the disk and the zip;
+            ``None`` reads ``$MRFOUND_CACHE_MEMORY_MB`` (default 0 = off).
 
     Example:
         >>> cache = PreprocessCache("cache/", PreprocessConfig())  # doctest: +SKIP
@@ -80,8 +142,14 @@ class PreprocessCache:
         folder: str | os.PathLike,
         config: PreprocessConfig | None = None,
         vocabulary: Vocabulary = DEFAULT_VOCABULARY,
+        memory_mb: float | None = None,
     ) -> None:
         self.folder = Path(folder)
+        if memory_mb is None:
+            memory_mb = float(os.environ.get(MEMORY_ENV, "0") or 0)
+        self.memory_bytes = int(max(0.0, float(memory_mb)) * 1e6)
+        self._memory: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._memory_used = 0
         self.config = config or PreprocessConfig()
         self.vocabulary = vocabulary
         self._settings = json.dumps(
@@ -158,18 +226,80 @@ class PreprocessCache:
     @staticmethod
     def load(path: str | os.PathLike) -> dict[str, Any]:
         """Read an entry back into the :func:`preprocess_case` dict (image as float32)."""
+        return expand_compact(PreprocessCache.load_compact(path))
+
+    @staticmethod
+    def load_compact(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+        """Read an entry as stored: ``image`` holds only the available channels, float16.
+
+        Args:
+            path: The entry.
+            mmap: Return ``image`` as a read-only memory map (CRC-checked once per process) instead of
+                reading it: cropping then reads only the ROI, not the whole volume.
+        """
         with np.load(path, allow_pickle=False) as z:
             names = set(z.files)
-            available = z["available"]
-            stored = z["image"]
-            image = np.zeros((len(available), *stored.shape[1:]), dtype=np.float32)
-            image[available] = stored
+            image = None
+            if mmap:
+                try:
+                    image = _stored_member(Path(path), z.zip, "image.npy")
+                except ValueError:
+                    image = None  # unexpected layout: read it the ordinary way
             return {
-                "image": image,
-                "available": available,
+                "image": z["image"] if image is None else image,
+                "available": z["available"],
                 "mask": z["mask"] if "mask" in names else None,
                 "affine": z["affine"],
                 "lesion_center": z["lesion_center"] if "lesion_center" in names else None,
                 "body": z["body"],
                 "intensity_range": z["intensity_range"],
             }
+
+    def get_compact(self, case: Case) -> dict[str, Any]:
+        """The case in compact form (see :meth:`load_compact`), from memory when kept there.
+
+        Cropping this and then calling :func:`expand_compact` gives exactly the crop of :meth:`get`'s
+        volume, without converting the whole volume to float32 (the costly part of a cache hit).
+        """
+        path = self.path(case)
+        key = str(path)
+        hit = self._memory.get(key)
+        if hit is not None:
+            self._memory.move_to_end(key)
+            return dict(hit)
+        compact = None
+        if path.is_file():
+            try:
+                # a memory map when the entry will not be kept in memory: the crop reads only its ROI
+                compact = self.load_compact(path, mmap=self.memory_bytes <= 0)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                compact = None
+        if compact is None:
+            sample, _ = self.get_with_status(case)
+            compact = dict(sample)
+            avail = np.asarray(sample["available"], dtype=bool)
+            compact["image"] = sample["image"][avail].astype(np.float16)
+            compact["available"] = avail
+        if self.memory_bytes > 0:
+            size = sum(v.nbytes for v in compact.values() if isinstance(v, np.ndarray))
+            if size <= self.memory_bytes:
+                while self._memory and self._memory_used + size > self.memory_bytes:
+                    _, old = self._memory.popitem(last=False)
+                    self._memory_used -= sum(v.nbytes for v in old.values() if isinstance(v, np.ndarray))
+                self._memory[key] = compact
+                self._memory_used += size
+        return dict(compact)
+
+
+def expand_compact(compact: dict[str, Any]) -> dict[str, Any]:
+    """Compact entry (available channels, float16) -> :func:`preprocess_case` dict (all channels, float32)."""
+    available = np.asarray(compact["available"], dtype=bool)
+    stored = compact["image"]
+    image = np.zeros((len(available), *stored.shape[1:]), dtype=np.float32)
+    # channel by channel: a plain converting copy each (boolean-mask assignment is several times slower;
+    # numpy rather than torch keeps this single-threaded, as it runs beside training)
+    for dst, src in zip(np.flatnonzero(available), stored):
+        image[dst] = src
+    out = dict(compact)
+    out["image"] = image
+    return out

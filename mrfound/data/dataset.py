@@ -92,11 +92,19 @@ class MRDataset(Dataset):
             raise IndexError(index)
         ci = index // self.samples_per_case
         case = self.manifest.cases[ci]
-        arrays = self.preprocessed(ci)
+        if self.cache is not None and self.mode != "full":
+            # crop the stored float16 channels first: converting only the ROI is much cheaper
+            from mrfound.data.cache import expand_compact
+
+            arrays = self.cache.get_compact(case)
+        else:
+            arrays = self.preprocessed(ci)
         if self.mode == "lesion":
             arrays = crop_lesion(arrays, self.config.roi_size)
         elif self.mode == "random":
             arrays = random_crop(arrays, self.config.roi_size, self._rng(index))
+        if self.cache is not None and self.mode != "full":
+            arrays = expand_compact(arrays)
         sample: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(arrays["image"], dtype=np.float32)),
             "available": torch.from_numpy(np.asarray(arrays["available"], dtype=bool)),

@@ -108,10 +108,29 @@ def sniff_kind(path: str | os.PathLike) -> str:
 
 def _squeeze_shape(raw: tuple[int, ...], path: Path) -> tuple[int, ...]:
     if len(raw) == 4 and raw[3] == 1:
-        return tuple(raw[:3])
+        return _check_size(tuple(raw[:3]), path)
     if len(raw) == 3:
-        return tuple(raw)
+        return _check_size(tuple(raw), path)
     raise ImageReadError(f"image is not 3D (shape {tuple(int(s) for s in raw)})", path=str(path))
+
+
+MAX_AXIS_VOXELS = 4096
+"""No MRI volume has more voxels along an axis; such a header is refused before its voxels are read."""
+
+
+def _check_size(shape: tuple[int, ...], path: Path) -> tuple[int, ...]:
+    """Refuse implausible shapes from the header alone (a bad header must not exhaust memory)."""
+    shown = "x".join(str(int(s)) for s in shape)
+    if any(s > MAX_AXIS_VOXELS for s in shape):
+        raise ImageReadError(
+            f"image too large ({shown} voxels; at most {MAX_AXIS_VOXELS} per axis)", path=str(path)
+        )
+    if sum(s >= 2 for s in shape) < 2:
+        raise ImageReadError(
+            f"image too small ({shown} voxels; a volume needs at least 2 voxels along two axes)",
+            path=str(path),
+        )
+    return shape
 
 
 def _check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
@@ -257,6 +276,7 @@ def _sitk_header(img, p: Path, kind: str) -> ImageHeader:
         thick = _slice_thickness(img)
         if thick:
             spacing[2] = thick
+    _check_size(size, p)
     aff = np.eye(4)
     aff[:3, :3] = direction @ np.diag(spacing)
     aff[:3, 3] = origin

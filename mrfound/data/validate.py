@@ -139,10 +139,11 @@ class ValidationReport:
         """One line per problem: ``severity  case X, column Y: problem``."""
         return [f"{p.severity:7s} {p}" for p in self.problems]
 
-    def write_split(self, out_dir: str | os.PathLike) -> tuple[Path, Path, int, int]:
+    def write_split(self, out_dir: str | os.PathLike, prefix: str = "") -> tuple[Path, Path, int, int]:
         """Write ``clean.csv`` (rows without errors) and ``rejected.csv`` (with ``reason``) atomically.
 
         Relative paths are rewritten relative to ``out_dir`` so both files resolve the same images.
+        ``prefix`` is prepended to both names (several manifests split into one folder).
 
         Returns:
             ``(clean_path, rejected_path, n_clean, n_rejected)``.
@@ -163,8 +164,8 @@ class ValidationReport:
         clean = frame[[not b for b in bad]]
         rejected = frame[bad].copy()
         rejected["reason"] = ["; ".join(reasons[i + 1]) for i in range(len(frame)) if bad[i]]
-        clean_path = atomic_write_text(out / "clean.csv", clean.to_csv(index=False))
-        rejected_path = atomic_write_text(out / "rejected.csv", rejected.to_csv(index=False))
+        clean_path = atomic_write_text(out / f"{prefix}clean.csv", clean.to_csv(index=False))
+        rejected_path = atomic_write_text(out / f"{prefix}rejected.csv", rejected.to_csv(index=False))
         return clean_path, rejected_path, len(clean), len(rejected)
 
 
@@ -233,6 +234,8 @@ def _code_of(message: str) -> str:
         ("corrupt NIfTI", "corrupt"),
         ("unreadable", "corrupt"),
         ("not 3D", "not_3d"),
+        ("too large", "too_large"),
+        ("too small", "too_small"),
         ("NaN/Inf entries", "bad_affine"),
         ("singular", "bad_affine"),
     )

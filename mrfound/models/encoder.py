@@ -47,6 +47,61 @@ def init_mae_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+PACK_MIN_PADDING = 0.1
+"""Fraction of padding slots above which :func:`run_blocks` packs the valid tokens (see there)."""
+
+
+class PackedTokens:
+    """The valid tokens of a padded (B, N) batch laid out in one row (1, T), T = number of valid slots.
+
+    Token-wise work (norms, MLPs, projections) then runs on real tokens only; attention scatters its
+    Q/K/V back to (B, N) with a key-padding mask. Passed to the blocks in place of ``attn_mask``.
+
+    Args:
+        valid: (B, N) bool, True for real tokens.
+    """
+
+    def __init__(self, valid: torch.Tensor) -> None:
+        b, n = valid.shape
+        self.shape = (b, n)
+        self.index = torch.nonzero(valid.reshape(-1)).squeeze(1)
+        self.mask = valid[:, None, None, :]
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, ...) -> (1, T, ...) real tokens only."""
+        b, n = self.shape
+        return x.reshape(b * n, *x.shape[2:]).index_select(0, self.index).unsqueeze(0)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, T, ...) -> (B, N, ...), zeros in the padding slots."""
+        b, n = self.shape
+        src = x.squeeze(0)
+        out = src.new_zeros((b * n, *src.shape[1:]))
+        return out.index_copy(0, self.index, src).reshape(b, n, *src.shape[1:])
+
+
+def packed_layout(blocks: nn.ModuleList, valid: torch.Tensor | None) -> PackedTokens | None:
+    """A :class:`PackedTokens` layout when packing the valid tokens pays and keeps the semantics.
+
+    Packing is used when at least ``PACK_MIN_PADDING`` of the slots are padding, no stochastic depth is
+    active (DropPath drops per sample, and a packed row mixes samples) and no hook watches a block's
+    (B, N, C) output (e.g. the segmentation head's skip connections).
+    """
+    if valid is None or valid.ndim != 2 or valid.numel() == 0:
+        return None
+    n_pad = int((~valid).sum())
+    if n_pad < PACK_MIN_PADDING * valid.numel() or n_pad == valid.numel():
+        return None
+    for blk in blocks:
+        if blk._forward_hooks or blk._forward_pre_hooks:
+            return None
+        if blk.training and any(
+            not isinstance(getattr(blk, name, None), nn.Identity) for name in ("drop_path1", "drop_path2")
+        ):
+            return None
+    return PackedTokens(valid)
+
+
 MATMUL_ATTENTION_MAX_TOKENS = 1024
 """Longest sequence for which low-precision CPU attention uses explicit matmuls instead of SDPA."""
 
@@ -62,11 +117,19 @@ class Attention(_TimmAttention):
     """
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | PackedTokens | None = None,
+        is_causal: bool = False,
     ) -> torch.Tensor:
-        b, n, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        packed = attn_mask if isinstance(attn_mask, PackedTokens) else None
+        qkv = self.qkv(x)
+        if packed is not None:  # (1, T, 3C) real tokens -> (B, N, 3C) with a key-padding mask
+            qkv = packed.unpack(qkv)
+            attn_mask = packed.mask
+        b, n, _ = qkv.shape
+        qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         low_precision_cpu = q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
@@ -93,7 +156,10 @@ class Attention(_TimmAttention):
                 )
             attn = self.attn_drop(attn.softmax(dim=-1))
             x = attn @ v
-        x = self.norm(x.transpose(1, 2).reshape(b, n, self.attn_dim))
+        x = x.transpose(1, 2).reshape(b, n, self.attn_dim)
+        if packed is not None:
+            x = packed.pack(x)
+        x = self.norm(x)
         if gate is not None:
             x = x * gate
         return self.proj_drop(self.proj(x))
@@ -119,8 +185,33 @@ def make_blocks(
     )
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Apply blocks with a key-padding mask built once (None when no slot is padding)."""
+def run_blocks(
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    valid: torch.Tensor | None,
+    layout: PackedTokens | None | bool = True,
+) -> torch.Tensor:
+    """Apply blocks to padded tokens (B, N, C) with a key-padding mask built once.
+
+    Args:
+        blocks: The blocks.
+        x: (B, N, C) tokens, or (1, T, C) packed tokens when ``layout`` is a :class:`PackedTokens`.
+        valid: (B, N) bool, False for padding; None = no padding (no mask: the fast attention path).
+        layout: ``True``: pack the valid tokens when :func:`packed_layout` says it pays (the result is
+            padded again, zeros in the padding slots); ``False``: never; a ``PackedTokens``: ``x`` is
+            already packed and stays packed.
+
+    Returns:
+        Tokens in the layout of ``x``.
+    """
+    if isinstance(layout, PackedTokens):
+        for blk in blocks:
+            x = blk(x, attn_mask=layout)
+        return x
+    if layout is True:
+        packed = packed_layout(blocks, valid)
+        if packed is not None:
+            return packed.unpack(run_blocks(blocks, packed.pack(x), valid, packed))
     mask = attention_mask(valid)
     for blk in blocks:
         x = blk(x, attn_mask=mask)
@@ -209,10 +300,14 @@ class MultiSequenceViT(nn.Module):
         Returns:
             (B, N, C) tokens after the final LayerNorm (padding slots hold unused values).
         """
+        packed = packed_layout(self.blocks, valid)
+        if packed is not None:  # embed and encode the real tokens only (see PackedTokens)
+            patches, seq_idx, pos_idx = packed.pack(patches), packed.pack(seq_idx), packed.pack(pos_idx)
         x = self.patch_embed(patches.to(self.patch_embed.weight.dtype))
         x = x + self.seq_embed[seq_idx] + self.pos_embed[pos_idx]
-        x = run_blocks(self.blocks, x, valid)
-        return self.norm(x)
+        x = run_blocks(self.blocks, x, valid, packed if packed is not None else False)
+        x = self.norm(x)
+        return packed.unpack(x) if packed is not None else x
 
     def forward(
         self, image: torch.Tensor, available: torch.Tensor, token_mask: torch.Tensor | None = None

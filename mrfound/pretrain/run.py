@@ -96,15 +96,19 @@ def build_model(config: PretrainConfig) -> Any:
     return MaskedModalityAutoencoder(enc, mae)
 
 
-def load_cohort(paths: list[str], vocabulary: Any) -> Any:
-    """Read and pool manifests; case ids must be unique across them."""
-    from mrfound.data.manifest import Manifest, read_manifest
+def load_cohort(paths: list[str], vocabulary: Any, on_error: str = "raise", out_dir: Any = None) -> Any:
+    """Read, check (:func:`mrfound.data.guard.checked_manifest`) and pool manifests; case ids must be
+    unique across them. With ``on_error="skip"`` bad rows go to ``out_dir/rejected.csv`` (``manifestN_``
+    prefixed when there are several manifests)."""
+    from mrfound.data.guard import checked_manifest
+    from mrfound.data.manifest import Manifest
 
     cases, origin = [], {}
-    for p in paths:
+    for i, p in enumerate(paths):
         if not Path(p).is_file():
             raise ManifestError("manifest not found", path=str(p))
-        m = read_manifest(p, vocabulary)
+        prefix = f"manifest{i + 1}_" if len(paths) > 1 else ""
+        m = checked_manifest(p, on_error=on_error, out_dir=out_dir, vocabulary=vocabulary, prefix=prefix)
         for c in m.cases:
             if c.case in origin:
                 raise ManifestError(
@@ -218,12 +222,16 @@ class _Monitor:
         )
 
 
-def pretrain(config: PretrainConfig, *, command: str | None = None) -> PretrainResult:
+def pretrain(
+    config: PretrainConfig, *, command: str | None = None, on_error: str = "raise"
+) -> PretrainResult:
     """Run masked-modality pretraining as configured (see the module docstring).
 
     Args:
         config: A validated :class:`PretrainConfig` (``out`` is the run folder).
         command: Command line recorded in the provenance.
+        on_error: ``raise`` (a bad manifest row stops the run before any output) or ``skip`` (bad rows
+            listed in ``RUN/rejected.csv``, the others used).
 
     Returns:
         A :class:`PretrainResult`.
@@ -257,7 +265,7 @@ def pretrain(config: PretrainConfig, *, command: str | None = None) -> PretrainR
 
     created = not run_dir.exists()
     try:  # nothing is left behind when the input turns out to be bad before training starts
-        cohort = load_cohort(config.manifest, vocab)
+        cohort = load_cohort(config.manifest, vocab, on_error=on_error, out_dir=run_dir)
         train_m, held_m = split_by_subject(cohort, config.eval_fraction, config.seed)
         cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"
         train_ds = MRDataset(

@@ -387,8 +387,11 @@ class Trainer:
         )
 
         groups = self._build_param_groups(model, param_groups)
+        # fused: one kernel for all parameters instead of ~10 small ops per tensor (on a busy CPU each
+        # small multi-threaded op can wait a scheduler slice; measured 25x faster optimizer steps)
+        fused = acc.device.type in ("cpu", "cuda")
         optimizer = torch.optim.AdamW(
-            groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay
+            groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=fused
         )
         warm = config.resolved_warmup_steps
         min_ratio = config.min_lr / config.lr

@@ -39,10 +39,16 @@ def test_second_run_is_all_cache_hits(tmp_path, capsys):
 def test_failures_are_reported_per_case(tmp_path, capsys):
     m = _tiny_cohort(tmp_path, n=2)
     (tmp_path / "c1_pv.nii.gz").write_text("broken")
+    # default (--on-error raise): checked before anything is written, one line, nothing in --out
     assert main(["preprocess", "--manifest", str(m), "--out", str(tmp_path / "cache"), "--spacing", "3"]) == 2
     captured = capsys.readouterr()
-    assert "1 preprocessed, 1 failed" in captured.out
     assert "case 'c1', column 't1_pv'" in captured.err and "not a NIfTI" in captured.err
+    assert not (tmp_path / "cache").exists()
+    # --on-error skip: the bad case is listed in rejected.csv, the other one preprocessed
+    args = ["preprocess", "--manifest", str(m), "--out", str(tmp_path / "cache"), "--spacing", "3"]
+    assert main([*args, "--on-error", "skip"]) == 0
+    assert "1 preprocessed, 0 failed" in capsys.readouterr().out
+    assert "not a NIfTI" in (tmp_path / "cache" / "rejected.csv").read_text()
 
 
 def test_workers(tmp_path, capsys):

@@ -6,6 +6,7 @@ import shutil
 import zipfile
 
 import numpy as np
+import pytest
 
 from mrfound.data.cache import PreprocessCache, file_digest
 from mrfound.data.manifest import Case
@@ -97,3 +98,30 @@ def test_file_digest_of_folder(tmp_path):
     d1 = file_digest(tmp_path / "s")
     (tmp_path / "s" / "2.dcm").write_bytes(b"b")
     assert file_digest(tmp_path / "s") != d1
+
+
+def test_mapped_entry_matches_full_read_and_damage_is_detected(tmp_path):
+    from mrfound.data import cache as cache_mod
+    from mrfound.data.cache import expand_compact
+
+    case = _case(tmp_path)
+    cache = PreprocessCache(tmp_path / "cache", PreprocessConfig(spacing=3.0))
+    full = cache.get(case)
+    path = cache.path(case)
+    mapped = PreprocessCache.load_compact(path, mmap=True)
+    assert isinstance(mapped["image"], np.memmap)  # a crop reads only its ROI
+    np.testing.assert_array_equal(expand_compact(mapped)["image"], full["image"])
+    del mapped
+    # flip one byte inside the stored image data: the CRC check of the first map in a process catches it
+    with zipfile.ZipFile(path) as zf:
+        offset = zf.getinfo("image.npy").header_offset
+    raw = bytearray(path.read_bytes())
+    data = raw.index(b"\x93NUMPY", offset) + 200
+    raw[data] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    cache_mod._VERIFIED.clear()
+    with pytest.raises(zipfile.BadZipFile):
+        PreprocessCache.load_compact(path, mmap=True)
+    compact = cache.get_compact(case)  # recomputed and rewritten
+    np.testing.assert_array_equal(expand_compact(compact)["image"], full["image"])
+    assert cache.get_with_status(case)[1]

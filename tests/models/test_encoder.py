@@ -107,3 +107,38 @@ def test_low_precision_cpu_attention_matches_sdpa() -> None:
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(ref, manual, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(low.float(), ref, atol=5e-2, rtol=5e-2)
+
+
+def test_packed_tokens_equal_padded_tokens_and_grads(enc_cfg, mae_cfg, batch, monkeypatch) -> None:
+    """Packing the valid tokens of a padded batch (encoder and decoder) changes no number."""
+    import mrfound.models.encoder as enc_mod
+    from mrfound.models.mae import MaskedModalityAutoencoder
+
+    torch.manual_seed(0)
+    model = MaskedModalityAutoencoder(enc_cfg, mae_cfg)
+    image, available = batch["image"], batch["available"]
+    assert enc_mod.packed_layout(model.encoder.blocks, model.encoder(image, available)["valid"]) is not None
+
+    def run(min_padding: float):
+        monkeypatch.setattr(enc_mod, "PACK_MIN_PADDING", min_padding)
+        model.zero_grad()
+        out = model(image, available, generator=torch.Generator().manual_seed(1), return_details=True)
+        out["loss"].backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return out, grads
+
+    packed, g_packed = run(0.0)
+    padded, g_padded = run(2.0)  # never pack
+    valid = padded["target_valid"]  # padding slots hold unused values either way
+    assert torch.equal(packed["target_valid"], valid) and not bool(valid.all())
+    torch.testing.assert_close(packed["pred"][valid], padded["pred"][valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed["loss"], padded["loss"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g_packed, g_padded, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # hooked blocks (segmentation skips) keep the documented (B, N, C) layout
+        handle = model.encoder.blocks[0].register_forward_hook(lambda m, i, o: None)
+        try:
+            monkeypatch.setattr(enc_mod, "PACK_MIN_PADDING", 0.0)
+            valid = model.encoder(image, available)["valid"]
+            assert enc_mod.packed_layout(model.encoder.blocks, valid) is None
+        finally:
+            handle.remove()

@@ -1,0 +1,1509 @@
+"""``mrfound demo``: the whole story on a simulated cohort, written up as ``DIR/report.md``.
+
+Stages (each prints a header, long loops show tqdm bars on a terminal):
+
+1. **simulate** a multi-centre cohort with the built-in phantom (:func:`mrfound.data.phantom.generate_cohort`)
+   and draw the class x sequence montage;
+2. **split** it by subject into training and test cases (stratified, seeded) and fill the preprocessing
+   cache (one common 2 mm grid per case, in parallel);
+3. **pretrain** the ``tiny`` masked-modality autoencoder on the training cases (labels unused) with
+   ``mrfound pretrain``'s program, then score its reconstructions of hidden patches and dropped sequences
+   of unseen test lesions against the untrained model and the per-sequence mean baseline;
+4. **probe** the frozen encoder (and the same architecture at random init) with logistic regression
+   under missing-sequence protocols and with 10-100 % of the training labels;
+5. **fine-tune** a classifier (layer-wise LR decay, sequence-dropout augmentation) and score it on the
+   test cases under every protocol: ROC curves, confusion matrix;
+6. **segment**: a short liver + lesion segmentation fine-tune, scored on a few test volumes;
+7. **predict and impute** for unseen cases through :func:`mrfound.load_pretrained` (``predictions.csv``,
+   a segmentation and synthesised sequences as NIfTI);
+8. **report**: ``report.md`` with the figures, ``summary.json``, and a summary table on the terminal.
+
+Time: the training stages get their step counts from a short measurement of this machine's speed and the
+``minutes`` budget, so the demo ends in about ``minutes`` whatever the machine (a busy machine trains
+fewer steps; the steps used are reported). Everything is seeded by ``seed``.
+
+The evaluation helpers here (:func:`split_cohort`, :func:`fill_cache`, :func:`probe_protocols`,
+:func:`classifier_protocol_metrics`, the plots and :func:`md_table`) are shared with
+``benchmarks/phenotype.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrfound.errors import ConfigError
+from mrfound.utils.io import atomic_write_json, atomic_write_text, atomic_write_with
+
+NAMED_PROTOCOLS: tuple[str, ...] = ("all", "no_contrast", "t2_only", "contrast_only")
+"""The missing-sequence protocols shown by the demo (DESIGN §7 names)."""
+
+METRIC_LABELS: dict[str, str] = {
+    "auc_macro": "macro AUC",
+    "balanced_accuracy": "balanced acc.",
+    "f1_macro": "macro F1",
+    "kappa": "kappa",
+    "auc_benign_malignant": "benign/malignant AUC",
+}
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class DemoConfig:
+    """Settings of :func:`run_demo`.
+
+    Attributes:
+        out: Output folder (``report.md``, ``figures/``, ``summary.json``; work files in ``work/``).
+        minutes: Wall-time budget; the training stages are sized to fit it.
+        cases: Simulated cases.
+        seed: Seed of the cohort, the split, the models and the masks.
+        test_fraction: Share of subjects held out as unseen test cases.
+        spacing: Grid spacing (mm) of preprocessing.
+        roi_size: ROI edge (voxels) of the encoder, crops and sliding windows.
+        patch_size: Patch edge (voxels).
+        spacing_scale: Phantom voxel-size multiplier (1.5: coarser acquisitions, faster to simulate and
+            read; the model works on the ``spacing`` grid anyway).
+        segment: Run the segmentation stage.
+        predict_cases: Unseen cases sent through ``predict`` / ``impute``.
+        impute_sequence: Sequence synthesised by the imputation stage.
+        workers: Processes for simulation and preprocessing (default: the usable CPUs, at most 8).
+        batch_size: Training batch size.
+        model_overrides: Encoder fields changed from ``tiny`` (tests use a narrower model).
+        mae_overrides: Autoencoder fields changed.
+        max_steps: Upper bounds of the training stages' step counts.
+        min_steps: Lower bounds (a very slow machine still trains this much).
+        label_fractions: Label fractions of the label-efficiency probe.
+        n_boot: Bootstrap resamples of the confidence intervals.
+        cache_memory_mb: In-memory preprocessing cache (MB) for the repeated crops of training.
+        command: Command line recorded in the report.
+    """
+
+    out: str
+    minutes: float = 10.0
+    cases: int = 120
+    seed: int = 0
+    test_fraction: float = 0.25
+    spacing: float = 2.0
+    roi_size: int = 32
+    patch_size: int = 8
+    spacing_scale: float = 1.5
+    segment: bool = True
+    predict_cases: int = 4
+    impute_sequence: str = "t1_art"
+    workers: int | None = None
+    batch_size: int = 8
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    mae_overrides: dict[str, Any] = field(default_factory=dict)
+    max_steps: dict[str, int] = field(
+        default_factory=lambda: {"pretrain": 1500, "classify": 600, "segment": 300}
+    )
+    min_steps: dict[str, int] = field(default_factory=lambda: {"pretrain": 30, "classify": 20, "segment": 10})
+    label_fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    n_boot: int = 500
+    cache_memory_mb: float = 3000.0
+    command: str | None = None
+
+    def validate(self) -> DemoConfig:
+        """Check ranges; raises :class:`ConfigError` naming the option."""
+        if not self.out:
+            raise ConfigError("--out is required")
+        if not (isinstance(self.minutes, int | float) and math.isfinite(self.minutes) and self.minutes > 0):
+            raise ConfigError(f"--minutes must be > 0, got {self.minutes}")
+        if int(self.cases) < 24:
+            raise ConfigError(f"--cases must be >= 24 (a train/test split of every class), got {self.cases}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if not 0.1 <= self.test_fraction <= 0.5:
+            raise ConfigError(f"test_fraction must be in [0.1, 0.5], got {self.test_fraction}")
+        if self.roi_size % self.patch_size:
+            raise ConfigError(f"patch_size {self.patch_size} must divide roi_size {self.roi_size}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ progress
+
+
+class StageLog:
+    """Stage headers, wall time per stage and a closing summary on a text stream."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total = total
+        self.stream = stream or sys.stdout
+        self.index = 0
+        self.times: dict[str, float] = {}
+        self.start = time.time()
+
+    def say(self, text: str) -> None:
+        """Print one line (flushed, so it interleaves correctly with tqdm bars)."""
+        print(text, file=self.stream, flush=True)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, title: str) -> Iterator[None]:
+        """``with log.stage("pretrain", "Pretraining ..."):`` prints the header and records the time."""
+        self.index += 1
+        elapsed = time.time() - self.start
+        self.say(f"\n== [{self.index}/{self.total}] {title}  (t = {elapsed / 60:.1f} min)")
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.times[name] = round(time.time() - t0, 1)
+            self.say(f"   done in {self.times[name]:.0f} s")
+
+
+class Budget:
+    """Wall-clock budget: how many seconds are left, and step counts that fit a share of them."""
+
+    def __init__(self, minutes: float) -> None:
+        self.start = time.time()
+        self.total = float(minutes) * 60.0
+
+    def left(self) -> float:
+        """Seconds left (negative when over budget)."""
+        return self.total - (time.time() - self.start)
+
+    @staticmethod
+    def steps(seconds: float, seconds_per_step: float, lo: int, hi: int) -> int:
+        """``seconds / seconds_per_step`` clamped to ``[lo, hi]``."""
+        if not math.isfinite(seconds_per_step) or seconds_per_step <= 0:
+            return hi
+        return int(min(hi, max(lo, seconds / seconds_per_step)))
+
+
+def seconds_per_step(model: Any, dataset: Any, batch_size: int, steps: int = 3) -> float:
+    """Measured wall seconds of one training step (data + forward + backward + AdamW) on this machine.
+
+    Runs ``steps`` steps of a throwaway copy of the training set-up and averages all but the first.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from mrfound.data.dataset import collate_cases
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_cases)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    model.train()
+    times = []
+    it = iter(loader)
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            batch = next(it)
+        out = model(batch)
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return float(np.mean(times[1:] if len(times) > 1 else times))
+
+
+# ------------------------------------------------------------------------------------- data helpers
+
+
+def split_cohort(manifest: Any, test_fraction: float, seed: int) -> tuple[Any, Any]:
+    """Training and test manifests: about ``test_fraction`` of the labelled subjects held out.
+
+    Stratified by class and grouped by subject (``StratifiedGroupKFold``, first fold), seeded; unlabelled
+    cases stay in training (usable for pretraining).
+    """
+    from mrfound.data.manifest import Manifest
+    from mrfound.finetune.common import holdout_split
+
+    test = holdout_split(
+        [c.label for c in manifest.cases], [c.subject for c in manifest.cases], test_fraction, seed
+    )
+    train_cases = [c for c, t in zip(manifest.cases, test) if not t]
+    test_cases = [c for c, t in zip(manifest.cases, test) if t]
+    return (
+        Manifest.from_cases(train_cases, manifest.root, manifest.vocabulary),
+        Manifest.from_cases(test_cases, manifest.root, manifest.vocabulary),
+    )
+
+
+def subset_manifest(manifest: Any, keep: Callable[[Any], bool]) -> Any:
+    """The cases of ``manifest`` for which ``keep(case)`` is true."""
+    from mrfound.data.manifest import Manifest
+
+    return Manifest.from_cases([c for c in manifest.cases if keep(c)], manifest.root, manifest.vocabulary)
+
+
+def _fill_one(args: tuple[Any, Any, str, Any]) -> str:
+    case, config, folder, vocabulary = args
+    from mrfound.data.cache import PreprocessCache
+
+    PreprocessCache(folder, config, vocabulary, memory_mb=0).get(case)
+    return case.case
+
+
+def fill_cache(
+    manifest: Any,
+    config: Any,
+    cache_dir: str | os.PathLike,
+    workers: int | None = None,
+    desc: str = "preprocess",
+) -> None:
+    """Preprocess every case of ``manifest`` into the cache, with ``workers`` processes."""
+    from tqdm.auto import tqdm
+
+    from mrfound.data.cache import PreprocessCache
+    from mrfound.data.phantom.cohort import default_workers
+
+    cache = PreprocessCache(cache_dir, config, manifest.vocabulary, memory_mb=0)
+    todo = [c for c in manifest.cases if not cache.has(c)]
+    workers = min(default_workers() if workers is None else max(1, int(workers)), max(1, len(todo)))
+    bar = tqdm(total=len(todo), desc=desc, unit="case", disable=None)
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for c in todo:
+                cache.get(c)
+                bar.update(1)
+            return
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        from mrfound.data.phantom.cohort import _init_worker
+
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as ex:
+            for _ in ex.map(_fill_one, [(c, config, str(cache_dir), manifest.vocabulary) for c in todo]):
+                bar.update(1)
+    finally:
+        bar.close()
+
+
+def cohort_table(manifest: Any) -> tuple[list[str], list[list[Any]]]:
+    """Cases per centre x class (markdown-ready headers and rows)."""
+    classes = list(manifest.vocabulary.classes)
+    centers = sorted({c.center for c in manifest.cases})
+    rows = []
+    for center in centers:
+        counts = [sum(1 for c in manifest.cases if c.center == center and c.label == k) for k in classes]
+        unl = sum(1 for c in manifest.cases if c.center == center and not c.label)
+        rows.append([center, *counts, unl, sum(counts) + unl])
+    totals = [sum(r[i] for r in rows) for i in range(1, len(classes) + 3)]
+    rows.append(["**all**", *totals])
+    return ["centre", *classes, "unlabelled", "total"], rows
+
+
+# --------------------------------------------------------------------------------- model evaluation
+
+
+def probe_protocols(
+    train: Any,
+    test: Any,
+    feature_fn: Any,
+    *,
+    protocols: Sequence[str],
+    sequences: Sequence[str],
+    label_fractions: Sequence[float] = (),
+    fraction_protocols: Sequence[str] = ("all",),
+    n_boot: int = 500,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Linear probe trained on ``train`` (full protocol), scored on ``test`` under each protocol.
+
+    Features are extracted once per case and protocol; label fractions re-fit the probe on nested,
+    stratified subsets of the training labels (:func:`mrfound.finetune.common.labels_fraction_subset`).
+
+    Returns:
+        ``{"protocols": {p: metrics}, "fractions": {str(f): {p: metrics}}, "predictions": DataFrame of
+        the full-label probe (case, protocol, label, p_<class>...), "n_train", "n_test"}``.
+    """
+    from mrfound.finetune.common import labels_fraction_subset
+    from mrfound.finetune.probe import attach_case_info, extract_protocol_features, run_probe
+
+    classes = list(train.vocabulary.classes)
+    malignant = list(train.vocabulary.malignant)
+    protos = list(dict.fromkeys(["all", *protocols, *fraction_protocols]))
+    tr_tables, _ = extract_protocol_features(train, feature_fn, ["all"], sequences=sequences)
+    tr = attach_case_info(tr_tables, train)["all"]
+    tr = tr[tr["label"].notna() & (tr["label"].astype(str) != "")].reset_index(drop=True)
+    te_tables, excluded = extract_protocol_features(test, feature_fn, protos, sequences=sequences)
+    te = attach_case_info(te_tables, test)
+    res = run_probe(
+        tr,
+        {p: te[p] for p in protocols},
+        classes=classes,
+        malignant=malignant,
+        n_boot=n_boot,
+        seed=seed,
+        excluded=excluded,
+    )
+    out: dict[str, Any] = {
+        "protocols": res.metrics,
+        "predictions": res.predictions,
+        "fractions": {},
+        "n_train": int(len(tr)),
+        "n_test": int(len(te["all"])),
+    }
+    for f in label_fractions:
+        if f >= 1.0:
+            out["fractions"][str(f)] = {p: res.metrics[p] for p in fraction_protocols if p in res.metrics}
+            continue
+        idx = labels_fraction_subset(tr["label"].tolist(), f, seed)
+        sub = tr.iloc[idx].reset_index(drop=True)
+        r = run_probe(
+            sub,
+            {p: te[p] for p in fraction_protocols},
+            classes=classes,
+            malignant=malignant,
+            n_boot=n_boot,
+            seed=seed,
+            excluded=excluded,
+        )
+        out["fractions"][str(f)] = r.metrics
+        for m in out["fractions"][str(f)].values():
+            m["n_train"] = int(len(sub))
+    return out
+
+
+def classifier_protocol_metrics(
+    model: Any,
+    test: Any,
+    preprocess: Any,
+    protocols: Sequence[str],
+    *,
+    cache_dir: Any = None,
+    n_boot: int = 500,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> tuple[dict[str, Any], Any]:
+    """Fine-tuned classifier on the labelled test cases under each protocol (sequences outside it removed).
+
+    Returns:
+        ``({protocol: classification_metrics + n_excluded}, predictions DataFrame with a protocol column)``.
+    """
+    import pandas as pd
+
+    from mrfound.data.sequences import protocol_sequences
+    from mrfound.finetune.classify import predict_classifier
+    from mrfound.finetune.metrics import classification_metrics
+
+    classes = list(model.classes)
+    truth = {c.case: c.label for c in test.cases if c.label}
+    metrics: dict[str, Any] = {}
+    frames = []
+    for p in protocols:
+        keep = protocol_sequences(p, model.encoder.config.sequences)
+        pred = predict_classifier(
+            model, test, preprocess, cache_dir=cache_dir, batch_size=batch_size, protocol_sequences=keep
+        )
+        pred = pred[pred["case"].isin(truth)].copy()
+        pred.insert(1, "label", [truth[c] for c in pred["case"]])
+        pred.insert(2, "protocol", p)
+        n_excl = len(truth) - len(pred)
+        if pred.empty:
+            metrics[p] = {"n_cases": 0, "n_excluded": n_excl}
+            continue
+        proba = pred[[f"p_{c}" for c in classes]].to_numpy(float)
+        m = classification_metrics(
+            pred["label"].tolist(), proba, classes, test.vocabulary.malignant, n_boot=n_boot, seed=seed
+        )
+        m["n_excluded"] = n_excl
+        metrics[p] = m
+        frames.append(pred)
+    return metrics, (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+
+
+def per_center_metrics(
+    predictions: Any, test: Any, protocol: str = "all", n_boot: int = 0, seed: int = 0
+) -> dict[str, Any]:
+    """Metrics of a predictions table (``case``, ``label``, ``protocol``, ``p_<class>``) per centre."""
+    from mrfound.finetune.metrics import classification_metrics
+
+    classes = list(test.vocabulary.classes)
+    center = {c.case: c.center for c in test.cases}
+    pred = predictions[predictions["protocol"] == protocol] if "protocol" in predictions else predictions
+    out = {}
+    for name in sorted({center.get(c, "") for c in pred["case"]}):
+        sub = pred[[center.get(c, "") == name for c in pred["case"]]]
+        if len(sub) < 2:
+            continue
+        out[name] = classification_metrics(
+            sub["label"].tolist(),
+            sub[[f"p_{k}" for k in classes]].to_numpy(float),
+            classes,
+            test.vocabulary.malignant,
+            n_boot=n_boot,
+            seed=seed,
+        )
+    return out
+
+
+def value(entry: Any, metric: str = "auc_macro") -> float | None:
+    """``entry[metric]["value"]`` or None (missing or undefined)."""
+    try:
+        v = entry[metric]["value"]
+    except (KeyError, TypeError):
+        return None
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def fmt_metric(entry: Any, metric: str = "auc_macro", ci: bool = True) -> str:
+    """``0.81 [0.72, 0.90]`` (or ``n/a``)."""
+    v = value(entry, metric)
+    if v is None:
+        return "n/a"
+    if not ci:
+        return f"{v:.3f}"
+    lo, hi = entry[metric].get("ci_low"), entry[metric].get("ci_high")
+    return f"{v:.3f} [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else f"{v:.3f}"
+
+
+def md_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table."""
+
+    def cell(x: Any) -> str:
+        if isinstance(x, float):
+            return f"{x:.3f}"
+        return str(x)
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def jsonable(obj: Any) -> Any:
+    """Metrics dicts with numpy scalars/arrays and DataFrames dropped or converted, for JSON."""
+    import pandas as pd
+
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items() if not isinstance(v, pd.DataFrame)}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# ------------------------------------------------------------------------------------------- figures
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    plt = _plt()
+    try:
+        return atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=dpi, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def plot_protocol_auc(
+    series: Mapping[str, Mapping[str, Any]],
+    protocols: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    title: str = "Missing-sequence robustness",
+    metric: str = "auc_macro",
+) -> Path:
+    """Grouped bars: one group per protocol, one bar per model, 95 % CI whiskers, chance line."""
+    plt = _plt()
+    names = list(series)
+    n = len(names)
+    width = 0.8 / max(n, 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(protocols) * max(1, n) * 0.45 + 2), 4.2))
+    x = np.arange(len(protocols))
+    for i, name in enumerate(names):
+        vals, lo, hi = [], [], []
+        for p in protocols:
+            e = series[name].get(p, {})
+            v = value(e, metric)
+            vals.append(np.nan if v is None else v)
+            cl = e.get(metric, {}).get("ci_low") if isinstance(e, Mapping) and v is not None else None
+            ch = e.get(metric, {}).get("ci_high") if isinstance(e, Mapping) and v is not None else None
+            lo.append(0.0 if cl is None else max(0.0, v - cl))
+            hi.append(0.0 if ch is None else max(0.0, ch - v))
+        ax.bar(
+            x + (i - (n - 1) / 2) * width,
+            vals,
+            width,
+            yerr=[lo, hi],
+            capsize=2,
+            label=name,
+            error_kw={"elinewidth": 0.8, "alpha": 0.7},
+        )
+    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance (0.5)")
+    ax.set_xticks(
+        x,
+        [p.replace("_", " ") for p in protocols],
+        rotation=30 if len(protocols) > 5 else 0,
+        ha="right" if len(protocols) > 5 else "center",
+    )
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("Sequences available at test time (protocol)")
+    ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} on test cases")
+    ax.set_title(title)
+    ax.legend(
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2 if len(protocols) <= 5 else -0.3),
+        ncol=min(3, n + 1),
+        frameon=False,
+    )
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_label_efficiency(
+    series: Mapping[str, Mapping[float, Any]],
+    path: str | os.PathLike,
+    *,
+    title: str = "Label efficiency",
+    metric: str = "auc_macro",
+    references: Mapping[str, float] | None = None,
+) -> Path:
+    """Metric vs share of training labels (log x axis), one line per model, CI bands, reference lines."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    for name, pts in series.items():
+        fr = sorted(pts)
+        vals = [value(pts[f], metric) for f in fr]
+        ok = [i for i, v in enumerate(vals) if v is not None]
+        if not ok:
+            continue
+        xs = [100 * fr[i] for i in ok]
+        ys = [vals[i] for i in ok]
+        line = ax.plot(xs, ys, marker="o", label=name)[0]
+        lo = [pts[fr[i]][metric].get("ci_low") for i in ok]
+        hi = [pts[fr[i]][metric].get("ci_high") for i in ok]
+        if all(v is not None for v in lo + hi):
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12)
+    for name, v in (references or {}).items():
+        if v is not None:
+            ax.axhline(v, linestyle="--", linewidth=1.2, color="black", alpha=0.6, label=f"{name} ({v:.2f})")
+    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance (0.5)")
+    ax.set_xscale("log")
+    ticks = sorted({100 * f for pts in series.values() for f in pts})
+    ax.set_xticks(ticks, [f"{t:g} %" for t in ticks])
+    ax.minorticks_off()
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("Share of the training labels used")
+    ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} on test cases")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_loss_curve(
+    log_rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "Pretraining loss"
+) -> Path:
+    """Training losses of a run's ``log.jsonl`` vs step."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    rows = [r for r in log_rows if "loss" in r and "event" not in r]
+    steps = [r["step"] for r in rows]
+    for key, label in (
+        ("loss_inpaint", "masked patches (inpainting)"),
+        ("loss_synth", "dropped sequences (synthesis)"),
+        ("loss", "total loss (incl. stats)"),
+    ):
+        ys = [r.get(key) for r in rows]
+        if any(y is not None for y in ys):
+            ax.plot(steps, [np.nan if y is None else y for y in ys], marker="o", markersize=2.5, label=label)
+    ax.set_xlabel("Optimizer step")
+    ax.set_ylabel("Norm-pix MSE (training batches)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_segmentation_overlay(
+    image: np.ndarray,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    title: str,
+    sequence: str,
+    dice: Mapping[str, float | None] | None = None,
+) -> Path:
+    """Axial slice with ground truth (left) and prediction (right) overlaid: liver blue, lesion orange.
+
+    Args:
+        image, truth, pred: 2D arrays (rows = anterior-posterior, columns = left-right) of one slice.
+    """
+    plt = _plt()
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    cmap = ListedColormap([(0, 0, 0, 0), (0.2, 0.5, 1.0, 0.35), (1.0, 0.55, 0.0, 0.6)])
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9))
+    image, truth, pred = (np.ascontiguousarray(a[:, ::-1]) for a in (image, truth, pred))
+    vmax = float(np.percentile(image, 99.5)) or 1.0
+    for ax, lab, sub in zip(
+        axes, (None, truth, pred), ("image", "ground truth (phantom mask)", "prediction")
+    ):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=vmax, origin="lower")
+        if lab is not None:
+            ax.imshow(np.clip(lab, 0, 2), cmap=cmap, vmin=0, vmax=2, origin="lower", interpolation="nearest")
+            if np.any(lab == 2):
+                ax.contour(lab == 2, levels=[0.5], colors=["orange"], linewidths=0.8, origin="lower")
+        ax.set_title(f"{sequence}: {sub}", fontsize=9)
+        ax.set_xlabel("voxels (patient right on the left, radiological view)", fontsize=7)
+        ax.set_ylabel("voxels (anterior up)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    handles = [
+        Patch(color=(0.2, 0.5, 1.0, 0.6), label="liver"),
+        Patch(color=(1.0, 0.55, 0.0, 0.8), label="lesion"),
+    ]
+    axes[2].legend(handles=handles, loc="lower right", fontsize=7)
+    if dice:
+        title += "  (" + ", ".join(f"{k} Dice {v:.2f}" for k, v in dice.items() if v is not None) + ")"
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_imputation(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, sequence: str) -> Path:
+    """Per case: available source sequence, true target, synthesised target, absolute error (mid slice).
+
+    Each row dict: ``case``, ``source`` (name), ``source_img``, ``truth``, ``synth`` (2D arrays), ``psnr``.
+    """
+    plt = _plt()
+    n = len(rows)
+    fig, axes = plt.subplots(n, 4, figsize=(9.5, 2.5 * n + 0.4), squeeze=False)
+    for r, row in enumerate(rows):
+        panels = [
+            (row["source_img"], f"input: {row['source']}", "gray"),
+            (row["truth"], f"true {sequence} (hidden)", "gray"),
+            (row["synth"], f"synthesised {sequence}", "gray"),
+            (np.abs(row["synth"] - row["truth"]), "|error|", "magma"),
+        ]
+        for c, (img, title, cmap) in enumerate(panels):
+            ax = axes[r, c]
+            im = ax.imshow(img, cmap=cmap, vmin=0, vmax=1.2 if cmap == "gray" else 0.6, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(title, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{row['case']}\nPSNR {row['psnr']:.1f} dB", fontsize=8)
+        fig.colorbar(im, ax=axes[r, 3], fraction=0.046, pad=0.04, label="normalised units")
+    fig.suptitle(
+        f"Synthesis of a missing sequence ({sequence}) on unseen lesion ROIs "
+        "(axial mid slice, normalised intensity)",
+        fontsize=9,
+    )
+    return save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------- the demo
+
+
+def _tiny_configs(cfg: DemoConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    enc = {"patch_size": cfg.patch_size, **cfg.model_overrides}
+    return enc, dict(cfg.mae_overrides)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    from mrfound.pretrain.trainer import read_log
+
+    return read_log(path)
+
+
+def _psnr(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, peak: float = 1.0) -> float:
+    mse = float(np.mean((pred[mask] - truth[mask]) ** 2)) if mask.any() else float("nan")
+    return float(10 * np.log10(peak**2 / max(mse, 1e-12)))
+
+
+def run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
+    """Run every stage (see the module docstring) and write ``cfg.out/report.md``.
+
+    Returns:
+        The summary dict (also written to ``cfg.out/summary.json``).
+    """
+    cfg.validate()
+    from mrfound.data.cache import MEMORY_ENV
+
+    before = os.environ.get(MEMORY_ENV)
+    if before is None:  # the repeated crops of training read the cache from memory
+        os.environ[MEMORY_ENV] = str(cfg.cache_memory_mb)
+    try:
+        return _run_demo(cfg, stream)
+    finally:
+        if before is None:
+            os.environ.pop(MEMORY_ENV, None)
+
+
+def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
+    out = Path(cfg.out)
+    fig_dir, work = out / "figures", out / "work"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    log = StageLog(total=8 if cfg.segment else 7, stream=stream)
+    budget = Budget(cfg.minutes)
+    summary: dict[str, Any] = {"command": cfg.command, "settings": jsonable(dataclasses.asdict(cfg))}
+    from mrfound.data.sequences import CLASSES
+
+    log.say(
+        f"mrfound demo: {cfg.cases} simulated cases, budget {cfg.minutes:g} min, seed {cfg.seed}, "
+        f"output {out}"
+    )
+
+    # 1 ------------------------------------------------------------------ simulate
+    from mrfound.data.manifest import read_manifest
+    from mrfound.data.phantom import PhantomConfig, generate_cohort
+    from mrfound.data.phantom.preview import cohort_preview
+
+    phantom = PhantomConfig(spacing_scale=cfg.spacing_scale)
+    with log.stage("simulate", f"Simulating {cfg.cases} multi-centre, multi-sequence liver MRI cases"):
+        manifest_path = generate_cohort(work / "cohort", cfg.cases, cfg.seed, phantom, workers=cfg.workers)
+        cohort_preview(manifest_path, fig_dir / "montage.png", seed=cfg.seed, config=phantom, candidates=3)
+        cohort = read_manifest(manifest_path)
+        log.say(
+            f"   {len(cohort)} cases from {len({c.center for c in cohort.cases})} centres -> {manifest_path}"
+        )
+    summary["cohort"] = {"cases": len(cohort), "manifest": str(manifest_path)}
+
+    # 2 ------------------------------------------------------------------ split + cache
+    from mrfound.data.preprocess import PreprocessConfig
+
+    pp = PreprocessConfig(spacing=cfg.spacing, roi_size=cfg.roi_size)
+    cache_dir = work / "cache"
+    with log.stage("split", "Splitting by subject and preprocessing (common 2 mm RAS grid, normalised)"):
+        train_m, test_m = split_cohort(cohort, cfg.test_fraction, cfg.seed)
+        train_csv = train_m.to_csv(work / "train.csv")
+        test_m.to_csv(work / "test.csv")
+        fill_cache(cohort, pp, cache_dir, cfg.workers)
+        log.say(f"   train {len(train_m)} cases / test {len(test_m)} cases (no subject on both sides)")
+    summary["split"] = {"train": len(train_m), "test": len(test_m), "seed": cfg.seed}
+
+    # 3 ------------------------------------------------------------------ pretrain
+    from mrfound.data.dataset import MRDataset, collate_cases
+    from mrfound.pretrain.config import PretrainConfig
+    from mrfound.pretrain.run import build_model, pretrain
+
+    enc_over, mae_over = _tiny_configs(cfg)
+    pre_cfg = PretrainConfig(
+        out=str(work / "pretrain"),
+        manifest=[str(train_csv)],
+        model="tiny",
+        model_overrides=enc_over,
+        mae=mae_over,
+        roi_size=cfg.roi_size,
+        spacing=cfg.spacing,
+        cache_dir=str(cache_dir),
+        steps=10,
+        batch_size=cfg.batch_size,
+        lr=5e-4,
+        seed=cfg.seed,
+        eval_fraction=0.0,
+        viz_every=0,
+        viz_cases=0,
+        tensorboard=False,
+        save_every=0,
+        log_every=10,
+    )
+    with log.stage("pretrain", "Pretraining the tiny masked-modality autoencoder on the training cases"):
+        ds = MRDataset(train_m, pp, mode="random", cache_dir=cache_dir, seed=cfg.seed)
+        sps = seconds_per_step(build_model(pre_cfg), ds, cfg.batch_size)
+        post = 0.30 * budget.left()  # classification, segmentation, inference and the report
+        pre_cfg.steps = Budget.steps(
+            0.55 * (budget.left() - post), sps, cfg.min_steps["pretrain"], cfg.max_steps["pretrain"]
+        )
+        pre_cfg.warmup_steps = max(1, pre_cfg.steps // 20)
+        log.say(f"   {sps:.2f} s/step measured -> {pre_cfg.steps} steps of batch {cfg.batch_size}")
+        pre = pretrain(pre_cfg, command=cfg.command)
+        mae = build_model(pre_cfg)
+        from mrfound.models.checkpoint import load_checkpoint
+
+        _, state = load_checkpoint(pre.final_dir)
+        mae.load_state_dict(state)
+        mae.eval()
+        plot_loss_curve(
+            _read_jsonl(Path(pre_cfg.out) / "log.jsonl"),
+            fig_dir / "pretrain_loss.png",
+            title=f"Pretraining loss (tiny, {pre.steps} steps, {len(train_m)} training cases)",
+        )
+        # held-out reconstruction: unseen test lesions, same masks for every model
+        from mrfound.pretrain.evaluate import evaluate_reconstruction, sequence_mean_patches
+        from mrfound.pretrain.run import EVAL_MASKING_SEED
+        from mrfound.pretrain.viz import plot_reconstructions
+
+        test_crops = MRDataset(test_m, pp, mode="lesion", cache_dir=cache_dir, seed=cfg.seed)
+        train_crops = MRDataset(train_m, pp, mode="random", cache_dir=cache_dir, seed=cfg.seed)
+        baseline = sequence_mean_patches(
+            mae, train_crops, batch_size=cfg.batch_size, max_samples=min(len(train_crops), 96)
+        )
+        untrained = build_model(pre_cfg)
+        rec = evaluate_reconstruction(
+            mae,
+            test_crops,
+            baseline=baseline,
+            masking_seed=EVAL_MASKING_SEED,
+            repeats=2,
+            batch_size=cfg.batch_size,
+            max_samples=48,
+            extra_models={"untrained": untrained},
+        )
+        viz_batch = collate_cases([test_crops[i] for i in range(min(3, len(test_crops)))])
+        plot_reconstructions(
+            mae,
+            viz_batch,
+            fig_dir / "reconstruction.png",
+            masking_seed=EVAL_MASKING_SEED,
+            title=f"Unseen test lesions: masked patches and a dropped sequence (after {pre.steps} steps)",
+        )
+    summary["pretrain"] = {
+        "steps": pre.steps,
+        "seconds_per_step": round(sps, 3),
+        "checkpoint": str(pre.final_dir),
+        "final_train_loss": pre.train.last_logs.get("loss"),
+        "heldout": jsonable(rec),
+    }
+    log.say(
+        "   held-out loss (norm-pix MSE) masked patches / dropped sequences: "
+        f"model {rec['model']['loss_inpaint']:.3f} / {rec['model']['loss_synth'] or float('nan'):.3f}, "
+        f"untrained {rec['untrained']['loss_inpaint']:.3f} / "
+        f"{rec['untrained']['loss_synth'] or float('nan'):.3f}, mean baseline "
+        f"{rec['mean_baseline']['loss_inpaint']:.3f} / "
+        f"{rec['mean_baseline']['loss_synth'] or float('nan'):.3f}"
+    )
+
+    # 4 ------------------------------------------------------------------ probe
+    from mrfound.finetune.common import load_encoder
+    from mrfound.finetune.probe import encoder_feature_fn
+
+    probes: dict[str, Any] = {}
+    with log.stage("probe", "Linear probe of the frozen encoder vs random init, by protocol and label share"):
+        for name, random_init in (("pretrained (ours)", False), ("random init", True)):
+            src = load_encoder(str(pre.final_dir), random_init=random_init, seed=cfg.seed)
+            fn = encoder_feature_fn(
+                src.encoder, src.preprocess, cache_dir=cache_dir, batch_size=cfg.batch_size
+            )
+            probes[name] = probe_protocols(
+                train_m,
+                test_m,
+                fn,
+                protocols=NAMED_PROTOCOLS,
+                sequences=src.vocabulary.sequences,
+                label_fractions=cfg.label_fractions,
+                n_boot=cfg.n_boot,
+                seed=cfg.seed,
+            )
+            log.say(
+                f"   {name:18s} macro AUC "
+                + ", ".join(
+                    f"{p} {fmt_metric(probes[name]['protocols'][p], ci=False)}" for p in NAMED_PROTOCOLS
+                )
+            )
+    summary["probe"] = {
+        k: jsonable({kk: vv for kk, vv in v.items() if kk != "predictions"}) for k, v in probes.items()
+    }
+
+    # 5 ------------------------------------------------------------------ fine-tune classification
+    from mrfound.finetune.classify import finetune_classifier
+    from mrfound.finetune.config import FinetuneConfig
+    from mrfound.finetune.evaluate import plot_confusion, plot_roc
+    from mrfound.finetune.metrics import roc_curves
+    from mrfound.models.checkpoint import load_model
+    from mrfound.models.heads import Classifier, make_classification_head
+
+    n_seg_share = 0.45 if cfg.segment else 0.0
+    with log.stage("classify", "Fine-tuning a lesion classifier (layer-wise LR decay, sequence dropout)"):
+        src = load_encoder(str(pre.final_dir), seed=cfg.seed)
+        probe_model = Classifier(src.encoder, make_classification_head(src.encoder, len(CLASSES)), CLASSES)
+        cds = MRDataset(train_m, pp, mode="lesion", cache_dir=cache_dir, seed=cfg.seed)
+        sps_c = seconds_per_step(probe_model, cds, cfg.batch_size)
+        reserve = 45.0 + 6.0 * cfg.predict_cases  # inference + report
+        avail_s = max(0.0, budget.left() - reserve)
+        steps_c = Budget.steps(
+            (1 - n_seg_share) * avail_s * 0.85, sps_c, cfg.min_steps["classify"], cfg.max_steps["classify"]
+        )
+        log.say(f"   {sps_c:.2f} s/step measured -> {steps_c} steps")
+        ft_cfg = FinetuneConfig(
+            out=str(work / "classify"),
+            task="classify",
+            checkpoint=str(pre.final_dir),
+            manifest=str(train_csv),
+            val_fraction=0.0,
+            steps=steps_c,
+            batch_size=cfg.batch_size,
+            lr=5e-4,
+            layer_decay=0.75,
+            sequence_dropout=0.25,
+            cache_dir=str(cache_dir),
+            seed=cfg.seed,
+            tensorboard=False,
+            log_every=10,
+            warmup_steps=max(1, steps_c // 10),
+        )
+        ft = finetune_classifier(ft_cfg)
+        clf, _ = load_model(ft["final"])
+        clf.eval()
+        cls_metrics, cls_pred = classifier_protocol_metrics(
+            clf, test_m, pp, NAMED_PROTOCOLS, cache_dir=cache_dir, n_boot=cfg.n_boot, seed=cfg.seed
+        )
+        allp = cls_pred[cls_pred["protocol"] == "all"]
+        curves = roc_curves(
+            allp["label"].tolist(),
+            allp[[f"p_{c}" for c in CLASSES]].to_numpy(float),
+            CLASSES,
+            test_m.vocabulary.malignant,
+        )
+        plot_roc(
+            curves,
+            fig_dir / "roc.png",
+            title=f"Fine-tuned classifier, unseen test cases (n={len(allp)}), all sequences",
+        )
+        plot_confusion(
+            cls_metrics["all"]["confusion_matrix"],
+            CLASSES,
+            fig_dir / "confusion.png",
+            title="Fine-tuned classifier: confusion matrix (test cases)",
+        )
+        log.say(
+            "   fine-tuned macro AUC "
+            + ", ".join(f"{p} {fmt_metric(cls_metrics[p], ci=False)}" for p in NAMED_PROTOCOLS)
+        )
+    series = {k: v["protocols"] for k, v in probes.items()}
+    series["fine-tuned (ours)"] = cls_metrics
+    plot_protocol_auc(
+        {
+            "probe: pretrained (ours)": series["pretrained (ours)"],
+            "probe: random init": series["random init"],
+            "fine-tuned from pretrained": cls_metrics,
+        },
+        NAMED_PROTOCOLS,
+        fig_dir / "robustness.png",
+        title="Missing-sequence robustness (test cases; sequences outside the protocol removed)",
+    )
+    plot_label_efficiency(
+        {k: {float(f): m["all"] for f, m in v["fractions"].items()} for k, v in probes.items()},
+        fig_dir / "label_efficiency.png",
+        title="Label efficiency of the linear probe (all sequences)",
+        references={"fine-tuned, 100 % labels": value(cls_metrics["all"])},
+    )
+    summary["classify"] = {
+        "steps": ft["steps"],
+        "seconds_per_step": round(sps_c, 3),
+        "n_train": ft["n_train"],
+        "checkpoint": ft["final"],
+        "protocols": jsonable(cls_metrics),
+    }
+
+    # 6 ------------------------------------------------------------------ segmentation
+    seg_summary: dict[str, Any] | None = None
+    if cfg.segment:
+        from mrfound.finetune.segment import finetune_segmenter
+        from mrfound.models.heads import Segmenter, make_segmentation_head
+
+        with log.stage("segment", "Short liver + lesion segmentation fine-tune (sliding-window evaluation)"):
+            src = load_encoder(str(pre.final_dir), seed=cfg.seed)
+            seg_probe = Segmenter(src.encoder, make_segmentation_head(src.encoder, feature_size=8))
+            sds = MRDataset(train_m, pp, mode="lesion", cache_dir=cache_dir, seed=cfg.seed)
+            sps_s = seconds_per_step(seg_probe, sds, cfg.batch_size)
+            n_eval = 2
+            reserve = 45.0 + 6.0 * cfg.predict_cases + 25.0 * n_eval
+            steps_s = Budget.steps(
+                max(0.0, budget.left() - reserve) * 0.8,
+                sps_s,
+                cfg.min_steps["segment"],
+                cfg.max_steps["segment"],
+            )
+            log.say(f"   {sps_s:.2f} s/step measured -> {steps_s} steps")
+            seg_cfg = FinetuneConfig(
+                out=str(work / "segment"),
+                task="segment",
+                checkpoint=str(pre.final_dir),
+                manifest=str(train_csv),
+                val_fraction=0.0,
+                steps=steps_s,
+                batch_size=cfg.batch_size,
+                lr=1e-3,
+                layer_decay=0.75,
+                feature_size=8,
+                samples_per_case=1,
+                cache_dir=str(cache_dir),
+                seed=cfg.seed,
+                tensorboard=False,
+                log_every=10,
+                warmup_steps=max(1, steps_s // 10),
+                sw_overlap=0.25,
+            )
+            seg = finetune_segmenter(seg_cfg)
+            segm, _ = load_model(seg["final"])
+            segm.eval()
+            eval_m = subset_manifest(test_m, lambda c: c.mask is not None)
+            eval_m = type(eval_m).from_cases(eval_m.cases[:n_eval], eval_m.root, eval_m.vocabulary)
+            seg_metrics, seg_table = _evaluate_segmentation(
+                segm, eval_m, pp, cache_dir, fig_dir / "segmentation.png"
+            )
+            log.say(
+                f"   test volumes: liver Dice {seg_metrics['liver']['dice'] or float('nan'):.3f}, "
+                f"lesion Dice {seg_metrics['lesion']['dice'] or float('nan'):.3f} "
+                f"(n={seg_metrics['n_cases']})"
+            )
+        seg_summary = {
+            "steps": seg["steps"],
+            "seconds_per_step": round(sps_s, 3),
+            "checkpoint": seg["final"],
+            "test": jsonable(seg_metrics),
+            "per_case": seg_table.to_dict(orient="records"),
+        }
+        summary["segment"] = seg_summary
+
+    # 7 ------------------------------------------------------------------ predict + impute
+    import mrfound
+    from mrfound.inference import impute_manifest, predict_manifest
+
+    with log.stage("infer", f"Predict and impute for {cfg.predict_cases} unseen cases (load_pretrained)"):
+        few = type(test_m).from_cases(test_m.cases[: cfg.predict_cases], test_m.root, test_m.vocabulary)
+        few_csv = few.to_csv(work / "unseen.csv")
+        clf_api = mrfound.load_pretrained(ft["final"], device="cpu")
+        pred_sum = predict_manifest(clf_api, few_csv, out / "predictions", progress=None)
+        pred_df = _read_csv(out / "predictions" / "predictions.csv")
+        if cfg.segment:
+            seg_api = mrfound.load_pretrained(seg_summary["checkpoint"], device="cpu")
+            predict_manifest(seg_api, few_csv, out / "segmentations", progress=None)
+        mae_api = mrfound.load_pretrained(str(pre.final_dir), device="cpu")
+        imp_sum = impute_manifest(mae_api, few_csv, cfg.impute_sequence, out / "imputed", progress=None)
+        imp_rows, imp_table = _imputation_rows(mae, test_m, pp, cache_dir, cfg.impute_sequence, n=3)
+        if imp_rows:
+            plot_imputation(imp_rows, fig_dir / "imputation.png", sequence=cfg.impute_sequence)
+        log.say(
+            f"   predictions -> {out / 'predictions' / 'predictions.csv'}; synthesised "
+            f"{cfg.impute_sequence} -> {out / 'imputed'}"
+        )
+    truth = {c.case: c.label for c in few.cases}
+    summary["inference"] = {
+        "predictions": [
+            {
+                "case": r["case"],
+                "label": truth.get(r["case"]),
+                "label_pred": r.get("label_pred"),
+                "p_pred": r.get(f"p_{r.get('label_pred')}"),
+            }
+            for r in pred_df
+        ],
+        "imputation": imp_table,
+        "predict_summary": _as_dict(pred_sum),
+        "impute_summary": _as_dict(imp_sum),
+    }
+
+    # 8 ------------------------------------------------------------------ report
+    with log.stage("report", "Writing the report"):
+        summary["wall_s"] = {**log.times, "total": round(time.time() - log.start, 1)}
+        summary["machine"] = _machine()
+        text = _report(cfg, summary, probes, cls_metrics, cohort, train_m, test_m)
+        atomic_write_text(out / "report.md", text)
+        atomic_write_json(out / "summary.json", jsonable(summary))
+    summary["wall_s"]["total"] = round(time.time() - log.start, 1)
+    atomic_write_json(out / "summary.json", jsonable(summary))
+    print_summary(summary, probes, cls_metrics, out, stream=log.stream)
+    return summary
+
+
+def _as_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return jsonable(
+            {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(obj).items()}
+        )
+    return jsonable(obj)
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    return pd.read_csv(path).to_dict(orient="records") if path.is_file() else []
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        load = None
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15min": load,
+        "torch": torch.__version__,
+    }
+
+
+def _evaluate_segmentation(
+    model: Any, manifest: Any, pp: Any, cache_dir: Any, path: Path
+) -> tuple[dict, Any]:
+    """Sliding-window segmentation of each case (once): Dice/HD95 per class, and the overlay of the first."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from mrfound.data.dataset import MRDataset
+    from mrfound.finetune.metrics import segmentation_metrics
+    from mrfound.finetune.segment import segmentation_volume
+    from mrfound.models.heads import remap_mask
+
+    ds = MRDataset(manifest, pp, mode="full", cache_dir=cache_dir)
+    seqs = list(manifest.vocabulary.sequences)
+    rows = []
+    for i in tqdm(range(len(ds)), desc="segment", disable=None, leave=False):
+        s = ds[i]
+        labels = segmentation_volume(model, s, sw_batch_size=4)
+        truth = remap_mask(s["mask"])[0].numpy()
+        m = segmentation_metrics(labels, truth, spacing=pp.spacing)
+        rows.append(
+            {
+                "case": s["case"],
+                **{f"{c}_{k}": m[c][k] for c in ("liver", "lesion") for k in ("dice", "hd95")},
+            }
+        )
+        if i == 0:
+            lc = ds.preprocessed(0).get("lesion_center")
+            z = int(np.clip(round(lc[2]) if lc is not None else truth.shape[2] // 2, 0, truth.shape[2] - 1))
+            avail = s["available"].numpy()
+            pick = next(
+                (q for q in ("t1_pv", "t2", "t1_del") if q in seqs and avail[seqs.index(q)]),
+                seqs[int(np.flatnonzero(avail)[0])],
+            )
+            img = s["image"][seqs.index(pick)].numpy()
+            plot_segmentation_overlay(
+                img[:, :, z].T,
+                truth[:, :, z].T,
+                labels[:, :, z].T,
+                path,
+                title=f"Segmentation of unseen case {s['case']} (axial slice through the lesion)",
+                sequence=pick,
+                dice={"liver": m["liver"]["dice"], "lesion": m["lesion"]["dice"]},
+            )
+    table = pd.DataFrame(rows)
+    summary: dict[str, Any] = {"n_cases": len(table)}
+    for c in ("liver", "lesion"):
+        summary[c] = {}
+        for k in ("dice", "hd95"):
+            v = (
+                pd.to_numeric(table[f"{c}_{k}"], errors="coerce").dropna()
+                if len(table)
+                else pd.Series([], dtype=float)
+            )
+            summary[c][k] = float(v.mean()) if len(v) else None
+    return summary, table
+
+
+def _imputation_rows(
+    mae: Any, test_m: Any, pp: Any, cache_dir: Any, sequence: str, n: int = 3
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Synthesise ``sequence`` on unseen lesion ROIs that have it; PSNR inside the body vs copying the
+    nearest available sequence (the simple baseline)."""
+    from mrfound.data.dataset import MRDataset
+    from mrfound.data.preprocess import crop_lesion
+
+    seqs = list(test_m.vocabulary.sequences)
+    if sequence not in seqs:
+        return [], []
+    t = seqs.index(sequence)
+    ds = MRDataset(test_m, pp, mode="lesion", cache_dir=cache_dir)
+    cases = [i for i, c in enumerate(test_m.cases) if sequence in c.sequences and len(c.sequences) > 1][:n]
+    rows, table = [], []
+    for i in cases:
+        s = ds[i]
+        synth = mae.reconstruct(s["image"][None], s["available"][None], [sequence])[0, t].numpy()
+        truth = s["image"][t].numpy()
+        body = crop_lesion(ds.preprocessed(i), pp.roi_size)["body"].astype(bool)
+        sources = [q for q in seqs if bool(s["available"][seqs.index(q)]) and q != sequence]
+        nearest = _nearest_sequence(sequence, sources)
+        copy = s["image"][seqs.index(nearest)].numpy()
+        row = {
+            "case": s["case"],
+            "source": nearest,
+            "psnr": _psnr(synth, truth, body),
+            "psnr_copy_nearest": _psnr(copy, truth, body),
+        }
+        mid = truth.shape[2] // 2
+        rows.append(
+            # axial mid slice in radiological view (patient right on the left, anterior up)
+            {
+                **row,
+                **{
+                    k: v[:, :, mid].T[:, ::-1]
+                    for k, v in (("source_img", copy), ("truth", truth), ("synth", synth))
+                },
+            }
+        )
+        table.append(row)
+    return rows, table
+
+
+SEQUENCE_ORDER: tuple[str, ...] = ("t2", "dwi", "t1_in", "t1_opp", "t1_pre", "t1_art", "t1_pv", "t1_del")
+
+
+def _nearest_sequence(target: str, sources: Sequence[str]) -> str:
+    """The available sequence closest to ``target`` in acquisition order (the copy baseline)."""
+    order = {s: i for i, s in enumerate(SEQUENCE_ORDER)}
+    return min(sources, key=lambda s: (abs(order.get(s, 99) - order.get(target, 0)), order.get(s, 99)))
+
+
+# --------------------------------------------------------------------------------------- reporting
+
+
+def _report(
+    cfg: DemoConfig,
+    summary: Mapping[str, Any],
+    probes: Mapping[str, Any],
+    cls_metrics: Mapping[str, Any],
+    cohort: Any,
+    train_m: Any,
+    test_m: Any,
+) -> str:
+    m = summary["machine"]
+    w = summary["wall_s"]
+    pre = summary["pretrain"]
+    rec = pre["heldout"]
+    lines = [
+        "# mrfound demo report\n",
+        f"Command: `{cfg.command or 'mrfound demo'}`  \n"
+        f"Machine: {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, load average "
+        f"{m['load_average_1_5_15min']} (1/5/15 min), torch {m['torch']}  \n"
+        f"Wall time: {w['total'] / 60:.1f} min (budget {cfg.minutes:g} min); per stage (s): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in w.items() if k != "total")
+        + "\n",
+        "Everything below was measured in this run on a simulated cohort (the built-in phantom); "
+        "numbers from a few minutes of CPU training on a few dozen test cases are illustrations, with wide "
+        "confidence intervals, not a benchmark (see `benchmarks/phenotype.py` for that).\n",
+        "## 1. Cohort\n",
+        f"{len(cohort)} cases simulated with seed {cfg.seed} (phantom voxel-size scale {cfg.spacing_scale}); "
+        f"split by subject into {len(train_m)} training and {len(test_m)} unseen test cases. Preprocessing: "
+        f"every sequence resampled to one {cfg.spacing:g} mm RAS grid per case and normalised; the model "
+        f"reads {cfg.roi_size}^3-voxel ROIs ({cfg.roi_size * cfg.spacing:g} mm) cut into {cfg.patch_size}^3 "
+        "patches, one token per patch of each available sequence.\n",
+        md_table(*cohort_table(cohort)),
+        "\n![Sample montage](figures/montage.png)\n",
+        "*One typical case per class (rows) and sequence (columns), axial plane through the lesion; "
+        "yellow numbers: lesion/liver signal ratio; last column: the mask.*\n",
+        "## 2. Pretraining (masked-modality autoencoder, `tiny`)\n",
+        f"{pre['steps']} steps of batch {cfg.batch_size} ({pre['seconds_per_step']} s/step measured) on "
+        "random body crops of the training cases, labels unused. Each sample drops a random number of whole "
+        "sequences "
+        "and hides 75 % of the remaining patches; the decoder predicts every hidden patch, dropped sequences "
+        "included.\n",
+        "![Pretraining loss](figures/pretrain_loss.png)\n",
+        "Held-out reconstruction error on lesion ROIs of the unseen test cases (same masks for every model; "
+        "norm-pix MSE, lower is better):\n",
+        md_table(
+            ["model", "masked patches (inpainting)", "dropped sequences (synthesis)"],
+            [
+                [k, _f(rec[k]["loss_inpaint"]), _f(rec[k]["loss_synth"])]
+                for k in ("model", "untrained", "mean_baseline")
+            ],
+        ),
+        "\n*model = this run's pretrained autoencoder; untrained = the same network at its initial weights; "
+        "mean_baseline = the per-sequence, per-position mean patch of the training crops.*\n",
+        "![Reconstructions](figures/reconstruction.png)\n",
+        "## 3. Missing-sequence robustness\n",
+        "Macro one-vs-rest AUC on the test cases when only the protocol's sequences are available "
+        "(95 % bootstrap CI). Probes are logistic regressions on frozen features trained on complete "
+        "exams.\n",
+    ]
+    rows = []
+    for name, metrics in (
+        ("probe: pretrained (ours)", probes["pretrained (ours)"]["protocols"]),
+        ("probe: random init", probes["random init"]["protocols"]),
+        ("fine-tuned from pretrained", cls_metrics),
+    ):
+        rows.append([name, *[fmt_metric(metrics.get(p, {})) for p in NAMED_PROTOCOLS]])
+    lines += [md_table(["model", *NAMED_PROTOCOLS], rows), "\n![Robustness](figures/robustness.png)\n"]
+    lines += [
+        "## 4. Label efficiency\n",
+        "Linear probe trained on a stratified share of the training labels (all sequences):\n",
+    ]
+    fr = [str(f) for f in cfg.label_fractions]
+    lines.append(
+        md_table(
+            ["probe", *[f"{100 * float(f):g} %" for f in fr]],
+            [[k, *[fmt_metric(v["fractions"][f]["all"]) for f in fr]] for k, v in probes.items()],
+        )
+    )
+    lines.append("\n![Label efficiency](figures/label_efficiency.png)\n")
+    c = summary["classify"]
+    lines += [
+        "## 5. Fine-tuned classifier\n",
+        f"{c['steps']} steps on {c['n_train']} labelled training cases (layer-wise LR decay 0.75, sequence "
+        "dropout 0.25, class-balanced loss). Test cases, all sequences:\n",
+        md_table(
+            ["metric", "value [95 % CI]"],
+            [[METRIC_LABELS[k], fmt_metric(cls_metrics["all"], k)] for k in METRIC_LABELS],
+        ),
+        "\n![ROC curves](figures/roc.png)\n",
+        "![Confusion matrix](figures/confusion.png)\n",
+    ]
+    if summary.get("segment"):
+        s = summary["segment"]
+        t = s["test"]
+        lines += [
+            "## 6. Segmentation\n",
+            f"A short fine-tune ({s['steps']} steps) of a light UNETR-style head on liver + lesion; "
+            "sliding-window "
+            f"inference over whole test volumes ({t['n_cases']} cases):\n",
+            md_table(
+                ["class", "Dice", "HD95 (mm)"],
+                [[k, _f(t[k]["dice"]), _f(t[k]["hd95"])] for k in ("liver", "lesion")],
+            ),
+            "\n![Segmentation overlay](figures/segmentation.png)\n",
+        ]
+    inf = summary["inference"]
+    lines += [
+        f"## {7 if summary.get('segment') else 6}. Inference on unseen cases\n",
+        "`mrfound.load_pretrained` on the fine-tuned checkpoint (`predictions/predictions.csv`"
+        + (", segmentations in `segmentations/`" if summary.get("segment") else "")
+        + f") and on the pretrained one (synthesised {cfg.impute_sequence} in `imputed/`, NIfTI on each "
+        "case's reference grid):\n",
+        md_table(
+            ["case", "true class", "predicted", "probability"],
+            [[r["case"], r["label"], r["label_pred"], _f(r["p_pred"])] for r in inf["predictions"]],
+        ),
+    ]
+    if inf["imputation"]:
+        lines += [
+            f"\nSynthesis of {cfg.impute_sequence} from the other sequences on unseen lesion ROIs "
+            "(PSNR inside "
+            "the body, normalised units, peak 1; baseline: copy the nearest available sequence):\n",
+            md_table(
+                ["case", "PSNR synthesised (dB)", "PSNR copy-nearest (dB)", "nearest"],
+                [
+                    [r["case"], _f(r["psnr"], 1), _f(r["psnr_copy_nearest"], 1), r["source"]]
+                    for r in inf["imputation"]
+                ],
+            ),
+            "\n![Imputation](figures/imputation.png)\n",
+        ]
+    lines.append("\nAll numbers: `summary.json`; checkpoints and logs: `work/`.\n")
+    return "\n".join(lines)
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{float(v):.{digits}f}"
+
+
+def print_summary(
+    summary: Mapping[str, Any],
+    probes: Mapping[str, Any],
+    cls_metrics: Mapping[str, Any],
+    out: Path,
+    stream: Any = None,
+) -> None:
+    """The closing table on the terminal."""
+    stream = stream or sys.stdout
+    rec = summary["pretrain"]["heldout"]
+    rows = [
+        (
+            "cohort",
+            f"{summary['cohort']['cases']} cases (train {summary['split']['train']} / "
+            f"test {summary['split']['test']})",
+        ),
+        (
+            "pretraining",
+            f"{summary['pretrain']['steps']} steps; held-out synthesis loss "
+            f"{_f(rec['model']['loss_synth'])} (untrained {_f(rec['untrained']['loss_synth'])}, "
+            f"mean baseline {_f(rec['mean_baseline']['loss_synth'])})",
+        ),
+    ]
+    for name in probes:
+        rows.append(
+            (
+                f"probe {name}",
+                "macro AUC "
+                + ", ".join(
+                    f"{p} {fmt_metric(probes[name]['protocols'].get(p, {}), ci=False)}"
+                    for p in NAMED_PROTOCOLS
+                ),
+            )
+        )
+    rows.append(
+        (
+            "fine-tuned",
+            "macro AUC "
+            + ", ".join(f"{p} {fmt_metric(cls_metrics.get(p, {}), ci=False)}" for p in NAMED_PROTOCOLS),
+        )
+    )
+    a = cls_metrics.get("all", {})
+    rows.append(
+        (
+            "fine-tuned (all)",
+            f"balanced acc {fmt_metric(a, 'balanced_accuracy', ci=False)}, kappa "
+            f"{fmt_metric(a, 'kappa', ci=False)}, benign/malignant AUC "
+            f"{fmt_metric(a, 'auc_benign_malignant', ci=False)}",
+        )
+    )
+    if summary.get("segment"):
+        t = summary["segment"]["test"]
+        rows.append(
+            ("segmentation", f"liver Dice {_f(t['liver']['dice'])}, lesion Dice {_f(t['lesion']['dice'])}")
+        )
+    if summary["inference"]["imputation"]:
+        imp = summary["inference"]["imputation"]
+        rows.append(
+            (
+                "imputation",
+                f"PSNR {np.mean([r['psnr'] for r in imp]):.1f} dB vs copy-nearest "
+                f"{np.mean([r['psnr_copy_nearest'] for r in imp]):.1f} dB",
+            )
+        )
+    rows.append(("wall time", f"{summary['wall_s']['total'] / 60:.1f} min"))
+    rows.append(("report", str(out / "report.md")))
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "=" * 78, file=stream)
+    print("mrfound demo summary", file=stream)
+    print("-" * 78, file=stream)
+    for k, v in rows:
+        print(f"{k.ljust(width)}  {v}", file=stream)
+    print("=" * 78, file=stream, flush=True)
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command as typed (for provenance)."""
+    argv = list(sys.argv if argv is None else argv)
+    return " ".join(shlex.quote(a) for a in ["mrfound", *argv[1:]]) if argv else "mrfound demo"
+
+
+__all__ = [
+    "DemoConfig",
+    "NAMED_PROTOCOLS",
+    "Budget",
+    "StageLog",
+    "classifier_protocol_metrics",
+    "cohort_table",
+    "fill_cache",
+    "fmt_metric",
+    "jsonable",
+    "md_table",
+    "per_center_metrics",
+    "plot_label_efficiency",
+    "plot_protocol_auc",
+    "probe_protocols",
+    "run_demo",
+    "seconds_per_step",
+    "split_cohort",
+]

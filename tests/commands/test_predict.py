@@ -1,0 +1,194 @@
+"""Tests of ``mrfound predict`` (mrfound/commands/predict.py): outputs, errors and concurrent runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from mrfound.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _helpers():
+    """``tests/test_inference.py`` (cohort and checkpoint builders), loaded by path (importlib mode)."""
+    spec = importlib.util.spec_from_file_location(
+        "mrfound_test_inference_helpers", REPO / "tests" / "test_inference.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    h = _helpers()
+    folder = tmp_path_factory.mktemp("predict_cmd")
+    return {"manifest": h.make_cohort(folder / "cohort", n=3), **h.make_checkpoints(folder / "ckpt")}
+
+
+def test_predict_segmenter_writes_csv_and_segmentations(setup, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(setup["segmenter"]),
+            "--manifest",
+            str(setup["manifest"]),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+        ]
+    )
+    assert rc == 0
+    assert "predicted 3 case(s)" in capsys.readouterr().out
+    frame = pd.read_csv(out / "predictions.csv", dtype={"case": str})
+    assert list(frame.columns) == [
+        "case",
+        "segmentation",
+        "reference_sequence",
+        "sequences_used",
+        "liver_ml",
+        "lesion_ml",
+    ]
+    manifest = pd.read_csv(setup["manifest"], dtype=str, keep_default_na=False)
+    for row in frame.itertuples():
+        src = manifest.loc[manifest["case"] == row.case].iloc[0]
+        ref = nib.load(str(setup["manifest"].parent / src[row.reference_sequence]))
+        img = nib.load(str(out / row.segmentation))
+        assert img.shape == ref.shape
+        np.testing.assert_allclose(img.affine, ref.affine, atol=1e-4)
+    summary = (out / "predict.json").read_text()
+    assert "mrfound predict" in summary and not (out / "skipped.csv").exists()
+
+
+def test_predict_classifier_cli(setup, tmp_path) -> None:
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(setup["classifier"]),
+                "--manifest",
+                str(setup["manifest"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    frame = pd.read_csv(out / "predictions.csv")
+    probs = frame[[c for c in frame.columns if c.startswith("p_")]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert not (out / "segmentations").exists()
+
+
+@pytest.mark.parametrize(
+    "which,extra,message",
+    [
+        ("autoencoder", [], "cannot predict"),
+        ("classifier", ["--batch-size", "0"], "--batch-size must be >= 1"),
+        ("classifier", ["--overlap", "1.5"], "--overlap must be in"),
+    ],
+)
+def test_predict_bad_input_one_line_exit_2(setup, tmp_path, capsys, which, extra, message) -> None:
+    rc = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(setup[which]),
+            "--manifest",
+            str(setup["manifest"]),
+            "--out",
+            str(tmp_path / "o"),
+            *extra,
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("mrfound predict: error:") and message in err and "\n" not in err
+
+
+def test_predict_missing_file_stops_or_skips(setup, tmp_path, capsys) -> None:
+    frame = _helpers().absolute_frame(setup["manifest"])
+    case = frame["case"][1]
+    col = next(c for c in ("t2", "dwi", "t1_pv") if frame.loc[1, c])
+    frame.loc[1, col] = str(tmp_path / "gone.nii.gz")
+    bad = tmp_path / "bad.csv"
+    frame.to_csv(bad, index=False)
+    args = ["predict", "--checkpoint", str(setup["classifier"]), "--manifest", str(bad)]
+    assert main([*args, "--out", str(tmp_path / "stop")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"case '{case}', column '{col}'" in err and "--on-error skip" in err and "\n" not in err
+    assert not (tmp_path / "stop" / "predictions.csv").exists()
+    assert main([*args, "--out", str(tmp_path / "skip"), "--on-error", "skip"]) == 0
+    assert f"{case}:" in capsys.readouterr().out
+    kept = pd.read_csv(tmp_path / "skip" / "predictions.csv", dtype=str)["case"]
+    assert case not in set(kept) and len(kept) == 2
+    assert list(pd.read_csv(tmp_path / "skip" / "skipped.csv", dtype=str)["case"]) == [case]
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_on_one_out_do_not_mix(setup, tmp_path) -> None:
+    """Two processes finish computing while the test holds the output lock, then publish one by one."""
+    from filelock import FileLock
+
+    out = tmp_path / "shared"
+    out.mkdir()
+    frame = _helpers().absolute_frame(setup["manifest"])
+    parts = []
+    for i, rows in enumerate((frame.iloc[:2], frame.iloc[2:])):
+        path = tmp_path / f"part{i}.csv"
+        rows.to_csv(path, index=False)
+        parts.append(path)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    lock = FileLock(str(out / ".predict.lock"))
+    with lock:
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mrfound",
+                    "predict",
+                    "--checkpoint",
+                    str(setup["segmenter"]),
+                    "--manifest",
+                    str(p),
+                    "--out",
+                    str(out),
+                    "--merge",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for p in parts
+        ]
+        deadline = time.time() + 240
+        while len(list(out.glob(".predict-*/predictions.csv"))) < 2:  # both runs complete, both waiting
+            assert time.time() < deadline, [p.poll() for p in procs]
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.2)
+        assert not (out / "predictions.csv").exists()  # nothing published while the lock is held
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    table = pd.read_csv(out / "predictions.csv", dtype=str)
+    assert sorted(table["case"]) == sorted(frame["case"])  # both runs' rows, each once
+    for row in table.itertuples():
+        labels = np.asarray(nib.load(str(out / row.segmentation)).dataobj)  # every file complete
+        assert set(np.unique(labels)) <= {0, 1, 2}
+    assert not list(out.glob(".predict-*")) and not list((out / "segmentations").glob(".*"))

@@ -1,0 +1,108 @@
+"""Smoke test of ``mrfound demo`` (mrfound/demo.py) at a micro budget: every stage runs and reports."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mrfound.demo import Budget, DemoConfig, md_table, run_demo
+
+MICRO = {
+    "cases": 24,
+    "spacing": 4.0,
+    "roi_size": 16,
+    "patch_size": 8,
+    "spacing_scale": 3.0,
+    "model_overrides": {"embed_dim": 24, "depth": 1, "num_heads": 2},
+    "mae_overrides": {"decoder_dim": 24, "decoder_depth": 1, "decoder_heads": 2},
+    "max_steps": {"pretrain": 2, "classify": 2, "segment": 2},
+    "min_steps": {"pretrain": 2, "classify": 2, "segment": 2},
+    "label_fractions": (0.5, 1.0),
+    "n_boot": 10,
+    "predict_cases": 1,
+    "batch_size": 4,
+    "workers": 1,
+}
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    stream = io.StringIO()
+    summary = run_demo(
+        DemoConfig(out=str(out), minutes=0.5, seed=1, command="pytest demo", **MICRO), stream=stream
+    )
+
+    # every figure of the report exists, is a PNG, and is linked from report.md
+    report = (out / "report.md").read_text()
+    figures = {
+        "montage",
+        "pretrain_loss",
+        "reconstruction",
+        "robustness",
+        "label_efficiency",
+        "roc",
+        "confusion",
+        "segmentation",
+        "imputation",
+    }
+    for name in figures:
+        png = out / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"figures/{name}.png" in report, name
+    assert "pytest demo" in report and "## 3. Missing-sequence robustness" in report
+
+    # the numbers are measured, sane, and the same in summary.json
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["split"]["train"] + saved["split"]["test"] == 24
+    assert saved["pretrain"]["steps"] == 2 and saved["classify"]["steps"] == 2
+    for probe in saved["probe"].values():
+        auc = probe["protocols"]["all"]["auc_macro"]["value"]
+        assert 0.0 <= auc <= 1.0
+        assert set(probe["fractions"]) == {"0.5", "1.0"}
+    rec = saved["pretrain"]["heldout"]
+    assert rec["model"]["loss_inpaint"] > 0 and rec["mean_baseline"]["loss_inpaint"] > 0
+    assert saved["segment"]["test"]["n_cases"] >= 1
+    assert summary["wall_s"]["total"] == pytest.approx(saved["wall_s"]["total"], abs=1.0)
+
+    # inference outputs for the unseen case: predictions table and a synthesised sequence on its grid
+    pred = (out / "predictions" / "predictions.csv").read_text().splitlines()
+    assert pred[0].startswith("case,label_pred") and len(pred) == 2
+    case = saved["inference"]["predictions"][0]["case"]
+    img = nib.load(str(next((out / "imputed").glob(f"{case}_t1_art.nii.gz"))))
+    assert img.ndim == 3 and np.isfinite(np.asarray(img.dataobj)).all()
+
+    # progress on the terminal: numbered stage headers and the closing summary table
+    text = stream.getvalue()
+    assert "== [1/8]" in text and "== [8/8]" in text
+    assert "mrfound demo summary" in text and str(out / "report.md") in text
+
+
+def test_budget_steps_fit_the_time_and_respect_the_bounds() -> None:
+    assert Budget.steps(60.0, 0.5, 10, 1000) == 120
+    assert Budget.steps(60.0, 10.0, 10, 1000) == 10  # slow machine: the floor
+    assert Budget.steps(1e6, 0.1, 10, 1000) == 1000  # fast machine: the cap
+    assert Budget.steps(60.0, float("nan"), 10, 1000) == 1000
+
+
+def test_md_table_and_config_validation(tmp_path: Path) -> None:
+    assert md_table(["a", "b"], [[1, 0.5]]) == "| a | b |\n|---|---|\n| 1 | 0.500 |\n"
+    from mrfound.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--cases"):
+        DemoConfig(out=str(tmp_path), cases=5).validate()
+    with pytest.raises(ConfigError, match="--minutes"):
+        DemoConfig(out=str(tmp_path), minutes=0).validate()
+
+
+def test_demo_command_rejects_bad_input_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from mrfound.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "d"), "--cases", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mrfound demo: error:") and "--cases" in err[0]
