@@ -141,7 +141,9 @@ class Vocabulary:
         )
 
 
-def _lookup(name: str, names: Sequence[str], builtin: Mapping[str, str], extra: Mapping[str, str]) -> str | None:
+def _lookup(
+    name: str, names: Sequence[str], builtin: Mapping[str, str], extra: Mapping[str, str]
+) -> str | None:
     if name in names:
         return name
     key = normalise_name(name)
