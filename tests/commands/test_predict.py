@@ -137,7 +137,8 @@ def test_predict_missing_file_stops_or_skips(setup, tmp_path, capsys) -> None:
     assert f"{case}:" in capsys.readouterr().out
     kept = pd.read_csv(tmp_path / "skip" / "predictions.csv", dtype=str)["case"]
     assert case not in set(kept) and len(kept) == 2
-    assert list(pd.read_csv(tmp_path / "skip" / "skipped.csv", dtype=str)["case"]) == [case]
+    # bad rows are set aside before prediction, with their reason, in rejected.csv
+    assert list(pd.read_csv(tmp_path / "skip" / "rejected.csv", dtype=str)["case"]) == [case]
 
 
 @pytest.mark.slow
