@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import shutil
 import subprocess
@@ -1084,6 +1085,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mode": "quick" if quick else "full",
         "machine": machine_info(device),
         "load_avg_start": load_average(),
+        "load_note": None,
         "goals_target": GOALS,
         "gpu_figures": (
             "measured on " + torch.cuda.get_device_name(device)
@@ -1092,17 +1094,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
     }
 
-    def section(name: str, fn: Callable[[], Any]) -> Any:
+    def section(name: str, fn: Callable[[], Any], one_thread_when_busy: bool = False) -> Any:
+        """Run one part; ``one_thread_when_busy``: on a CPU whose 1-min load exceeds 3/4 of its cores,
+        use one thread (parts whose figure is a ratio or a loss, not a speed: on an oversubscribed CPU
+        every multi-threaded op waits for a scheduler slice, which would make them take very long)."""
         if name in skip:
             return None
         t = time.time()
-        print(f"[throughput] {name} ... (load {load_average()[:1]})", file=sys.stderr, flush=True)
+        la = load_average()
+        threads = torch.get_num_threads()
+        busy = bool(la) and la[0] > 0.75 * (os.cpu_count() or 1)
+        use = 1 if (one_thread_when_busy and busy and device.type == "cpu") else threads
+        print(f"[throughput] {name} ... (load {la[:1]}, threads {use})", file=sys.stderr, flush=True)
+        torch.set_num_threads(use)
         try:
             val = fn()
         except Exception as exc:  # one failing section must not lose the others' figures
             val = {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            torch.set_num_threads(threads)
         if isinstance(val, dict):
             val["section_wall_s"] = round(time.time() - t, 1)
+            val["threads"] = use
+            if use != threads:
+                val["threads_note"] = f"1-min load {la[0]} > 3/4 of the cores at the start: ran on 1 thread"
         return val
 
     pre = section(
@@ -1125,24 +1140,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "bf16_speedup" in pre:
             res["bf16_speedup"] = pre["bf16_speedup"]["ours"]
 
-    if one_thread and device.type == "cpu" and torch.get_num_threads() > 1:
+    if one_thread and device.type == "cpu" and torch.get_num_threads() > 1 and "pretrain_1thread" not in skip:
         # the same A/B on one thread: no OpenMP barriers, so co-tenants on a shared machine only
         # time-slice it; its ratios and MFU are the load-robust cross-check of the figures above
+        print(f"[throughput] pretrain_1thread ... (load {load_average()[:1]})", file=sys.stderr, flush=True)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
+        t = time.time()
         try:
-            one = section(
-                "pretrain_1thread",
-                lambda: bench_pretrain(args.size, args.batch, device, rounds=max(2, rounds // 2)),
-            )
+            one: dict[str, Any] = bench_pretrain(args.size, args.batch, device, rounds=max(2, rounds // 2))
+        except Exception as exc:
+            one = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
             torch.set_num_threads(threads)
-        if one is not None and "summary_fp32" in one:
+        one["section_wall_s"] = round(time.time() - t, 1)
+        res["pretrain_1thread"] = one
+        if "summary_fp32" in one:
             one.pop("timing", None)
             one.pop("ours_config", None)
             one.pop("monai_config", None)
             one.pop("flop_counter_check", None)
-            res["pretrain_1thread"] = one
             res["ratio_vs_monai_1thread"] = one["summary_fp32"]["ratio_vs_monai"]
             res["mfu_fp32_1thread"] = one["summary_fp32"]["mfu_ours"]
             res["mfu_bf16_1thread"] = (one.get("summary_bf16") or {}).get("mfu_ours")
@@ -1154,6 +1171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             p: profile_step(args.size, args.batch, device, p, steps=1 if quick else 2)
             for p in ("fp32", "bf16")
         },
+        one_thread_when_busy=True,
     )
 
     manifest = cache = None
@@ -1186,7 +1204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if manifest is not None and "loss" not in skip:
         pool = crop_pool(manifest, cache, 16 if quick else 64, roi=64)
         res["bf16_loss_curve"] = section(
-            "loss", lambda: bench_loss_curve(pool, "tiny", loss_steps, 4, device)
+            "loss", lambda: bench_loss_curve(pool, "tiny", loss_steps, 4, device), one_thread_when_busy=True
         )
         if res["bf16_loss_curve"] is not None and quick:
             res["bf16_loss_curve"]["note"] = f"--quick: {loss_steps} steps instead of 300"
@@ -1202,6 +1220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["scaling"] = section(
         "scaling",
         lambda: bench_scaling(args.size, device, batch=2, rounds=1 if quick else 3),
+        one_thread_when_busy=True,
     )
     if manifest is not None and "memory" not in skip:
         mem = {"fp32": measure_rss(manifest, cache, args.size, args.batch, "fp32", 128, 3)}
@@ -1211,6 +1230,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res["memory"] = mem
     res["goals"] = _goals(res)
     res["load_avg_end"] = load_average()
+    la0 = res["load_avg_start"]
+    if device.type == "cpu" and la0 and la0[0] > 0.75 * (os.cpu_count() or 1):
+        res["load_note"] = (
+            f"the machine was shared and busy (1-min load {la0[0]} at the start, "
+            f"{res['load_avg_end'][0]} at the end, on {os.cpu_count()} cores): multi-threaded timings "
+            "include waits for CPU time taken by other processes; the interleaved ratios are fairer than "
+            "the absolute rates, and the *_1thread figures are the load-robust cross-check"
+        )
     res["wall_s"] = round(time.time() - t_start, 1)
 
     text = json.dumps(res, indent=1, default=str)

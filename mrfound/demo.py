@@ -47,6 +47,8 @@ from mrfound.errors import ConfigError
 from mrfound.utils.io import atomic_write_json, atomic_write_text, atomic_write_with
 
 NAMED_PROTOCOLS: tuple[str, ...] = ("all", "no_contrast", "t2_only", "contrast_only")
+SEGMENT_MIN_SECONDS = 90.0
+"""The segmentation stage runs only when at least this much of the budget is left for it."""
 """The missing-sequence protocols shown by the demo (DESIGN §7 names)."""
 
 METRIC_LABELS: dict[str, str] = {
@@ -111,8 +113,8 @@ class DemoConfig:
         default_factory=lambda: {"pretrain": 1500, "classify": 600, "segment": 300}
     )
     min_steps: dict[str, int] = field(default_factory=lambda: {"pretrain": 30, "classify": 20, "segment": 10})
-    label_fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
-    n_boot: int = 500
+    label_fractions: tuple[float, ...] = (0.1, 0.25, 1.0)
+    n_boot: int = 200
     cache_memory_mb: float = 3000.0
     command: str | None = None
 
@@ -183,6 +185,61 @@ class Budget:
         return int(min(hi, max(lo, seconds / seconds_per_step)))
 
 
+REFERENCE_SECONDS_PER_STEP = 0.5
+"""Seconds of a tiny pretraining step (32^3 ROI, patch 8, batch 8) on 2 idle cores: the unit of TimePlan."""
+
+FIXED_COSTS: dict[str, float] = {
+    "pretrain": 20.0,
+    "probe": 60.0,
+    "classify": 15.0,
+    "segment": 25.0,
+    "infer": 25.0,
+    "volume": 20.0,
+}
+"""Work besides training steps, in seconds on the reference machine (evaluation, features, probes,
+sliding windows; ``volume``: one whole-volume sliding-window pass), scaled by the measured speed."""
+
+
+class TimePlan:
+    """Splits what is left of the budget between the training stages, after the fixed work.
+
+    The fixed work of every later stage (:data:`FIXED_COSTS`) is scaled by ``slow`` = measured seconds per
+    pretraining step / :data:`REFERENCE_SECONDS_PER_STEP`, so a busy machine reserves more of the budget
+    for it and trains fewer steps.
+    """
+
+    SHARES = {"pretrain": 0.5, "classify": 0.3, "segment": 0.2}
+
+    def __init__(self, budget: Budget, slow: float, segment: bool, n_volumes: int) -> None:
+        self.budget, self.slow, self.segment, self.n_volumes = (
+            budget,
+            max(0.5, float(slow)),
+            segment,
+            n_volumes,
+        )
+
+    def fixed(self, stages: Sequence[str]) -> float:
+        """Seconds of fixed work of ``stages`` on this machine."""
+        total = 0.0
+        for st in stages:
+            if st == "segment" and not self.segment:
+                continue
+            total += FIXED_COSTS[st]
+            if st == "infer":
+                total += FIXED_COSTS["volume"] * self.n_volumes * (2 if self.segment else 1)
+            if st == "segment":
+                total += FIXED_COSTS["volume"] * 2
+        return total * self.slow
+
+    def seconds_for(self, stage: str, later: Sequence[str]) -> float:
+        """Training seconds for ``stage``: its share of what is left after the fixed work of ``later`` stages
+        and of this one (the training stages still to come share the rest)."""
+        trainers = [st for st in [stage, *later] if st in self.SHARES and (st != "segment" or self.segment)]
+        share = self.SHARES[stage] / sum(self.SHARES[st] for st in trainers)
+        pool = self.budget.left() - self.fixed([stage, *later])
+        return max(0.0, pool) * share
+
+
 def seconds_per_step(model: Any, dataset: Any, batch_size: int, steps: int = 3) -> float:
     """Measured wall seconds of one training step (data + forward + backward + AdamW) on this machine.
 
@@ -211,6 +268,38 @@ def seconds_per_step(model: Any, dataset: Any, batch_size: int, steps: int = 3) 
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
     return float(np.mean(times[1:] if len(times) > 1 else times))
+
+
+_THREADS: dict[str, int] = {}
+
+
+def _initial_threads() -> int:
+    import torch
+
+    return _THREADS.get("initial", torch.get_num_threads())
+
+
+def fastest_threads(model: Any, dataset: Any, batch_size: int) -> tuple[float, int]:
+    """Seconds per training step with torch's thread count and with one thread; keeps the faster setting.
+
+    On a machine shared with other jobs, every small multi-threaded operation can wait for a descheduled
+    thread, and one thread is then several times faster; on an idle machine all cores win.
+
+    Returns:
+        ``(seconds per step, threads now set)``.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    sps = seconds_per_step(model, dataset, batch_size)
+    if n <= 1:
+        return sps, n
+    torch.set_num_threads(1)
+    sps1 = seconds_per_step(model, dataset, batch_size)
+    if sps1 < 0.8 * sps:
+        return sps1, 1
+    torch.set_num_threads(n)
+    return sps, n
 
 
 # ------------------------------------------------------------------------------------- data helpers
@@ -742,20 +831,56 @@ def run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
         The summary dict (also written to ``cfg.out/summary.json``).
     """
     cfg.validate()
+    import torch
+
     from mrfound.data.cache import MEMORY_ENV
 
     before = os.environ.get(MEMORY_ENV)
     if before is None:  # the repeated crops of training read the cache from memory
         os.environ[MEMORY_ENV] = str(cfg.cache_memory_mb)
+    threads = torch.get_num_threads()
+    _THREADS["initial"] = threads
     try:
         return _run_demo(cfg, stream)
     finally:
+        torch.set_num_threads(threads)
         if before is None:
             os.environ.pop(MEMORY_ENV, None)
 
 
+DEMO_OUTPUTS: tuple[str, ...] = (
+    "figures",
+    "predictions",
+    "segmentations",
+    "imputed",
+    "work/pretrain",
+    "work/classify",
+    "work/segment",
+)
+"""Folders of an earlier demo that a new run replaces (``work/cache`` is content-addressed and kept)."""
+
+
+def prepare_out(out: Path) -> None:
+    """Create ``out``, or clear an earlier demo's results in it; refuse any other non-empty folder."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; choose a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not ((out / "summary.json").is_file() or (out / "work").is_dir()):
+            raise ConfigError(
+                f"--out {out} is not empty and holds no earlier demo; choose a new or empty folder"
+            )
+        for name in DEMO_OUTPUTS:
+            shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
+    import torch
+
     out = Path(cfg.out)
+    prepare_out(out)
     fig_dir, work = out / "figures", out / "work"
     fig_dir.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -823,12 +948,18 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
         save_every=0,
         log_every=10,
     )
+    n_volumes = min(1, cfg.predict_cases)  # unseen whole volumes segmented and imputed (sliding windows)
     with log.stage("pretrain", "Pretraining the tiny masked-modality autoencoder on the training cases"):
         ds = MRDataset(train_m, pp, mode="random", cache_dir=cache_dir, seed=cfg.seed)
-        sps = seconds_per_step(build_model(pre_cfg), ds, cfg.batch_size)
-        post = 0.30 * budget.left()  # classification, segmentation, inference and the report
+        sps, threads = fastest_threads(build_model(pre_cfg), ds, cfg.batch_size)
+        if threads == 1 and torch.get_num_threads() == 1 and _initial_threads() > 1:
+            log.say("   busy machine: one torch thread trains faster than several here; using 1")
+        plan = TimePlan(budget, sps / REFERENCE_SECONDS_PER_STEP, cfg.segment, n_volumes)
         pre_cfg.steps = Budget.steps(
-            0.55 * (budget.left() - post), sps, cfg.min_steps["pretrain"], cfg.max_steps["pretrain"]
+            plan.seconds_for("pretrain", ["probe", "classify", "segment", "infer"]),
+            sps,
+            cfg.min_steps["pretrain"],
+            cfg.max_steps["pretrain"],
         )
         pre_cfg.warmup_steps = max(1, pre_cfg.steps // 20)
         log.say(f"   {sps:.2f} s/step measured -> {pre_cfg.steps} steps of batch {cfg.batch_size}")
@@ -876,6 +1007,7 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
     summary["pretrain"] = {
         "steps": pre.steps,
         "seconds_per_step": round(sps, 3),
+        "torch_threads": threads,
         "checkpoint": str(pre.final_dir),
         "final_train_loss": pre.train.last_logs.get("loss"),
         "heldout": jsonable(rec),
@@ -928,16 +1060,16 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
     from mrfound.models.checkpoint import load_model
     from mrfound.models.heads import Classifier, make_classification_head
 
-    n_seg_share = 0.45 if cfg.segment else 0.0
     with log.stage("classify", "Fine-tuning a lesion classifier (layer-wise LR decay, sequence dropout)"):
         src = load_encoder(str(pre.final_dir), seed=cfg.seed)
         probe_model = Classifier(src.encoder, make_classification_head(src.encoder, len(CLASSES)), CLASSES)
         cds = MRDataset(train_m, pp, mode="lesion", cache_dir=cache_dir, seed=cfg.seed)
         sps_c = seconds_per_step(probe_model, cds, cfg.batch_size)
-        reserve = 45.0 + 6.0 * cfg.predict_cases  # inference + report
-        avail_s = max(0.0, budget.left() - reserve)
         steps_c = Budget.steps(
-            (1 - n_seg_share) * avail_s * 0.85, sps_c, cfg.min_steps["classify"], cfg.max_steps["classify"]
+            plan.seconds_for("classify", ["segment", "infer"]),
+            sps_c,
+            cfg.min_steps["classify"],
+            cfg.max_steps["classify"],
         )
         log.say(f"   {sps_c:.2f} s/step measured -> {steps_c} steps")
         ft_cfg = FinetuneConfig(
@@ -1013,7 +1145,13 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
 
     # 6 ------------------------------------------------------------------ segmentation
     seg_summary: dict[str, Any] | None = None
-    if cfg.segment:
+    seg_fits = budget.left() - plan.fixed(["segment", "infer"]) >= SEGMENT_MIN_SECONDS
+    if cfg.segment and not seg_fits:
+        with log.stage("segment", "Segmentation fine-tune skipped: it does not fit the time budget"):
+            reason = f"{max(0.0, budget.left()):.0f} s of the {cfg.minutes:g} min budget left"
+            log.say(f"   {reason}; rerun with a larger --minutes to include it")
+        summary["segment_skipped"] = reason
+    if cfg.segment and seg_fits:
         from mrfound.finetune.segment import finetune_segmenter
         from mrfound.models.heads import Segmenter, make_segmentation_head
 
@@ -1023,9 +1161,8 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
             sds = MRDataset(train_m, pp, mode="lesion", cache_dir=cache_dir, seed=cfg.seed)
             sps_s = seconds_per_step(seg_probe, sds, cfg.batch_size)
             n_eval = 2
-            reserve = 45.0 + 6.0 * cfg.predict_cases + 25.0 * n_eval
             steps_s = Budget.steps(
-                max(0.0, budget.left() - reserve) * 0.8,
+                plan.seconds_for("segment", ["infer"]),
                 sps_s,
                 cfg.min_steps["segment"],
                 cfg.max_steps["segment"],
@@ -1082,11 +1219,13 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
         clf_api = mrfound.load_pretrained(ft["final"], device="cpu")
         pred_sum = predict_manifest(clf_api, few_csv, out / "predictions", progress=None)
         pred_df = _read_csv(out / "predictions" / "predictions.csv")
-        if cfg.segment:
+        few_vol = type(test_m).from_cases(test_m.cases[:n_volumes], test_m.root, test_m.vocabulary)
+        vol_csv = few_vol.to_csv(work / "unseen_volumes.csv")
+        if seg_summary is not None:
             seg_api = mrfound.load_pretrained(seg_summary["checkpoint"], device="cpu")
-            predict_manifest(seg_api, few_csv, out / "segmentations", progress=None)
+            predict_manifest(seg_api, vol_csv, out / "segmentations", progress=None)
         mae_api = mrfound.load_pretrained(str(pre.final_dir), device="cpu")
-        imp_sum = impute_manifest(mae_api, few_csv, cfg.impute_sequence, out / "imputed", progress=None)
+        imp_sum = impute_manifest(mae_api, vol_csv, cfg.impute_sequence, out / "imputed", progress=None)
         imp_rows, imp_table = _imputation_rows(mae, test_m, pp, cache_dir, cfg.impute_sequence, n=3)
         if imp_rows:
             plot_imputation(imp_rows, fig_dir / "imputation.png", sequence=cfg.impute_sequence)
@@ -1304,7 +1443,8 @@ def _report(
         "*One typical case per class (rows) and sequence (columns), axial plane through the lesion; "
         "yellow numbers: lesion/liver signal ratio; last column: the mask.*\n",
         "## 2. Pretraining (masked-modality autoencoder, `tiny`)\n",
-        f"{pre['steps']} steps of batch {cfg.batch_size} ({pre['seconds_per_step']} s/step measured) on "
+        f"{pre['steps']} steps of batch {cfg.batch_size} ({pre['seconds_per_step']} s/step measured with "
+        f"{pre['torch_threads']} torch thread(s)) on "
         "random body crops of the training cases, labels unused. Each sample drops a random number of whole "
         "sequences "
         "and hides 75 % of the remaining patches; the decoder predicts every hidden patch, dropped sequences "
@@ -1373,9 +1513,15 @@ def _report(
             ),
             "\n![Segmentation overlay](figures/segmentation.png)\n",
         ]
+    elif summary.get("segment_skipped"):
+        lines += [
+            "## 6. Segmentation\n",
+            f"Skipped: it did not fit the time budget ({summary['segment_skipped']}). Rerun with a larger "
+            "`--minutes`.\n",
+        ]
     inf = summary["inference"]
     lines += [
-        f"## {7 if summary.get('segment') else 6}. Inference on unseen cases\n",
+        f"## {7 if cfg.segment else 6}. Inference on unseen cases\n",
         "`mrfound.load_pretrained` on the fine-tuned checkpoint (`predictions/predictions.csv`"
         + (", segmentations in `segmentations/`" if summary.get("segment") else "")
         + f") and on the pretrained one (synthesised {cfg.impute_sequence} in `imputed/`, NIfTI on each "
@@ -1457,6 +1603,8 @@ def print_summary(
             f"{fmt_metric(a, 'auc_benign_malignant', ci=False)}",
         )
     )
+    if summary.get("segment_skipped"):
+        rows.append(("segmentation", f"skipped ({summary['segment_skipped']})"))
     if summary.get("segment"):
         t = summary["segment"]["test"]
         rows.append(

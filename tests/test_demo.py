@@ -35,7 +35,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     stream = io.StringIO()
     summary = run_demo(
-        DemoConfig(out=str(out), minutes=0.5, seed=1, command="pytest demo", **MICRO), stream=stream
+        DemoConfig(out=str(out), minutes=10, seed=1, command="pytest demo", **MICRO), stream=stream
     )
 
     # every figure of the report exists, is a PNG, and is linked from report.md
@@ -106,3 +106,23 @@ def test_demo_command_rejects_bad_input_with_one_line(tmp_path: Path, capsys: py
     assert main(["demo", "--out", str(tmp_path / "d"), "--cases", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mrfound demo: error:") and "--cases" in err[0]
+
+
+def test_prepare_out_replaces_an_earlier_demo_and_refuses_other_folders(tmp_path: Path) -> None:
+    from mrfound.demo import prepare_out
+    from mrfound.errors import ConfigError
+
+    earlier = tmp_path / "demo"
+    (earlier / "work" / "pretrain" / "checkpoints").mkdir(parents=True)
+    (earlier / "work" / "cache").mkdir()
+    (earlier / "summary.json").write_text("{}")
+    prepare_out(earlier)
+    assert not (earlier / "work" / "pretrain").exists()  # a new run can train again
+    assert (earlier / "work" / "cache").is_dir()  # content-addressed: reused
+
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="not empty"):
+        prepare_out(foreign)
+    assert (foreign / "holiday.jpg").exists()

@@ -335,8 +335,10 @@ def fit_probe(
     """
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
     n_groups = len(np.unique(groups))
-    min_class = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
-    k = min(inner_folds, n_groups, max(min_class, 2))
+    counts = np.bincount(np.unique(y, return_inverse=True)[1])
+    min_class = int(counts.min())
+    # a stratified split needs at least one class with k members (one case per class: no inner CV)
+    k = min(inner_folds, n_groups, max(min_class, 2), int(counts.max()))
     if len(cs) == 1 or k < 2 or len(np.unique(y)) < 2:
         est = make_probe(cs=(1.0,) if len(cs) != 1 else cs)
         est.fit(x, y)
