@@ -90,6 +90,7 @@ class DemoConfig:
         label_fractions: Label fractions of the label-efficiency probe.
         n_boot: Bootstrap resamples of the confidence intervals.
         cache_memory_mb: In-memory preprocessing cache (MB) for the repeated crops of training.
+        montage_candidates: Cases per class the montage picks its most typical one from.
         command: Command line recorded in the report.
     """
 
@@ -116,6 +117,7 @@ class DemoConfig:
     label_fractions: tuple[float, ...] = (0.1, 0.25, 1.0)
     n_boot: int = 200
     cache_memory_mb: float = 3000.0
+    montage_candidates: int = 3
     command: str | None = None
 
     def validate(self) -> DemoConfig:
@@ -902,7 +904,13 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
     phantom = PhantomConfig(spacing_scale=cfg.spacing_scale)
     with log.stage("simulate", f"Simulating {cfg.cases} multi-centre, multi-sequence liver MRI cases"):
         manifest_path = generate_cohort(work / "cohort", cfg.cases, cfg.seed, phantom, workers=cfg.workers)
-        cohort_preview(manifest_path, fig_dir / "montage.png", seed=cfg.seed, config=phantom, candidates=3)
+        cohort_preview(
+            manifest_path,
+            fig_dir / "montage.png",
+            seed=cfg.seed,
+            config=phantom,
+            candidates=cfg.montage_candidates,
+        )
         cohort = read_manifest(manifest_path)
         log.say(
             f"   {len(cohort)} cases from {len({c.center for c in cohort.cases})} centres -> {manifest_path}"

@@ -26,7 +26,8 @@ MICRO = {
     "n_boot": 10,
     "predict_cases": 1,
     "batch_size": 4,
-    "workers": 1,
+    "workers": 2,
+    "montage_candidates": 1,
 }
 
 
