@@ -88,7 +88,9 @@ class MRFoundModel:
         try:
             self.preprocessing = PreprocessConfig.from_dict(pp)
         except (ConfigError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"config.json 'preprocessing' is not usable by this mrfound: {exc}") from None
+            raise CheckpointError(
+                f"config.json 'preprocessing' is not usable by this mrfound: {exc}"
+            ) from None
         if len(set(roi)) == 1:
             # the encoder's input size is authoritative for the crop
             self.preprocessing = dataclasses.replace(self.preprocessing, roi_size=roi[0])
