@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -89,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _build_parser(command)
         args = parser.parse_args(argv)
+        # The exact command, for provenance (sys.argv is the host's when called in-process).
+        args._command_line = "mrfound " + shlex.join(argv)
     except ImportError as e:  # a command's optional dependency is missing
         if debug:
             raise

@@ -47,9 +47,10 @@ from mrfound.errors import ConfigError
 from mrfound.utils.io import atomic_write_json, atomic_write_text, atomic_write_with
 
 NAMED_PROTOCOLS: tuple[str, ...] = ("all", "no_contrast", "t2_only", "contrast_only")
-SEGMENT_MIN_SECONDS = 90.0
-"""The segmentation stage runs only when at least this much of the budget is left for it."""
 """The missing-sequence protocols shown by the demo (DESIGN §7 names)."""
+SEGMENT_OVERRUN = 1.3
+"""The segmentation stage is skipped only when the run is already past this multiple of its budget (on a
+very busy machine), so that the demo still ends well before 1.5x its budget."""
 
 METRIC_LABELS: dict[str, str] = {
     "auc_macro": "macro AUC",
@@ -1153,10 +1154,10 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
 
     # 6 ------------------------------------------------------------------ segmentation
     seg_summary: dict[str, Any] | None = None
-    seg_fits = budget.left() - plan.fixed(["segment", "infer"]) >= SEGMENT_MIN_SECONDS
+    seg_fits = budget.total - budget.left() < SEGMENT_OVERRUN * budget.total
     if cfg.segment and not seg_fits:
         with log.stage("segment", "Segmentation fine-tune skipped: it does not fit the time budget"):
-            reason = f"{max(0.0, budget.left()):.0f} s of the {cfg.minutes:g} min budget left"
+            reason = f"{(budget.total - budget.left()) / 60:.1f} min of the {cfg.minutes:g} min budget used"
             log.say(f"   {reason}; rerun with a larger --minutes to include it")
         summary["segment_skipped"] = reason
     if cfg.segment and seg_fits:
@@ -1168,7 +1169,8 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
             seg_probe = Segmenter(src.encoder, make_segmentation_head(src.encoder, feature_size=8))
             sds = MRDataset(train_m, pp, mode="lesion", cache_dir=cache_dir, seed=cfg.seed)
             sps_s = seconds_per_step(seg_probe, sds, cfg.batch_size)
-            n_eval = 2
+            # two test volumes when the budget allows, else one (whole-volume sliding windows are slow)
+            n_eval = 2 if budget.left() - plan.fixed(["segment", "infer"]) > 0 else 1
             steps_s = Budget.steps(
                 plan.seconds_for("segment", ["infer"]),
                 sps_s,

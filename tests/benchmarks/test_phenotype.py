@@ -123,3 +123,30 @@ def test_radiomics_protocol_tables_equal_per_protocol_extraction(ph, tmp_path: P
         a = fast[p].drop(columns="case").to_numpy(float)
         b = slow[p].drop(columns="case").to_numpy(float)
         assert np.allclose(a, b, equal_nan=True)
+
+
+def test_probe_suite_handles_one_labelled_case_per_class(ph) -> None:
+    """5 % of a small training set leaves one case per class: the probe then fits without inner CV."""
+    import dataclasses
+
+    import numpy as np
+    import pandas as pd
+
+    from mrfound.data.sequences import CLASSES, MALIGNANT
+
+    rng = np.random.default_rng(0)
+
+    def table(n_per_class: int, prefix: str) -> pd.DataFrame:
+        labels = [c for c in CLASSES for _ in range(n_per_class)]
+        t = pd.DataFrame(rng.normal(size=(len(labels), 6)), columns=[f"f{i}" for i in range(6)])
+        t.insert(0, "case", [f"{prefix}{i}" for i in range(len(labels))])
+        t.insert(1, "subject", t["case"])
+        t.insert(2, "label", labels)
+        t.insert(3, "center", ["a", "b"] * (len(labels) // 2))
+        return t
+
+    budget = dataclasses.replace(ph.BUDGETS["small"], n_boot=0, probe_fractions=(0.05, 1.0))
+    tr, te = table(4, "tr"), table(2, "te")
+    out = ph.probe_suite(tr, {"all": te}, {}, ["all"], CLASSES, MALIGNANT, budget, seed=0)
+    assert out["fractions"]["0.05"]["n_train"] == len(CLASSES)
+    assert 0.0 <= out["fractions"]["0.05"]["auc_macro"]["value"] <= 1.0
