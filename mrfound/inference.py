@@ -87,7 +87,8 @@ __all__ = [
     "synthesise_volume",
 ]
 
-ON_ERROR = ("stop", "skip")
+ON_ERROR = ("raise", "skip", "stop")
+"""``raise`` (or its synonym ``stop``): the first unusable case is an error; ``skip``: set it aside."""
 LOCK_NAME = ".predict.lock"
 _RUN_PREFIX = ".predict-"
 
@@ -530,7 +531,7 @@ def predict(
         rows = [
             r
             for r in _predict_rows(
-                model, _as_manifest(model, case_or_manifest), kind, batch_size, overlap, None, "stop"
+                model, _as_manifest(model, case_or_manifest), kind, batch_size, overlap, None, "raise"
             )
             if "error" not in r
         ]
@@ -758,7 +759,7 @@ def _predict_rows(
         for item in _stream(model, manifest, kind, num_workers):
             bar.update(1)
             if "error" in item:
-                if on_error == "stop":
+                if on_error != "skip":
                     raise ManifestError(item["error"] + " (use --on-error skip to skip failing cases)")
                 pending.append(item)
                 continue
@@ -814,7 +815,7 @@ def predict_manifest(
     out: str | os.PathLike,
     *,
     batch_size: int = 8,
-    on_error: str = "stop",
+    on_error: str = "raise",
     overlap: float = 0.25,
     num_workers: int = 0,
     merge: bool = False,
@@ -841,7 +842,7 @@ def predict_manifest(
         command: Command line recorded in ``out/predict.json``.
 
     Raises:
-        ManifestError: a case cannot be used (``on_error="stop"``), or no case could be predicted.
+        ManifestError: a case cannot be used (``on_error="raise"``), or no case could be predicted.
         CheckpointError: the checkpoint has no classification or segmentation head.
     """
     from filelock import FileLock
@@ -987,7 +988,7 @@ def impute_manifest(
     sequence: str,
     out: str | os.PathLike,
     *,
-    on_error: str = "stop",
+    on_error: str = "raise",
     overlap: float | None = None,
     sw_batch_size: int = 4,
     num_workers: int = 0,
@@ -1028,7 +1029,7 @@ def impute_manifest(
         for item in _stream(model, man, "autoencoder", num_workers, sequence=target):
             bar.update(1)
             if "error" in item:
-                if on_error == "stop":
+                if on_error != "skip":
                     raise ManifestError(item["error"] + " (use --on-error skip to skip failing cases)")
                 skipped.append((item["case"], item["error"]))
                 rows.append([item["case"], "", "", "", "", item["error"]])

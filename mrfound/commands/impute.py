@@ -30,9 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--on-error",
-        choices=("stop", "skip"),
-        default="stop",
-        help="stop at the first unusable case (default) or skip it",
+        choices=("raise", "skip", "stop"),
+        default="raise",
+        help="raise: stop with an error at the first unusable case (default; 'stop' is a synonym); skip: "
+        "set it aside",
     )
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: see docs)")
     p.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward pass (4)")

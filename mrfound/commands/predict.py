@@ -32,9 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="ROI crops per forward pass (8)")
     p.add_argument(
         "--on-error",
-        choices=("stop", "skip"),
-        default="stop",
-        help="stop at the first unusable case (default) or skip it (listed in OUT/skipped.csv)",
+        choices=("raise", "skip", "stop"),
+        default="raise",
+        help="raise: stop with an error at the first unusable case (default; 'stop' is a synonym); skip: "
+        "set it aside (listed in OUT/skipped.csv)",
     )
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap, segmentation (0.25)")
     p.add_argument("--num-workers", type=int, default=0, help="processes preprocessing cases ahead (0)")
