@@ -55,6 +55,7 @@ _FLAG_KEYS = {
     "viz_every": "viz_every",
     "eval_every": "eval_every",
     "eval_fraction": "eval_fraction",
+    "lesion_crops": "lesion_crops",
     "roi_size": "roi_size",
     "spacing": "spacing",
     "cache_dir": "cache_dir",
@@ -89,6 +90,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         metavar="F",
         help="share of subjects held out for reconstruction evaluation (default 0.1)",
+    )
+    g.add_argument(
+        "--lesion-crops",
+        type=float,
+        metavar="F",
+        help="share of crops around the lesion position (lesion_x/y/z or mask; never the label), the rest "
+        "anywhere in the body (default 0)",
     )
     t = p.add_argument_group("training")
     t.add_argument("--out", metavar="RUN", help="run folder (required unless in --config)")

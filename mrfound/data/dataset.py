@@ -24,7 +24,13 @@ import torch
 from torch.utils.data import Dataset
 
 from mrfound.data.manifest import Manifest, as_manifest
-from mrfound.data.preprocess import PreprocessConfig, crop_lesion, preprocess_case, random_crop
+from mrfound.data.preprocess import (
+    PreprocessConfig,
+    crop_lesion,
+    jittered_lesion_crop,
+    preprocess_case,
+    random_crop,
+)
 from mrfound.errors import ConfigError
 
 MODES = ("lesion", "random", "full")
@@ -42,6 +48,10 @@ class MRDataset(Dataset):
             for training).
         samples_per_case: Items per case per epoch (several random crops of one case).
         seed: Seed of the random crops.
+        lesion_fraction: ``"random"`` mode only: share of the crops placed around the case's lesion
+            position (with a random shift of up to a quarter ROI) instead of anywhere in the body. Uses
+            the lesion *position* only, never the label. A lesion fills a few percent of the body, so
+            plain random crops rarely show one to a pretraining model that is later asked about lesions.
     """
 
     def __init__(
@@ -52,6 +62,7 @@ class MRDataset(Dataset):
         cache_dir: str | os.PathLike | None = None,
         samples_per_case: int = 1,
         seed: int = 0,
+        lesion_fraction: float = 0.0,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown dataset mode {mode!r}; use one of {', '.join(MODES)}")
@@ -60,7 +71,10 @@ class MRDataset(Dataset):
         self.manifest = as_manifest(manifest)
         self.vocabulary = self.manifest.vocabulary
         self.config = config or PreprocessConfig()
+        if not 0.0 <= float(lesion_fraction) <= 1.0:
+            raise ConfigError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
         self.mode = mode
+        self.lesion_fraction = float(lesion_fraction)
         self.samples_per_case = int(samples_per_case)
         self.seed = int(seed)
         self.epoch = 0
@@ -102,7 +116,11 @@ class MRDataset(Dataset):
         if self.mode == "lesion":
             arrays = crop_lesion(arrays, self.config.roi_size)
         elif self.mode == "random":
-            arrays = random_crop(arrays, self.config.roi_size, self._rng(index))
+            rng = self._rng(index)
+            if self.lesion_fraction > 0 and rng.random() < self.lesion_fraction:
+                arrays = jittered_lesion_crop(arrays, self.config.roi_size, rng)
+            else:
+                arrays = random_crop(arrays, self.config.roi_size, rng)
         if self.cache is not None and self.mode != "full":
             arrays = expand_compact(arrays)
         sample: dict[str, Any] = {

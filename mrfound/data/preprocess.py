@@ -540,6 +540,23 @@ def random_crop(sample: Mapping[str, Any], roi_size: int, rng: np.random.Generat
     return _crop(sample, start, int(roi_size))
 
 
+def jittered_lesion_crop(
+    sample: Mapping[str, Any], roi_size: int, rng: np.random.Generator, max_shift: int | None = None
+) -> dict[str, Any]:
+    """Cubic ROI around the lesion centre shifted by a uniform random offset (``roi_size // 4`` voxels
+    per axis at most by default), so the lesion is in view but not always in the same place.
+
+    Falls back to :func:`random_crop` when the case has no lesion position.
+    """
+    centre = sample.get("lesion_center")
+    if centre is None:
+        return random_crop(sample, roi_size, rng)
+    shift = roi_size // 4 if max_shift is None else int(max_shift)
+    offset = rng.integers(-shift, shift + 1, size=3)
+    start = np.rint(np.asarray(centre, dtype=np.float64)).astype(int) + offset - roi_size // 2
+    return _crop(sample, start, int(roi_size))
+
+
 def __getattr__(name: str) -> Any:
     # PreprocessCache lives in cache.py (it imports this module); re-exported here per the contract.
     if name == "PreprocessCache":
@@ -553,6 +570,7 @@ __all__ = [
     "PreprocessConfig",
     "PreprocessCache",
     "crop_lesion",
+    "jittered_lesion_crop",
     "load_case_arrays",
     "otsu_threshold",
     "preprocess_case",

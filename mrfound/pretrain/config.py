@@ -215,6 +215,10 @@ class PretrainConfig(TrainerConfig):
         preprocess: Further :class:`mrfound.data.preprocess.PreprocessConfig` fields.
         cache_dir: Preprocessing cache folder (default ``OUT/cache``).
         samples_per_case: Random crops drawn per case per epoch.
+        lesion_crops: Share of the training crops placed around the case's lesion position (manifest
+            ``lesion_x/y/z`` or mask label 2; the class label is never used) with a random shift of up
+            to a quarter ROI; the rest anywhere in the body. Cases without a lesion position always get
+            a body crop.
         eval_fraction: Share of subjects held out for reconstruction evaluation and figures (0 = none).
         eval_every: Steps between held-out evaluations logged to ``log.jsonl`` (0 = only at the end).
         eval_max_cases: Cap on held-out cases evaluated (``None`` = all).
@@ -231,6 +235,7 @@ class PretrainConfig(TrainerConfig):
     preprocess: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
     samples_per_case: int = 1
+    lesion_crops: float = 0.0
     eval_fraction: float = 0.1
     eval_every: int = 0
     eval_max_cases: int | None = None
@@ -260,6 +265,12 @@ class PretrainConfig(TrainerConfig):
             "samples_per_case",
             self.samples_per_case,
             "must be a positive integer",
+        )
+        _check(
+            _finite(self.lesion_crops) and 0 <= self.lesion_crops <= 1,
+            "lesion_crops",
+            self.lesion_crops,
+            "must be in [0, 1]",
         )
         _check(
             _finite(self.eval_fraction) and 0 <= self.eval_fraction < 1,

@@ -275,6 +275,7 @@ def pretrain(
             cache_dir=cache_dir,
             samples_per_case=config.samples_per_case,
             seed=config.seed,
+            lesion_fraction=config.lesion_crops,
         )
         eval_ds = (
             MRDataset(held_m, pp, mode="random", cache_dir=cache_dir, seed=config.seed + 1)

@@ -82,8 +82,33 @@ def test_random_and_full_modes(manifest, tmp_path):
     assert next(iter(loader))["image"].shape == (2, 8, 8, 8, 8)
 
 
+def test_lesion_crops_keep_the_lesion_in_view(manifest, tmp_path):
+    cfg = PreprocessConfig(spacing=2.0, roi_size=8)
+    kw = {"mode": "random", "cache_dir": tmp_path / "c", "samples_per_case": 40, "seed": 3}
+    lesion = MRDataset(manifest, cfg, lesion_fraction=1.0, **kw)
+    body = MRDataset(manifest, cfg, **kw)
+    # case "a": the lesion (label 2) is voxels 10..13 of the 24^3 grid; a lesion crop is shifted by at
+    # most roi // 4 = 2 voxels from the lesion centre, so the lesion is always in view
+    seen = [int((lesion[i]["mask"] == 2).sum()) for i in range(40)]
+    assert min(seen) > 0
+    starts = {tuple(lesion[i]["affine"][:3, 3].tolist()) for i in range(40)}
+    assert len(starts) > 1  # shifted, not one fixed crop
+    assert sum(int((body[i]["mask"] == 2).sum()) > 0 for i in range(40)) < 40  # body crops miss it
+    # case "b" has a lesion point and no mask: the crop centre stays within the shift of that point
+    centre = np.array([24.0, 24.0, 24.0])
+    for i in range(40, 50):
+        corner = lesion[i]["affine"][:3, 3].numpy()
+        mid = corner + 2.0 * (8 // 2)  # world position of the crop's centre voxel (2 mm, axis-aligned)
+        assert np.all(np.abs(mid - centre) <= 2.0 * 2 + 2.0)
+    # 0 (the default) leaves the body crops exactly as they were
+    plain = MRDataset(manifest, cfg, lesion_fraction=0.0, **kw)
+    assert all(torch.equal(plain[i]["affine"], body[i]["affine"]) for i in range(10))
+
+
 def test_bad_arguments(manifest):
     with pytest.raises(ConfigError):
         MRDataset(manifest, mode="crop")
+    with pytest.raises(ConfigError, match="lesion_fraction"):
+        MRDataset(manifest, mode="random", lesion_fraction=1.5)
     with pytest.raises(IndexError):
         MRDataset(manifest)[5]

@@ -95,6 +95,7 @@ def test_set_needs_key_value():
         ({"out": ""}, "run folder is required"),
         ({"manifest": []}, "at least one manifest"),
         ({"eval_fraction": 1.0}, "'eval_fraction'"),
+        ({"lesion_crops": 1.5}, "'lesion_crops'"),
     ],
 )
 def test_validation_names_the_key(changes, match):

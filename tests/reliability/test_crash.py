@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from mrfound.pretrain.trainer import DELAY_ENV, KILL_ENV, STATE_FILE, list_checkpoints, read_log
 
-SCRIPT = Path(__file__).resolve().parent / "_pretrain_toy.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "pretrain" / "_pretrain_toy.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 ENV.pop(KILL_ENV, None)
 ENV.pop(DELAY_ENV, None)
