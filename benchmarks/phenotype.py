@@ -1223,8 +1223,13 @@ def markdown(doc: Mapping[str, Any], stem: str, protocols: Sequence[str], seqs: 
                 *[D.fmt_metric(v["fractions"][str(f)]) if str(f) in v["fractions"] else "-" for f in fr],
             ]
         )
+    # the probes' training-case count per fraction (at least one case per class, so small fractions of a
+    # small cohort can coincide)
+    first = next(iter(probes.values()))
+    n_probe = {k: v.get("n_train", first.get("n_train")) for k, v in first["fractions"].items()}
+    heads = [f"{100 * f:g} %" + (f" (probe n={n_probe[str(f)]})" if n_probe.get(str(f)) else "") for f in fr]
     lines += [
-        D.md_table(["model", *[f"{100 * f:g} %" for f in fr]], rows),
+        D.md_table(["model", *heads], rows),
         f"\n![label efficiency]({stem}_label_efficiency.png)\n",
         "## Centres\n",
         "In-distribution probe per test centre, and leave-one-centre-out (train on the other centres' "

@@ -65,6 +65,20 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         assert (out / fig).read_bytes()[:4] == b"\x89PNG" and fig in md
     assert "## Missing-sequence protocols" in md and "## Sequence importance" in md
 
+    # the pooling diagnostic reads the same work folder: every pooling x protocol, pretrained and random
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("pooling_bench", REPO / "benchmarks" / "pooling_probe.py")
+    pool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pool)
+    run = next(work.glob("pretrain_ours_*")).name
+    doc = pool.main(["--work", str(work), "--runs", run, "--out", str(out / "pooling.json")])
+    assert set(doc["results"]) == {run, f"{run} (random init)"}
+    for res in doc["results"].values():
+        assert set(res) == set(pool.POOLINGS)
+        assert all(set(r) == set(pool.PROTOCOLS) for r in res.values())
+        assert all(0.0 <= r["all"] <= 1.0 for r in res.values())
+    assert json.loads((out / "pooling.json").read_text())["results"] == doc["results"]
+
 
 def test_table_importance_credits_the_contrast_phases(ph) -> None:
     from mrfound.data.sequences import CLASSES, SEQUENCES
@@ -150,3 +164,16 @@ def test_probe_suite_handles_one_labelled_case_per_class(ph) -> None:
     out = ph.probe_suite(tr, {"all": te}, {}, ["all"], CLASSES, MALIGNANT, budget, seed=0)
     assert out["fractions"]["0.05"]["n_train"] == len(CLASSES)
     assert 0.0 <= out["fractions"]["0.05"]["auc_macro"]["value"] <= 1.0
+
+
+def test_pooling_probe_centre_tokens_are_the_central_half() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("pooling_bench", REPO / "benchmarks" / "pooling_probe.py")
+    pool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pool)
+
+    pos = torch.arange(64).unsqueeze(0)  # a 4^3 patch grid
+    centre = pool.centre_tokens(pos, 4)[0]
+    assert int(centre.sum()) == 8
+    want = {z * 16 + y * 4 + x for z in (1, 2) for y in (1, 2) for x in (1, 2)}
+    assert set(torch.nonzero(centre).flatten().tolist()) == want

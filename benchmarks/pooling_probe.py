@@ -1,0 +1,160 @@
+"""How the frozen tokens are pooled vs whether they were pretrained: a linear-probe diagnostic.
+
+Reads the cohort and the pretraining runs a ``benchmarks/phenotype.py`` invocation left in its work folder
+(``train.csv``, ``test.csv``, ``cache/``, ``<run>/final``), and probes each encoder's frozen tokens of the
+lesion-centred ROIs pooled three ways:
+
+* ``global``: mean over every token of every available sequence (what ``embed`` and the benchmark use);
+* ``centre``: mean over the tokens of the central half of the patch grid on every axis (where the lesion
+  sits in a lesion-centred ROI), every available sequence;
+* ``global+centre``: both, concatenated.
+
+Each run is also probed at random init (same architecture, seed 0). A standardised logistic regression
+(C = 0.1) is trained on the training cases with every sequence and scored (macro one-vs-rest AUC) on the
+test cases with the sequences of each missing-sequence protocol only.
+
+Usage::
+
+    .venv/bin/python benchmarks/pooling_probe.py --work /tmp/mrfound_bench/phenotype_small \\
+        --runs pretrain_ours_4a96adef0b,pretrain_plain_mae_de845bc743
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, provenance  # noqa: E402
+
+PROTOCOLS = {
+    "all": None,
+    "no_contrast": ("t2", "dwi", "t1_in", "t1_opp"),
+    "t2_only": ("t2",),
+    "contrast_only": ("t1_pre", "t1_art", "t1_pv", "t1_del"),
+}
+POOLINGS = ("global", "centre", "global+centre")
+
+
+def centre_tokens(pos_idx: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, N) patch-grid indices -> bool, True for the central half of the grid on every axis."""
+    lo, hi = grid // 4, grid - grid // 4
+    z, y, x = pos_idx // (grid * grid), (pos_idx // grid) % grid, pos_idx % grid
+    return (z >= lo) & (z < hi) & (y >= lo) & (y < hi) & (x >= lo) & (x < hi)
+
+
+@torch.no_grad()
+def pooled_features(
+    encoder: Any, loader: Any, keep: torch.Tensor
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Features of every pooling for the cases of ``loader`` with only the ``keep`` sequences."""
+    grid = encoder.config.img_size // encoder.config.patch_size
+    out: dict[str, list[torch.Tensor]] = {p: [] for p in POOLINGS}
+    usable: list[torch.Tensor] = []
+    for batch in loader:
+        available = batch["available"] & keep
+        has_any = available.any(1)
+        usable.append(has_any)
+        available[~has_any, 0] = True  # placeholder so the forward pass runs; the row is dropped below
+        enc = encoder(batch["image"], available)
+        valid = enc["valid"]
+        g = encoder.pool(enc["tokens"], valid)
+        c = encoder.pool(enc["tokens"], valid & centre_tokens(enc["pos_idx"], grid))
+        out["global"].append(g)
+        out["centre"].append(c)
+        out["global+centre"].append(torch.cat([g, c], 1))
+    return {p: torch.cat(v).float().numpy() for p, v in out.items()}, torch.cat(usable).numpy()
+
+
+def probe_run(work: Path, run: str, random_init: bool, c: float) -> dict[str, dict[str, float]]:
+    """Macro AUC per pooling and protocol for one encoder."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from torch.utils.data import DataLoader
+
+    from mrfound.data.dataset import MRDataset, collate_cases
+    from mrfound.data.manifest import read_manifest
+    from mrfound.data.preprocess import PreprocessConfig
+    from mrfound.models.checkpoint import load_model
+
+    model, cfg = load_model(work / run / "final")
+    if random_init:
+        torch.manual_seed(0)
+        model = type(model)(model.encoder.config, model.config)
+    encoder = model.encoder.eval()
+    pp = PreprocessConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["preprocessing"].items()}
+    )
+    seqs = list(encoder.config.sequences)
+
+    def features(split: str, protocol: tuple[str, ...] | None):
+        man = read_manifest(work / f"{split}.csv")
+        ds = MRDataset(man, pp, mode="lesion", cache_dir=work / "cache")
+        loader = DataLoader(ds, batch_size=16, collate_fn=collate_cases)
+        keep = torch.tensor([protocol is None or s in protocol for s in seqs])
+        feats, usable = pooled_features(encoder, loader, keep)
+        return feats, np.array([case.label for case in man.cases]), usable
+
+    train, y_train, _ = features("train", None)
+    result: dict[str, dict[str, float]] = {p: {} for p in POOLINGS}
+    tests = {name: features("test", prot) for name, prot in PROTOCOLS.items()}
+    for pooling in POOLINGS:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
+        clf.fit(train[pooling], y_train)
+        for name, (feats, y, usable) in tests.items():
+            proba, truth = clf.predict_proba(feats[pooling][usable]), y[usable]
+            # macro one-vs-rest over the classes with positives and negatives among these test cases
+            aucs = [
+                roc_auc_score(truth == k, proba[:, i])
+                for i, k in enumerate(clf.classes_)
+                if 0 < (truth == k).sum() < len(truth)
+            ]
+            result[pooling][name] = round(float(np.mean(aucs)), 4) if aucs else float("nan")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", required=True, help="work folder of a benchmarks/phenotype.py run")
+    ap.add_argument("--runs", required=True, help="comma-separated pretraining run folders inside --work")
+    ap.add_argument("--C", type=float, default=0.1, help="inverse L2 strength of the probe (0.1)")
+    ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    t0 = time.time()
+    doc: dict[str, Any] = {
+        "benchmark": "pooling_probe",
+        **provenance(argv),
+        "machine": machine_info(),
+        "probe": f"StandardScaler + LogisticRegression(C={args.C}); macro one-vs-rest AUC on test cases",
+        "results": {},
+    }
+    for run in [r for r in args.runs.split(",") if r]:
+        for random_init in (False, True):
+            key = f"{run}{' (random init)' if random_init else ''}"
+            doc["results"][key] = probe_run(work, run, random_init, args.C)
+            print(f"[pooling_probe] {key}: {json.dumps(doc['results'][key])}", file=sys.stderr, flush=True)
+    doc["wall_s"] = round(time.time() - t0, 1)
+    text = json.dumps(doc, indent=2)
+    print(text)
+    if args.out:
+        from mrfound.utils.io import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
