@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -316,7 +317,9 @@ def _copy_to_float32(dst: np.ndarray, src: np.ndarray) -> None:
         dst[...] = src
         return
     d = torch.from_numpy(dst.reshape(-1))
-    s = torch.from_numpy(np.ascontiguousarray(src).reshape(-1))
+    with warnings.catch_warnings():  # a read-only memory map: the tensor is only read from
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        s = torch.from_numpy(np.ascontiguousarray(src).reshape(-1))
     for i in range(0, d.numel(), _CHUNK):
         d[i : i + _CHUNK].copy_(s[i : i + _CHUNK])
 
