@@ -6,7 +6,8 @@ lesion-centred ROIs pooled three ways:
 
 * ``global``: mean over every token of every available sequence (what ``embed`` and the benchmark use);
 * ``centre``: mean over the tokens of the central half of the patch grid on every axis (where the lesion
-  sits in a lesion-centred ROI), every available sequence;
+  sits in a lesion-centred ROI), every available sequence (``MultiSequenceViT.embed(pool="centre")``,
+  ``mrfound probe --pool centre``);
 * ``global+centre``: both, concatenated.
 
 Each run is also probed at random init (same architecture, seed 0). A standardised logistic regression
@@ -43,19 +44,11 @@ PROTOCOLS = {
 POOLINGS = ("global", "centre", "global+centre")
 
 
-def centre_tokens(pos_idx: torch.Tensor, grid: int) -> torch.Tensor:
-    """(B, N) patch-grid indices -> bool, True for the central half of the grid on every axis."""
-    lo, hi = grid // 4, grid - grid // 4
-    z, y, x = pos_idx // (grid * grid), (pos_idx // grid) % grid, pos_idx % grid
-    return (z >= lo) & (z < hi) & (y >= lo) & (y < hi) & (x >= lo) & (x < hi)
-
-
 @torch.no_grad()
 def pooled_features(
     encoder: Any, loader: Any, keep: torch.Tensor
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Features of every pooling for the cases of ``loader`` with only the ``keep`` sequences."""
-    grid = encoder.config.img_size // encoder.config.patch_size
     out: dict[str, list[torch.Tensor]] = {p: [] for p in POOLINGS}
     usable: list[torch.Tensor] = []
     for batch in loader:
@@ -66,7 +59,7 @@ def pooled_features(
         enc = encoder(batch["image"], available)
         valid = enc["valid"]
         g = encoder.pool(enc["tokens"], valid)
-        c = encoder.pool(enc["tokens"], valid & centre_tokens(enc["pos_idx"], grid))
+        c = encoder.pool(enc["tokens"], valid & encoder.centre_tokens(enc["pos_idx"]))
         out["global"].append(g)
         out["centre"].append(c)
         out["global+centre"].append(torch.cat([g, c], 1))

@@ -48,6 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds without a test manifest (5)")
     p.add_argument("--seed", type=int, default=0, help="seed of folds, inner CV, bootstrap, random init (0)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (1000)")
+    p.add_argument(
+        "--pool",
+        choices=("mean", "centre"),
+        default="mean",
+        help="encoder token pooling: mean of all tokens (default) or of the central half of the lesion ROI",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="cases per forward pass (8)")
     p.add_argument(
         "--spacing",
@@ -93,16 +99,23 @@ def run(args: argparse.Namespace) -> int:
         )
         src.encoder.to(device)
         feature_fn = encoder_feature_fn(
-            src.encoder, src.preprocess, cache_dir=cache_dir, batch_size=args.batch_size, device=device
+            src.encoder,
+            src.preprocess,
+            cache_dir=cache_dir,
+            batch_size=args.batch_size,
+            device=device,
+            pool=args.pool,
         )
         vocab, key, source = src.vocabulary, src.key, src.description
+        if args.pool != "mean":  # other features: their own cache entries
+            key, source = f"{key}-pool-{args.pool}", f"{source}, {args.pool} token pooling"
     else:
         from mrfound.data.preprocess import PreprocessConfig
         from mrfound.data.sequences import DEFAULT_VOCABULARY
         from mrfound.finetune.radiomics import radiomics_feature_fn
 
-        if args.checkpoint or args.random_init:
-            raise ConfigError("--features radiomics takes no --checkpoint/--random-init")
+        if args.checkpoint or args.random_init or args.pool != "mean":
+            raise ConfigError("--features radiomics takes no --checkpoint/--random-init/--pool")
         pre = PreprocessConfig(spacing=args.spacing) if args.spacing else PreprocessConfig()
         feature_fn = radiomics_feature_fn(pre, cache_dir=cache_dir)
         vocab = DEFAULT_VOCABULARY

@@ -214,6 +214,7 @@ def encoder_feature_fn(
     batch_size: int = 8,
     device: Any = None,
     num_workers: int = 0,
+    pool: str = "mean",
 ) -> FeatureFn:
     """Frozen-encoder features: the pooled tokens (``encoder.embed``) of each lesion-centred ROI.
 
@@ -227,10 +228,13 @@ def encoder_feature_fn(
         batch_size: Cases per forward pass.
         device: Torch device (default: the encoder's).
         num_workers: DataLoader workers.
+        pool: Token pooling of :meth:`mrfound.models.encoder.MultiSequenceViT.embed` (``"mean"`` or
+            ``"centre"``); encoders without a ``pool`` argument only support ``"mean"``.
 
     Returns:
         A feature function for :func:`extract_protocol_features` (columns ``f0..f{C-1}``).
     """
+    embed_kw = {} if pool == "mean" else {"pool": pool}
 
     def fn(manifest: Any, keep: Mapping[str, Sequence[str]]) -> dict[str, pd.DataFrame]:
         import torch
@@ -258,7 +262,8 @@ def encoder_feature_fn(
                         use = avail.any(dim=1)
                         if not bool(use.any()):
                             continue
-                        feats = encoder.embed(image[use], avail[use].to(dev)).float().cpu().numpy()
+                        feats = encoder.embed(image[use], avail[use].to(dev), **embed_kw)
+                        feats = feats.float().cpu().numpy()
                         names = [c for c, u in zip(batch["case"], use.tolist()) if u]
                         rows[p].extend(zip(names, feats))
         finally:

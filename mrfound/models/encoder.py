@@ -27,7 +27,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from mrfound.errors import MrfoundError
+from mrfound.errors import ConfigError, MrfoundError
 from mrfound.models.config import EncoderConfig
 from mrfound.models.layers import attention_mask, gather_patches, pack_tokens, sincos_pos_embed_3d
 
@@ -47,6 +47,8 @@ def init_mae_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+POOLING = ("mean", "centre")
+"""How :meth:`MultiSequenceViT.embed` pools the tokens into one case vector."""
 PACK_MIN_PADDING = 0.1
 """Fraction of padding slots above which :func:`run_blocks` packs the valid tokens (see there)."""
 
@@ -343,7 +345,30 @@ class MultiSequenceViT(nn.Module):
         w = valid.to(tokens.dtype).unsqueeze(-1)
         return (tokens * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
-    def embed(self, image: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
-        """Pooled case features (B, C): mean of the final-norm tokens of all available sequences."""
+    def centre_tokens(self, pos_idx: torch.Tensor) -> torch.Tensor:
+        """(B, N) patch-grid indices -> bool, True in the central half of the grid along every axis
+        (for a 4x4x4 grid: the middle 2x2x2 patches)."""
+        gd, gh, gw = self.config.grid_size
+        z = torch.div(pos_idx, gh * gw, rounding_mode="floor")
+        y = torch.div(pos_idx, gw, rounding_mode="floor") % gh
+        x = pos_idx % gw
+        inside = [(c >= g // 4) & (c < g - g // 4) for c, g in ((z, gd), (y, gh), (x, gw))]
+        return inside[0] & inside[1] & inside[2]
+
+    def embed(self, image: torch.Tensor, available: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+        """Pooled case features (B, C) from the final-norm tokens of all available sequences.
+
+        Args:
+            image: (B, S, D, H, W).
+            available: (B, S) bool.
+            pool: ``"mean"``: mean of every token; ``"centre"``: mean of the tokens in the central half
+                of the patch grid (where the lesion is in a lesion-centred ROI; on the phantom this
+                probes 0.07-0.11 macro AUC better, see ``benchmarks/pooling_probe.py``).
+        """
+        if pool not in POOLING:
+            raise ConfigError(f"unknown pooling {pool!r}; use one of {', '.join(POOLING)}")
         out = self.forward(image, available)
-        return self.pool(out["tokens"], out["valid"])
+        valid = out["valid"]
+        if pool == "centre":
+            valid = valid & self.centre_tokens(out["pos_idx"])
+        return self.pool(out["tokens"], valid)

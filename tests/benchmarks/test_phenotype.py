@@ -165,15 +165,3 @@ def test_probe_suite_handles_one_labelled_case_per_class(ph) -> None:
     assert out["fractions"]["0.05"]["n_train"] == len(CLASSES)
     assert 0.0 <= out["fractions"]["0.05"]["auc_macro"]["value"] <= 1.0
 
-
-def test_pooling_probe_centre_tokens_are_the_central_half() -> None:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("pooling_bench", REPO / "benchmarks" / "pooling_probe.py")
-    pool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pool)
-
-    pos = torch.arange(64).unsqueeze(0)  # a 4^3 patch grid
-    centre = pool.centre_tokens(pos, 4)[0]
-    assert int(centre.sum()) == 8
-    want = {z * 16 + y * 4 + x for z in (1, 2) for y in (1, 2) for x in (1, 2)}
-    assert set(torch.nonzero(centre).flatten().tolist()) == want

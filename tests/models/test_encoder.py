@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mrfound.errors import MrfoundError
+from mrfound.errors import ConfigError, MrfoundError
 from mrfound.models.encoder import Attention, MultiSequenceViT
 
 
@@ -142,3 +142,21 @@ def test_packed_tokens_equal_padded_tokens_and_grads(enc_cfg, mae_cfg, batch, mo
             assert enc_mod.packed_layout(model.encoder.blocks, valid) is None
         finally:
             handle.remove()
+
+
+def test_centre_pooling_uses_the_central_half_of_the_grid(encoder, batch) -> None:
+    grid = encoder.config.grid_size  # 4x4x4 in the test config
+    pos = torch.arange(grid[0] * grid[1] * grid[2]).unsqueeze(0)
+    centre = encoder.centre_tokens(pos)[0]
+    want = {z * 16 + y * 4 + x for z in (1, 2) for y in (1, 2) for x in (1, 2)}
+    assert set(torch.nonzero(centre).flatten().tolist()) == want
+    with torch.no_grad():
+        out = encoder(batch["image"], batch["available"])
+        keep = out["valid"] & encoder.centre_tokens(out["pos_idx"])
+        manual = encoder.pool(out["tokens"], keep)
+        assert torch.allclose(encoder.embed(batch["image"], batch["available"], pool="centre"), manual)
+        assert torch.allclose(
+            encoder.embed(batch["image"], batch["available"]), encoder.pool(out["tokens"], out["valid"])
+        )
+    with pytest.raises(ConfigError, match="unknown pooling"):
+        encoder.embed(batch["image"], batch["available"], pool="max")
