@@ -543,10 +543,10 @@ def random_crop(sample: Mapping[str, Any], roi_size: int, rng: np.random.Generat
 def jittered_lesion_crop(
     sample: Mapping[str, Any], roi_size: int, rng: np.random.Generator, max_shift: int | None = None
 ) -> dict[str, Any]:
-    """Cubic ROI around the lesion centre shifted by a uniform random offset (``roi_size // 4`` voxels
-    per axis at most by default), so the lesion is in view but not always in the same place.
+    """Cubic ROI around the lesion centre, shifted by a uniform random offset per axis.
 
-    Falls back to :func:`random_crop` when the case has no lesion position.
+    The shift is at most ``max_shift`` voxels (default ``roi_size // 4``), so the lesion is in view but not
+    always in the same place. Falls back to :func:`random_crop` when the case has no lesion position.
     """
     centre = sample.get("lesion_center")
     if centre is None:

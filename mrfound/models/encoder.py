@@ -346,8 +346,10 @@ class MultiSequenceViT(nn.Module):
         return (tokens * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
     def centre_tokens(self, pos_idx: torch.Tensor) -> torch.Tensor:
-        """(B, N) patch-grid indices -> bool, True in the central half of the grid along every axis
-        (for a 4x4x4 grid: the middle 2x2x2 patches)."""
+        """(B, N) patch-grid indices -> bool, True in the central half of the grid along every axis.
+
+        For a 4x4x4 grid these are the middle 2x2x2 patches; a grid of 2 or 3 along an axis keeps all.
+        """
         gd, gh, gw = self.config.grid_size
         z = torch.div(pos_idx, gh * gw, rounding_mode="floor")
         y = torch.div(pos_idx, gw, rounding_mode="floor") % gh
