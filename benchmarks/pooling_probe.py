@@ -6,8 +6,8 @@ lesion-centred ROIs pooled three ways:
 
 * ``global``: mean over every token of every available sequence (what ``embed`` and the benchmark use);
 * ``centre``: mean over the tokens of the central half of the patch grid on every axis (where the lesion
-  sits in a lesion-centred ROI), every available sequence (``MultiSequenceViT.embed(pool="centre")``,
-  ``mrfound probe --pool centre``);
+  sits in a lesion-centred ROI), every available sequence (``MultiSequenceViT.embed(pooling="centre")``,
+  ``mrfound probe --pooling centre``);
 * ``global+centre``: both, concatenated.
 
 Each run is also probed at random init (same architecture, seed 0). A standardised logistic regression

@@ -188,14 +188,14 @@ class MRFoundModel:
     # -------------------------------------------------------------------------------------- features
     @torch.no_grad()
     def embed_arrays(
-        self, image: np.ndarray | torch.Tensor, available: np.ndarray | torch.Tensor, pool: str = "mean"
+        self, image: np.ndarray | torch.Tensor, available: np.ndarray | torch.Tensor, pooling: str = "mean"
     ) -> np.ndarray:
         """Embeddings of model-ready inputs.
 
         Args:
             image: (S, D, H, W) or (B, S, D, H, W) preprocessed ROI(s).
             available: (S,) or (B, S) bool.
-            pool: ``"mean"`` of the encoder's final tokens over all available sequences, or ``"centre"``:
+            pooling: ``"mean"`` of the encoder's final tokens over all available sequences, or ``"centre"``:
                 of those in the central half of the ROI (see ``MultiSequenceViT.embed``).
 
         Returns:
@@ -206,7 +206,7 @@ class MRFoundModel:
         single = img.ndim == 4
         if single:
             img, av = img.unsqueeze(0), av.unsqueeze(0)
-        feats = self.encoder.embed(img.to(self.device), av.to(self.device), pool=pool)
+        feats = self.encoder.embed(img.to(self.device), av.to(self.device), pooling=pooling)
         out = feats.float().cpu().numpy()
         return out[0] if single else out
 
@@ -216,17 +216,17 @@ class MRFoundModel:
         *,
         lesion_xyz: tuple[float, float, float] | None = None,
         mask: Any = None,
-        pool: str = "mean",
+        pooling: str = "mean",
     ) -> np.ndarray:
         """Feature vector (``embed_dim``,) of one case (any subset of sequences; see the module docstring).
 
-        ``pool="centre"`` pools only the tokens of the central half of the lesion ROI.
+        ``pooling="centre"`` pools only the tokens of the central half of the lesion ROI.
 
         Example:
             >>> model.embed({"t2": "case1/t2.nii.gz", "pv": "case1/pv.nii.gz"})  # doctest: +SKIP
         """
         x = self.prepare(case, lesion_xyz=lesion_xyz, mask=mask)
-        return self.embed_arrays(x["image"], x["available"], pool=pool)
+        return self.embed_arrays(x["image"], x["available"], pooling=pooling)
 
     # ------------------------------------------------------------------------------ heads (inference.py)
     def predict(self, case_or_manifest: Any, **kwargs: Any) -> Any:
@@ -297,7 +297,7 @@ def extract_features(
     batch_size: int = 8,
     cache_dir: str | os.PathLike | None = None,
     num_workers: int = 0,
-    pool: str = "mean",
+    pooling: str = "mean",
 ):
     """Embed every case of a manifest (lesion-centred ROI), one row per case.
 
@@ -307,7 +307,7 @@ def extract_features(
         batch_size: Cases per forward pass.
         cache_dir: Preprocessing cache folder (reused across runs); ``None`` = no cache.
         num_workers: DataLoader workers for preprocessing.
-        pool: Token pooling, ``"mean"`` or ``"centre"`` (see :meth:`MRFoundModel.embed_arrays`).
+        pooling: Token pooling, ``"mean"`` or ``"centre"`` (see :meth:`MRFoundModel.embed_arrays`).
 
     Returns:
         ``pandas.DataFrame`` with columns ``case``, ``subject``, ``center``, ``label`` (class name or
@@ -336,7 +336,7 @@ def extract_features(
     )
     feats: list[np.ndarray] = []
     for batch in tqdm(loader, total=len(loader), desc="features", unit="batch", disable=None):
-        feats.append(model.embed_arrays(batch["image"], batch["available"], pool=pool))
+        feats.append(model.embed_arrays(batch["image"], batch["available"], pooling=pooling))
     matrix = np.concatenate(feats, axis=0) if feats else np.zeros((0, model.embed_dim), dtype=np.float32)
     meta = pd.DataFrame(
         {

@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of folds, inner CV, bootstrap, random init (0)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (1000)")
     p.add_argument(
-        "--pool",
+        "--pooling",
         choices=("mean", "centre"),
         default="mean",
         help="encoder token pooling: mean of all tokens (default) or of the central half of the lesion ROI",
@@ -104,18 +104,18 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=cache_dir,
             batch_size=args.batch_size,
             device=device,
-            pool=args.pool,
+            pooling=args.pooling,
         )
         vocab, key, source = src.vocabulary, src.key, src.description
-        if args.pool != "mean":  # other features: their own cache entries
-            key, source = f"{key}-pool-{args.pool}", f"{source}, {args.pool} token pooling"
+        if args.pooling != "mean":  # other features: their own cache entries
+            key, source = f"{key}-pooling-{args.pooling}", f"{source}, {args.pooling} token pooling"
     else:
         from mrfound.data.preprocess import PreprocessConfig
         from mrfound.data.sequences import DEFAULT_VOCABULARY
         from mrfound.finetune.radiomics import radiomics_feature_fn
 
-        if args.checkpoint or args.random_init or args.pool != "mean":
-            raise ConfigError("--features radiomics takes no --checkpoint/--random-init/--pool")
+        if args.checkpoint or args.random_init or args.pooling != "mean":
+            raise ConfigError("--features radiomics takes no --checkpoint/--random-init/--pooling")
         pre = PreprocessConfig(spacing=args.spacing) if args.spacing else PreprocessConfig()
         feature_fn = radiomics_feature_fn(pre, cache_dir=cache_dir)
         vocab = DEFAULT_VOCABULARY

@@ -214,7 +214,7 @@ def encoder_feature_fn(
     batch_size: int = 8,
     device: Any = None,
     num_workers: int = 0,
-    pool: str = "mean",
+    pooling: str = "mean",
 ) -> FeatureFn:
     """Frozen-encoder features: the pooled tokens (``encoder.embed``) of each lesion-centred ROI.
 
@@ -228,13 +228,13 @@ def encoder_feature_fn(
         batch_size: Cases per forward pass.
         device: Torch device (default: the encoder's).
         num_workers: DataLoader workers.
-        pool: Token pooling of :meth:`mrfound.models.encoder.MultiSequenceViT.embed` (``"mean"`` or
-            ``"centre"``); encoders without a ``pool`` argument only support ``"mean"``.
+        pooling: Token pooling of :meth:`mrfound.models.encoder.MultiSequenceViT.embed` (``"mean"`` or
+            ``"centre"``); encoders without a ``pooling`` argument only support ``"mean"``.
 
     Returns:
         A feature function for :func:`extract_protocol_features` (columns ``f0..f{C-1}``).
     """
-    embed_kw = {} if pool == "mean" else {"pool": pool}
+    embed_kw = {} if pooling == "mean" else {"pooling": pooling}
 
     def fn(manifest: Any, keep: Mapping[str, Sequence[str]]) -> dict[str, pd.DataFrame]:
         import torch

@@ -357,20 +357,20 @@ class MultiSequenceViT(nn.Module):
         inside = [(c >= g // 4) & (c < g - g // 4) for c, g in ((z, gd), (y, gh), (x, gw))]
         return inside[0] & inside[1] & inside[2]
 
-    def embed(self, image: torch.Tensor, available: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+    def embed(self, image: torch.Tensor, available: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
         """Pooled case features (B, C) from the final-norm tokens of all available sequences.
 
         Args:
             image: (B, S, D, H, W).
             available: (B, S) bool.
-            pool: ``"mean"``: mean of every token; ``"centre"``: mean of the tokens in the central half
+            pooling: ``"mean"``: mean of every token; ``"centre"``: mean of the tokens in the central half
                 of the patch grid (where the lesion is in a lesion-centred ROI; on the phantom this
                 probes 0.07-0.11 macro AUC better, see ``benchmarks/pooling_probe.py``).
         """
-        if pool not in POOLING:
-            raise ConfigError(f"unknown pooling {pool!r}; use one of {', '.join(POOLING)}")
+        if pooling not in POOLING:
+            raise ConfigError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLING)}")
         out = self.forward(image, available)
         valid = out["valid"]
-        if pool == "centre":
+        if pooling == "centre":
             valid = valid & self.centre_tokens(out["pos_idx"])
         return self.pool(out["tokens"], valid)

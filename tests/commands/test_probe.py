@@ -103,13 +103,13 @@ def test_probe_random_init_test_manifest_and_radiomics(setup) -> None:
     assert not (root / "rnd" / "splits.csv").exists()
     # centre pooling: other features, so their own feature-cache entries
     before = {f.name for f in (root / "fc").iterdir()}
-    argv = ["probe", "--checkpoint", str(ckpt), "--random-init", *common, "--pool", "centre"]
+    argv = ["probe", "--checkpoint", str(ckpt), "--random-init", *common, "--pooling", "centre"]
     assert main([*argv, "--out", str(root / "ctr")]) == 0
     ctr = json.loads((root / "ctr" / "metrics.json").read_text())
     assert "centre token pooling" in ctr["source"] and ctr["n_test"] == 8
     added = {f.name for f in (root / "fc").iterdir()} - before
-    assert added and all("-pool-centre-" in name for name in added)
-    radiomics_centre = ["probe", "--features", "radiomics", *common, "--pool", "centre"]
+    assert added and all("-pooling-centre-" in name for name in added)
+    radiomics_centre = ["probe", "--features", "radiomics", *common, "--pooling", "centre"]
     assert main([*radiomics_centre, "--out", str(root / "x")]) == 2
     assert main(["probe", "--features", "radiomics", *common, "--out", str(root / "rad")]) == 0
     rad = json.loads((root / "rad" / "metrics.json").read_text())

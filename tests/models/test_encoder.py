@@ -154,9 +154,9 @@ def test_centre_pooling_uses_the_central_half_of_the_grid(encoder, batch) -> Non
         out = encoder(batch["image"], batch["available"])
         keep = out["valid"] & encoder.centre_tokens(out["pos_idx"])
         manual = encoder.pool(out["tokens"], keep)
-        assert torch.allclose(encoder.embed(batch["image"], batch["available"], pool="centre"), manual)
+        assert torch.allclose(encoder.embed(batch["image"], batch["available"], pooling="centre"), manual)
         assert torch.allclose(
             encoder.embed(batch["image"], batch["available"]), encoder.pool(out["tokens"], out["valid"])
         )
     with pytest.raises(ConfigError, match="unknown pooling"):
-        encoder.embed(batch["image"], batch["available"], pool="max")
+        encoder.embed(batch["image"], batch["available"], pooling="max")
