@@ -111,7 +111,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--freeze-encoder", action="store_true", default=None, help="train the head only")
     t.add_argument("--sequence-dropout", type=float, help="training-time sequence removal probability (0)")
     t.add_argument("--balance", choices=("loss", "sampler", "none"), help="class balancing (loss)")
-    t.add_argument("--pooling", choices=("mean", "attention"), help="classification pooling (mean)")
+    t.add_argument(
+        "--pooling",
+        choices=("mean", "centre", "attention"),
+        help="classification pooling: mean of all tokens (default), of the central half of the lesion ROI, "
+        "or attention",
+    )
     t.add_argument("--head-dropout", type=float, help="dropout before the classification layer (0)")
     t.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (0)")
     t.add_argument("--feature-size", type=int, help="segmentation decoder width at full resolution (16)")

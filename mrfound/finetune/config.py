@@ -36,7 +36,8 @@ class FinetuneConfig(TrainerConfig):
         sequence_dropout: Probability of removing each available sequence during training (>= 1 kept).
         balance: Class balancing: ``loss`` (inverse-frequency CE weights), ``sampler`` (class-balanced
             resampling) or ``none``.
-        pooling: Classification pooling, ``mean`` or ``attention``.
+        pooling: Classification pooling, ``mean``, ``centre`` (central half of the lesion ROI) or
+            ``attention``.
         head_dropout: Dropout before the classification layer.
         label_smoothing: Cross-entropy label smoothing.
         feature_size: Width of the segmentation decoder's full-resolution stage.
@@ -124,7 +125,12 @@ class FinetuneConfig(TrainerConfig):
             "must be in [0, 1)",
         )
         _check(self.balance in BALANCE, "balance", self.balance, f"must be one of {', '.join(BALANCE)}")
-        _check(self.pooling in ("mean", "attention"), "pooling", self.pooling, "must be mean or attention")
+        _check(
+            self.pooling in ("mean", "centre", "attention"),
+            "pooling",
+            self.pooling,
+            "must be mean, centre or attention",
+        )
         _check(
             _finite(self.head_dropout) and 0 <= self.head_dropout < 1,
             "head_dropout",

@@ -64,14 +64,20 @@ def fuse_tokens_to_grid(
     return mean.transpose(1, 2).reshape(b, c, *grid_size)
 
 
+HEAD_POOLING = ("mean", "centre", "attention")
+"""Token pooling of :class:`ClassificationHead`."""
+
+
 class ClassificationHead(nn.Module):
     """Pooled tokens -> LayerNorm -> Linear.
 
     Args:
         embed_dim: Token width C.
         num_classes: Output classes.
-        pooling: ``"mean"`` (masked mean over valid tokens) or ``"attention"`` (a learned query attends
-            over the valid tokens, ``num_heads`` heads).
+        pooling: ``"mean"`` (masked mean over valid tokens), ``"centre"`` (masked mean over the valid
+            tokens in the central half of the patch grid, where the lesion of a lesion-centred ROI is;
+            :class:`Classifier` restricts the mask) or ``"attention"`` (a learned query attends over the
+            valid tokens, ``num_heads`` heads).
         dropout: Dropout before the linear layer.
         num_heads: Heads of the attention pooling.
     """
@@ -85,8 +91,10 @@ class ClassificationHead(nn.Module):
         num_heads: int = 1,
     ) -> None:
         super().__init__()
-        if pooling not in ("mean", "attention"):
-            raise ConfigError(f"classification pooling must be 'mean' or 'attention', got {pooling!r}")
+        if pooling not in HEAD_POOLING:
+            raise ConfigError(
+                f"classification pooling must be one of {', '.join(HEAD_POOLING)}, got {pooling!r}"
+            )
         if num_classes < 2:
             raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
         self.embed_dim, self.num_classes, self.pooling = embed_dim, num_classes, pooling
@@ -114,7 +122,7 @@ class ClassificationHead(nn.Module):
 
     def pool(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(B, N, C), (B, N) -> (B, C) pooled features."""
-        if self.pooling == "mean":
+        if self.pooling in ("mean", "centre"):
             return masked_mean(tokens, valid)
         q = self.query.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
         out, _ = self.attn(q, tokens, tokens, key_padding_mask=~valid, need_weights=False)
@@ -373,7 +381,10 @@ class Classifier(nn.Module):
     def logits(self, image: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         """Class logits (B, K)."""
         out = self.encoder(image, available)
-        return self.head(out["tokens"], out["valid"])
+        valid = out["valid"]
+        if self.head.pooling == "centre":
+            valid = valid & self.encoder.centre_tokens(out["pos_idx"])
+        return self.head(out["tokens"], valid)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Training protocol: ``loss`` (weighted CE over labelled samples), ``acc``, ``logits``.

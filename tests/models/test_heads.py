@@ -51,7 +51,7 @@ def test_fuse_tokens_averages_sequences_per_position() -> None:
     assert grid.flatten().tolist() == [2.0, 5.0]
 
 
-@pytest.mark.parametrize("pooling", ["mean", "attention"])
+@pytest.mark.parametrize("pooling", ["mean", "centre", "attention"])
 def test_classifier_shapes_and_probabilities(encoder, pooling) -> None:
     clf = Classifier(encoder, make_classification_head(encoder, 8, pooling=pooling, num_heads=2), CLASSES)
     batch = _batch(3, with_mask=False)
@@ -141,3 +141,20 @@ def test_checkpoint_round_trip_identical_outputs(encoder, kind, tmp_path) -> Non
     assert torch.equal(a, b)
     if kind == "classifier":
         assert cfg["classes"] == list(CLASSES) and cfg["head"]["pooling"] == "attention"
+
+
+def test_centre_pooling_classifies_from_the_central_tokens_only(encoder, tmp_path) -> None:
+    clf = Classifier(encoder, make_classification_head(encoder, 8, pooling="centre"), CLASSES).eval()
+    batch = _batch(2, with_mask=False)
+    with torch.no_grad():
+        out = encoder(batch["image"], batch["available"])
+        keep = out["valid"] & encoder.centre_tokens(out["pos_idx"])
+        assert torch.allclose(clf.logits(batch["image"], batch["available"]), clf.head(out["tokens"], keep))
+        ref = clf.logits(batch["image"], batch["available"])
+    save_checkpoint(tmp_path / "ck", clf, {"provenance": {"test": True}})
+    loaded, cfg = load_model(tmp_path / "ck")
+    assert cfg["head"]["pooling"] == "centre"
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(batch["image"], batch["available"]), ref)
+    with pytest.raises(ConfigError, match="classification pooling"):
+        ClassificationHead(32, 8, pooling="max")
