@@ -22,16 +22,6 @@ from _pretrain_toy import toy_config, train  # noqa: E402
 from mrfound.pretrain.trainer import STATE_FILE, find_latest_checkpoint  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """Each test starts without a leftover Accelerate singleton."""
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     import accelerate.accelerator
 
