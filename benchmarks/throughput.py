@@ -16,7 +16,7 @@ command, the load average around every figure, and every figure and ratio:
    the default DataLoader workers (0, as ``TrainerConfig``), vs the ``small`` step's consumption.
 5. ``inference``: ``embed`` latency per 8-sequence case, ``extract_features`` and ``predict``
    throughput, and encoder time vs number of sequences and ROI size against the token-count prediction.
-6. ``memory``: peak RSS of ``small`` pretraining at batch 8 (a child process, ``resource.getrusage``).
+6. ``memory``: peak RSS of ``small`` pretraining at batch 8 (a child process, its own ``VmHWM``).
 7. CUDA: with a GPU the same code runs there (bf16 autocast, SDPA, ``--compile`` optional); GPU figures
    are only reported when measured.
 
