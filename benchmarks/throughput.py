@@ -22,8 +22,8 @@ command, the load average around every figure, and every figure and ratio:
 
 Usage::
 
-    .venv/bin/python benchmarks/throughput.py            # full (~10-15 min on 2 cores)
-    .venv/bin/python benchmarks/throughput.py --quick    # < 5 min, fewer rounds and steps
+    .venv/bin/python benchmarks/throughput.py            # full (5.4 min on 2 idle cores)
+    .venv/bin/python benchmarks/throughput.py --quick    # 1.5 min, fewer rounds and steps
 
 The phantom cohort is kept in ``results/tmp/throughput/`` between runs; the preprocessing cache is
 rebuilt every run (that is the first-pass figure).
