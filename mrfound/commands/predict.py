@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 HELP = "classify (and segment) new cases with a checkpoint"
 EXAMPLES = """examples:
@@ -46,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mrfound.data.guard import checked_manifest
-    from mrfound.errors import ConfigError, ManifestError
+    from mrfound.data.guard import checked_manifest_reported
+    from mrfound.errors import ConfigError
     from mrfound.finetune import format_command
     from mrfound.inference import predict_manifest
     from mrfound.pipeline import load_pretrained
@@ -60,25 +59,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-workers must be >= 0, got {args.num_workers}")
     model = load_pretrained(args.checkpoint, device=args.device)
     # validate before anything is written: a bad row fails here (one line, no --out), or is set aside
-    try:
-        manifest = checked_manifest(
-            args.manifest,
-            on_error="skip" if args.on_error == "skip" else "raise",
-            out_dir=args.out if args.on_error == "skip" else None,
-            vocabulary=model.vocabulary,
-        ).path
-    except ManifestError as e:
-        if args.on_error == "skip":
-            raise
-        raise ManifestError(f"{e} (use --on-error skip to set such rows aside)") from e
-    if args.on_error == "skip":
-        import pandas as pd
-
-        rejected = pd.read_csv(Path(args.out) / "rejected.csv", dtype=str, keep_default_na=False)
-        if len(rejected):
-            print(f"rejected {len(rejected)} case(s), listed in {Path(args.out) / 'rejected.csv'}:")
-            for case, reason in zip(rejected["case"], rejected["reason"]):
-                print(f"  {case}: {reason}")
+    manifest = checked_manifest_reported(
+        args.manifest, on_error=args.on_error, out_dir=args.out, vocabulary=model.vocabulary
+    )
     summary = predict_manifest(
         model,
         manifest,

@@ -141,6 +141,43 @@ def checked_manifest(
     return read_manifest(clean, vocabulary)
 
 
+def checked_manifest_reported(
+    path: str | os.PathLike,
+    *,
+    on_error: str,
+    out_dir: str | os.PathLike,
+    vocabulary: Vocabulary = DEFAULT_VOCABULARY,
+) -> Path:
+    """:func:`checked_manifest` for commands that write per-case outputs (``predict``, ``impute``).
+
+    Checks every row before anything is written: with ``"raise"`` the first problem is an error that
+    also points at ``--on-error skip``; with ``"skip"`` the rejected rows are written to
+    ``out_dir/rejected.csv`` and listed on standard output.
+
+    Returns:
+        The manifest to process (``out_dir/clean.csv`` with ``"skip"``).
+    """
+    skip = _mode(on_error) == "skip"
+    try:
+        manifest = checked_manifest(
+            path, on_error=on_error, out_dir=out_dir if skip else None, vocabulary=vocabulary
+        )
+    except ManifestError as e:
+        if skip:
+            raise
+        raise ManifestError(f"{e} (use --on-error skip to set such rows aside)") from e
+    if skip:
+        import pandas as pd
+
+        rejected_csv = Path(out_dir) / "rejected.csv"
+        rejected = pd.read_csv(rejected_csv, dtype=str, keep_default_na=False)
+        if len(rejected):
+            print(f"rejected {len(rejected)} case(s), listed in {rejected_csv}:")
+            for case, reason in zip(rejected["case"], rejected["reason"]):
+                print(f"  {case}: {reason}")
+    return Path(manifest.path)
+
+
 @dataclass
 class Split:
     """What :func:`split_manifest` found.
