@@ -622,6 +622,14 @@ def _impute_case(
     _require(model, ("autoencoder",), "impute")
     target, t_idx = _target_index(model, sequence)
     prepared = prepare_case(model, case, case_id=case_id, exclude=(target,))
+    out = _synthesise_on_reference_grid(model, prepared, t_idx, overlap, sw_batch_size)
+    return _nifti(out.astype(np.float32), prepared.ref_affine), prepared
+
+
+def _synthesise_on_reference_grid(
+    model: MRFoundModel, prepared: PreparedCase, t_idx: int, overlap: float | None, sw_batch_size: int
+) -> np.ndarray:
+    """Synthesise sequence ``t_idx`` of a prepared case and resample it onto its reference grid."""
     vol = synthesise_volume(
         model.model,
         prepared.sample["image"],
@@ -632,10 +640,9 @@ def _impute_case(
         device=model.device,
         clip=tuple(model.preprocessing.clip),
     )
-    out = resample_to_grid(
+    return resample_to_grid(
         vol, prepared.sample["affine"], prepared.ref_affine, prepared.ref_shape, nearest=False
     )
-    return _nifti(out.astype(np.float32), prepared.ref_affine), prepared
 
 
 def _volumes(labels: np.ndarray, affine: np.ndarray) -> dict[str, float]:
@@ -1035,19 +1042,7 @@ def impute_manifest(
                 rows.append([item["case"], "", "", "", "", item["error"]])
                 continue
             prepared: PreparedCase = item["prepared"]
-            vol = synthesise_volume(
-                model.model,
-                prepared.sample["image"],
-                prepared.sample["available"],
-                t_idx,
-                overlap=overlap,
-                sw_batch_size=sw_batch_size,
-                device=model.device,
-                clip=tuple(model.preprocessing.clip),
-            )
-            res = resample_to_grid(
-                vol, prepared.sample["affine"], prepared.ref_affine, prepared.ref_shape, nearest=False
-            )
+            res = _synthesise_on_reference_grid(model, prepared, t_idx, overlap, sw_batch_size)
             path = _save_nifti(out / f"{safe_name(prepared.case)}_{target}.nii.gz", res, prepared.ref_affine)
             files.append(path)
             rows.append(
@@ -1060,7 +1055,7 @@ def impute_manifest(
                     "",
                 ]
             )
-            del item, prepared, vol, res
+            del item, prepared, res
     if not files:
         first = f": {skipped[0][1]}" if skipped else ""
         raise ManifestError(f"no case could be imputed ({len(skipped)} skipped){first}", path=str(man.path))
