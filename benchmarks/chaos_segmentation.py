@@ -51,26 +51,12 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import choose_threads  # noqa: E402
+from _common import rounded_load as _load  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("mrfound", "unet", "unetr", "mrfound_scratch")
-
-
-def _load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def choose_threads(requested: int | None) -> int:
-    """Torch threads: as asked, else all cores on an idle machine and 1 on a busy one.
-
-    On an oversubscribed machine (load average above the core count) OpenMP threads wait on each other at
-    every parallel region; one thread per process was ~10x faster than two in this benchmark's steps.
-    """
-    import torch
-
-    cores = os.cpu_count() or 1
-    n = requested or (1 if os.getloadavg()[0] > cores - 0.5 else cores)
-    torch.set_num_threads(n)
-    return n
 
 
 def build_manifests(data: Path, work: Path) -> tuple[Path, Path]:
