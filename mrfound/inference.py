@@ -910,7 +910,7 @@ def _publish(
     t0: float,
 ) -> list[Path]:
     """Move a finished run's files into ``out`` (caller holds the lock)."""
-    from mrfound.utils.io import atomic_write_json, atomic_write_text
+    from mrfound.utils.io import atomic_write_json, atomic_write_text, fsync_dir
 
     segs = []
     files = sorted((run_dir / "segmentations").iterdir())
@@ -920,7 +920,7 @@ def _publish(
         os.replace(f, out / "segmentations" / f.name)
         segs.append(out / "segmentations" / f.name)
     if segs:
-        _fsync_dir(out / "segmentations")
+        fsync_dir(out / "segmentations")
     target = out / "predictions.csv"
     if merge and target.is_file():
         import pandas as pd
@@ -931,7 +931,7 @@ def _publish(
         atomic_write_text(target, merged.to_csv(index=False, lineterminator="\n"))
     else:
         os.replace(run_dir / "predictions.csv", target)
-        _fsync_dir(out)
+        fsync_dir(out)
     if skipped:
         lines = ["case,reason"] + [_csv_line([c, r]) for c, r in skipped]
         atomic_write_text(out / "skipped.csv", "\n".join(lines) + "\n")
@@ -953,15 +953,6 @@ def _publish(
         },
     )
     return segs
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _csv_line(values: Sequence[str]) -> str:

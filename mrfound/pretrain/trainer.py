@@ -66,7 +66,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mrfound.errors import CheckpointError, ConfigError, NonFiniteLossError
 from mrfound.pretrain.config import TrainerConfig
-from mrfound.utils.io import _fsync_dir, atomic_write_json, atomic_write_text, cleanup_stale_temps
+from mrfound.utils.io import atomic_write_json, atomic_write_text, cleanup_stale_temps, fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -840,7 +840,7 @@ class Trainer:
                 old = final.parent / f".{name}.old-{uuid.uuid4().hex[:8]}"
                 os.replace(final, old)
             os.replace(tmp, final)
-            _fsync_dir(self.checkpoint_dir)
+            fsync_dir(self.checkpoint_dir)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
             fault_point(f"save:{step}:renamed")
