@@ -195,11 +195,13 @@ class MRFoundModel:
         Args:
             image: (S, D, H, W) or (B, S, D, H, W) preprocessed ROI(s).
             available: (S,) or (B, S) bool.
-            pooling: ``"mean"`` of the encoder's final tokens over all available sequences, or ``"centre"``:
-                of those in the central half of the ROI (see ``MultiSequenceViT.embed``).
+            pooling: ``"mean"`` of the encoder's final tokens over all available sequences, ``"centre"``:
+                of those in the central half of the ROI, or ``"centre_per_sequence"``: that central mean
+                of each sequence, concatenated (NaN blocks for absent sequences; see
+                ``MultiSequenceViT.embed``).
 
         Returns:
-            float32 array (C,) or (B, C).
+            float32 array (C,) or (B, C); (S * C,) or (B, S * C) for ``"centre_per_sequence"``.
         """
         img = torch.as_tensor(image, dtype=torch.float32)
         av = torch.as_tensor(available, dtype=torch.bool)
@@ -220,7 +222,8 @@ class MRFoundModel:
     ) -> np.ndarray:
         """Feature vector (``embed_dim``,) of one case (any subset of sequences; see the module docstring).
 
-        ``pooling="centre"`` pools only the tokens of the central half of the lesion ROI.
+        ``pooling="centre"`` pools only the tokens of the central half of the lesion ROI;
+        ``"centre_per_sequence"`` pools them per sequence (see :meth:`embed_arrays`).
 
         Example:
             >>> model.embed({"t2": "case1/t2.nii.gz", "pv": "case1/pv.nii.gz"})  # doctest: +SKIP
@@ -307,7 +310,8 @@ def extract_features(
         batch_size: Cases per forward pass.
         cache_dir: Preprocessing cache folder (reused across runs); ``None`` = no cache.
         num_workers: DataLoader workers for preprocessing.
-        pooling: Token pooling, ``"mean"`` or ``"centre"`` (see :meth:`MRFoundModel.embed_arrays`).
+        pooling: Token pooling, ``"mean"``, ``"centre"`` or ``"centre_per_sequence"`` (see
+            :meth:`MRFoundModel.embed_arrays`).
 
     Returns:
         ``pandas.DataFrame`` with columns ``case``, ``subject``, ``center``, ``label`` (class name or
@@ -337,7 +341,8 @@ def extract_features(
     feats: list[np.ndarray] = []
     for batch in tqdm(loader, total=len(loader), desc="features", unit="batch", disable=None):
         feats.append(model.embed_arrays(batch["image"], batch["available"], pooling=pooling))
-    matrix = np.concatenate(feats, axis=0) if feats else np.zeros((0, model.embed_dim), dtype=np.float32)
+    width = model.encoder.embed_dim_of(pooling)
+    matrix = np.concatenate(feats, axis=0) if feats else np.zeros((0, width), dtype=np.float32)
     meta = pd.DataFrame(
         {
             "case": [c.case for c in man.cases],

@@ -50,9 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (1000)")
     p.add_argument(
         "--pooling",
-        choices=("mean", "centre"),
+        choices=("mean", "centre", "centre_per_sequence"),  # encoder.POOLING (torch-free import)
         default="mean",
-        help="encoder token pooling: mean of all tokens (default) or of the central half of the lesion ROI",
+        help="encoder token pooling: mean of all tokens (default), of the central half of the lesion ROI, "
+        "or that central mean per sequence, concatenated (centre_per_sequence; absent sequences imputed "
+        "by the probe)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="cases per forward pass (8)")
     p.add_argument(

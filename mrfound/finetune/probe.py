@@ -228,11 +228,13 @@ def encoder_feature_fn(
         batch_size: Cases per forward pass.
         device: Torch device (default: the encoder's).
         num_workers: DataLoader workers.
-        pooling: Token pooling of :meth:`mrfound.models.encoder.MultiSequenceViT.embed` (``"mean"`` or
-            ``"centre"``); encoders without a ``pooling`` argument only support ``"mean"``.
+        pooling: Token pooling of :meth:`mrfound.models.encoder.MultiSequenceViT.embed` (``"mean"``,
+            ``"centre"`` or ``"centre_per_sequence"``); encoders without a ``pooling`` argument only
+            support ``"mean"``.
 
     Returns:
-        A feature function for :func:`extract_protocol_features` (columns ``f0..f{C-1}``).
+        A feature function for :func:`extract_protocol_features` (columns ``f0..f{C-1}``; S * C of
+        them for ``"centre_per_sequence"``, NaN in the blocks of absent sequences).
     """
     embed_kw = {} if pooling == "mean" else {"pooling": pooling}
 
@@ -268,7 +270,7 @@ def encoder_feature_fn(
                         rows[p].extend(zip(names, feats))
         finally:
             encoder.train(was)
-        dim = encoder.config.embed_dim
+        dim = encoder.embed_dim_of(pooling) if hasattr(encoder, "embed_dim_of") else encoder.config.embed_dim
         out = {}
         for p, r in rows.items():
             x = np.stack([f for _, f in r]) if r else np.zeros((0, dim), np.float32)

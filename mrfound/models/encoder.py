@@ -47,7 +47,7 @@ def init_mae_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-POOLING = ("mean", "centre")
+POOLING = ("mean", "centre", "centre_per_sequence")
 """How :meth:`MultiSequenceViT.embed` pools the tokens into one case vector."""
 PACK_MIN_PADDING = 0.1
 """Fraction of padding slots above which :func:`run_blocks` packs the valid tokens (see there)."""
@@ -357,6 +357,33 @@ class MultiSequenceViT(nn.Module):
         inside = [(c >= g // 4) & (c < g - g // 4) for c, g in ((z, gd), (y, gh), (x, gw))]
         return inside[0] & inside[1] & inside[2]
 
+    def pool_per_sequence(
+        self, tokens: torch.Tensor, keep: torch.Tensor, seq_idx: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean of the kept tokens of each sequence, concatenated in vocabulary order.
+
+        Args:
+            tokens: (B, N, C).
+            keep: (B, N) bool, the tokens to pool.
+            seq_idx: (B, N) vocabulary index of each token's sequence.
+
+        Returns:
+            (B, S * C); the block of a sequence without kept tokens is NaN (absent, not zero).
+        """
+        s = self.config.num_sequences
+        w = F.one_hot(seq_idx, s).to(tokens.dtype) * keep.unsqueeze(-1).to(tokens.dtype)  # (B, N, S)
+        sums = torch.einsum("bns,bnc->bsc", w, tokens)
+        counts = w.sum(dim=1).unsqueeze(-1)  # (B, S, 1)
+        means = sums / counts.clamp_min(1.0)
+        means = means.masked_fill(counts == 0, float("nan"))
+        return means.reshape(tokens.shape[0], -1)
+
+    def embed_dim_of(self, pooling: str) -> int:
+        """Width of the vector :meth:`embed` returns with ``pooling``."""
+        if pooling not in POOLING:
+            raise ConfigError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLING)}")
+        return self.embed_dim * (self.config.num_sequences if pooling == "centre_per_sequence" else 1)
+
     def embed(self, image: torch.Tensor, available: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
         """Pooled case features (B, C) from the final-norm tokens of all available sequences.
 
@@ -365,12 +392,20 @@ class MultiSequenceViT(nn.Module):
             available: (B, S) bool.
             pooling: ``"mean"``: mean of every token; ``"centre"``: mean of the tokens in the central half
                 of the patch grid (where the lesion is in a lesion-centred ROI; on the phantom this
-                probes 0.07-0.11 macro AUC better, see ``benchmarks/pooling_probe.py``).
+                probes 0.07-0.11 macro AUC better, see ``benchmarks/pooling_probe.py``);
+                ``"centre_per_sequence"``: the central tokens' mean of each sequence separately,
+                concatenated (S * C wide, NaN blocks for absent sequences: a linear probe then sees each
+                sequence's lesion signal instead of their average; the probe imputes the NaN blocks).
+
+        Returns:
+            (B, C), or (B, S * C) for ``"centre_per_sequence"``.
         """
-        if pooling not in POOLING:
-            raise ConfigError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLING)}")
+        self.embed_dim_of(pooling)  # validates the name
         out = self.forward(image, available)
         valid = out["valid"]
+        if pooling == "mean":
+            return self.pool(out["tokens"], valid)
+        valid = valid & self.centre_tokens(out["pos_idx"])
         if pooling == "centre":
-            valid = valid & self.centre_tokens(out["pos_idx"])
-        return self.pool(out["tokens"], valid)
+            return self.pool(out["tokens"], valid)
+        return self.pool_per_sequence(out["tokens"], valid, out["seq_idx"])

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -109,6 +110,18 @@ def test_probe_random_init_test_manifest_and_radiomics(setup) -> None:
     assert "centre token pooling" in ctr["source"] and ctr["n_test"] == 8
     added = {f.name for f in (root / "fc").iterdir()} - before
     assert added and all("-pooling-centre-" in name for name in added)
+    # per-sequence central pooling: S * C features, absent sequences' blocks imputed by the probe
+    argv = ["probe", "--checkpoint", str(ckpt), "--random-init", *common, "--pooling", "centre_per_sequence"]
+    assert main([*argv, "--out", str(root / "cps")]) == 0
+    cps = json.loads((root / "cps" / "metrics.json").read_text())
+    assert "centre_per_sequence token pooling" in cps["source"]
+    assert cps["protocols"]["t2_only"]["n_cases"] == 7  # c17 lacks T2
+    for protocol in cps["protocols"].values():
+        assert 0.0 <= protocol["auc_macro"]["value"] <= 1.0
+    tables = [f for f in (root / "fc").iterdir() if "-pooling-centre_per_sequence-" in f.name]
+    assert tables
+    with np.load(tables[0]) as table:
+        assert table["features"].shape[1] == 8 * 32
     radiomics_centre = ["probe", "--features", "radiomics", *common, "--pooling", "centre"]
     assert main([*radiomics_centre, "--out", str(root / "x")]) == 2
     assert main(["probe", "--features", "radiomics", *common, "--out", str(root / "rad")]) == 0

@@ -160,3 +160,29 @@ def test_centre_pooling_uses_the_central_half_of_the_grid(encoder, batch) -> Non
         )
     with pytest.raises(ConfigError, match="unknown pooling"):
         encoder.embed(batch["image"], batch["available"], pooling="max")
+
+
+def test_centre_per_sequence_pooling_concatenates_each_sequences_central_mean(encoder, batch) -> None:
+    image, available = batch["image"], batch["available"]
+    s, c = encoder.config.num_sequences, encoder.embed_dim
+    assert encoder.embed_dim_of("centre_per_sequence") == s * c and encoder.embed_dim_of("centre") == c
+    with torch.no_grad():
+        feats = encoder.embed(image, available, pooling="centre_per_sequence")
+        out = encoder(image, available)
+    assert feats.shape == (image.shape[0], s * c)
+    keep = out["valid"] & encoder.centre_tokens(out["pos_idx"])
+    for b in range(image.shape[0]):
+        for k in range(s):
+            block = feats[b, k * c : (k + 1) * c]
+            if not available[b, k]:
+                assert torch.isnan(block).all()  # absent, not zero
+                continue
+            sel = keep[b] & (out["seq_idx"][b] == k)
+            assert int(sel.sum()) == 8  # the 2x2x2 central patches of a 4x4x4 grid
+            assert torch.allclose(block, out["tokens"][b, sel].mean(0), atol=1e-6)
+    # a sample's features do not depend on the other samples of the batch (padding excluded)
+    with torch.no_grad():
+        alone = encoder.embed(image[1:2], available[1:2], pooling="centre_per_sequence")
+    assert torch.allclose(alone, feats[1:2], atol=1e-5, equal_nan=True)
+    with pytest.raises(ConfigError, match="unknown pooling"):
+        encoder.embed_dim_of("max")
