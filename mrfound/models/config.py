@@ -115,6 +115,10 @@ class EncoderConfig(_ConfigBase):
         mlp_ratio: MLP hidden width / ``embed_dim``.
         qkv_bias: Bias in the attention's QKV projection (MAE uses it).
         drop_path_rate: Stochastic depth at the last block (linearly increasing from 0).
+        seq_embed_std: Init std of the learned sequence embeddings (timm ``trunc_normal_``, cut at +-2).
+            MAE's 0.02 leaves them ~30x smaller than the sin-cos position embedding, so tokens (and the
+            decoder's mask tokens, see ``MAEConfig.decoder_seq_embed_std``) barely say which sequence
+            they are at the start of training; 0.5 matches the position embedding's scale.
     """
 
     img_size: int | tuple[int, int, int] = 64
@@ -126,6 +130,7 @@ class EncoderConfig(_ConfigBase):
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     drop_path_rate: float = 0.0
+    seq_embed_std: float = 0.02
 
     def __post_init__(self) -> None:
         img = _as_triple(self.img_size, "EncoderConfig.img_size")
@@ -150,6 +155,7 @@ class EncoderConfig(_ConfigBase):
             )
         _check_float(self, "mlp_ratio", 0.0, 64.0, low_open=True)
         _check_float(self, "drop_path_rate", 0.0, 1.0, high_open=True)
+        _check_float(self, "seq_embed_std", 0.0, 10.0, low_open=True)
         _check_bool(self, "qkv_bias")
 
     @property
@@ -199,6 +205,8 @@ class MAEConfig(_ConfigBase):
             can return intensities; see ``mrfound.models.mae``.
         stats_loss_weight: Weight of the patch mean/std regression in ``loss`` (norm-pix only).
         max_decoded: Cap on the hidden tokens decoded per sample (a random subset); ``None`` = all.
+        decoder_seq_embed_std: Init std of the decoder's sequence embeddings, the only thing that tells
+            a mask token which sequence to synthesise (see ``EncoderConfig.seq_embed_std``).
     """
 
     decoder_dim: int = 128
@@ -211,6 +219,7 @@ class MAEConfig(_ConfigBase):
     norm_pix_loss: bool = True
     stats_loss_weight: float = 1.0
     max_decoded: int | None = None
+    decoder_seq_embed_std: float = 0.02
 
     def __post_init__(self) -> None:
         for name in ("decoder_dim", "decoder_depth", "decoder_heads"):
@@ -226,5 +235,6 @@ class MAEConfig(_ConfigBase):
             _check_float(self, "dirichlet_alpha", 0.0, 1e6, low_open=True)
         _check_bool(self, "norm_pix_loss")
         _check_float(self, "stats_loss_weight", 0.0, 1e6)
+        _check_float(self, "decoder_seq_embed_std", 0.0, 10.0, low_open=True)
         if self.max_decoded is not None:
             _check_int(self, "max_decoded")

@@ -248,7 +248,7 @@ class MultiSequenceViT(nn.Module):
         )
         self.norm = LayerNorm(c)
         self.apply(init_mae_weights)
-        trunc_normal_(self.seq_embed, std=0.02)
+        trunc_normal_(self.seq_embed, std=config.seq_embed_std)
 
     @property
     def embed_dim(self) -> int:

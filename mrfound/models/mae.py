@@ -192,7 +192,7 @@ class MaskedModalityAutoencoder(nn.Module):
             if module is not None:
                 module.apply(init_mae_weights)
         trunc_normal_(self.mask_token, std=0.02)
-        trunc_normal_(self.decoder_seq_embed, std=0.02)
+        trunc_normal_(self.decoder_seq_embed, std=mae_config.decoder_seq_embed_std)
 
     # ------------------------------------------------------------------ bookkeeping
     def no_weight_decay(self) -> set[str]:

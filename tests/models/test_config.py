@@ -47,6 +47,8 @@ def test_mae_config_json_round_trip() -> None:
         (MAEConfig, {"dirichlet_alpha": 0.0}, "dirichlet_alpha"),
         (MAEConfig, {"max_decoded": 0}, "max_decoded"),
         (MAEConfig, {"norm_pix_loss": "yes"}, "norm_pix_loss"),
+        (EncoderConfig, {"seq_embed_std": 0.0}, "seq_embed_std"),
+        (MAEConfig, {"decoder_seq_embed_std": -1.0}, "decoder_seq_embed_std"),
     ],
 )
 def test_invalid_values_raise_config_error(cls, kwargs, fragment) -> None:

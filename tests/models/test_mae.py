@@ -188,3 +188,19 @@ def test_reconstruction_images_show_visible_patches(model, batch) -> None:
     hidden = ~vis & batch["available"].view(3, 8, 1, 1, 1)
     assert not torch.equal(rec["recon"][hidden], image[hidden])  # hidden ones are predicted
     assert not rec["visible"][rec["dropped"]].any()
+
+
+def test_sequence_embedding_init_scale_follows_the_configs(enc_cfg, mae_cfg) -> None:
+    torch.manual_seed(0)
+    default = MaskedModalityAutoencoder(enc_cfg, mae_cfg)
+    assert default.encoder.seq_embed.std().item() == pytest.approx(0.02, rel=0.2)
+    assert default.decoder_seq_embed.std().item() == pytest.approx(0.02, rel=0.2)
+    wide = MaskedModalityAutoencoder(
+        enc_cfg.replace(seq_embed_std=0.5), mae_cfg.replace(decoder_seq_embed_std=0.5)
+    )
+    assert wide.encoder.seq_embed.std().item() == pytest.approx(0.5, rel=0.2)
+    assert wide.decoder_seq_embed.std().item() == pytest.approx(0.5, rel=0.2)
+    # an older checkpoint config without the fields loads with the defaults
+    d = enc_cfg.to_dict()
+    d.pop("seq_embed_std")
+    assert type(enc_cfg).from_dict(d).seq_embed_std == 0.02
