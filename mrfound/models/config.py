@@ -207,6 +207,11 @@ class MAEConfig(_ConfigBase):
         max_decoded: Cap on the hidden tokens decoded per sample (a random subset); ``None`` = all.
         decoder_seq_embed_std: Init std of the decoder's sequence embeddings, the only thing that tells
             a mask token which sequence to synthesise (see ``EncoderConfig.seq_embed_std``).
+        source_mixing: Add to each predicted patch a mix of the co-located patches of the source
+            sequences (the sequences not dropped, the target's own excluded) with weights a linear
+            layer reads from the decoder token. The token bottleneck then carries the contrast
+            mapping, not every voxel, so syntheses keep the sources' anatomy (see
+            ``mrfound.models.mae``). Needs ``norm_pix_loss=False``.
     """
 
     decoder_dim: int = 128
@@ -220,6 +225,7 @@ class MAEConfig(_ConfigBase):
     stats_loss_weight: float = 1.0
     max_decoded: int | None = None
     decoder_seq_embed_std: float = 0.02
+    source_mixing: bool = False
 
     def __post_init__(self) -> None:
         for name in ("decoder_dim", "decoder_depth", "decoder_heads"):
@@ -236,5 +242,10 @@ class MAEConfig(_ConfigBase):
         _check_bool(self, "norm_pix_loss")
         _check_float(self, "stats_loss_weight", 0.0, 1e6)
         _check_float(self, "decoder_seq_embed_std", 0.0, 10.0, low_open=True)
+        _check_bool(self, "source_mixing")
+        if self.source_mixing and self.norm_pix_loss:
+            raise ConfigError(
+                "MAEConfig.source_mixing needs norm_pix_loss=false (it mixes raw source voxels)"
+            )
         if self.max_decoded is not None:
             _check_int(self, "max_decoded")

@@ -210,3 +210,18 @@ def test_hub_ids_resolve_offline_from_the_local_cache(model, ckpt, tmp_path, bat
         )
     with pytest.raises(CheckpointError, match="could not get it from the Hugging Face Hub"):
         resolve_checkpoint("hf://mrfound/unknown", cache_dir=cache, local_files_only=True)
+
+
+def test_source_mixing_model_round_trips(enc_cfg, mae_cfg, tmp_path, batch) -> None:
+    torch.manual_seed(0)
+    cfg = mae_cfg.replace(norm_pix_loss=False, source_mixing=True, decoder_seq_embed_std=0.5)
+    model = MaskedModalityAutoencoder(enc_cfg.replace(seq_embed_std=0.5), cfg).eval()
+    with torch.no_grad():
+        model.decoder_mix_table.normal_()  # non-zero, so a lost table would show
+    loaded, config = load_model(save_checkpoint(tmp_path / "mix", model))
+    assert config["mae"]["source_mixing"] and config["encoder"]["seq_embed_std"] == 0.5
+    torch.testing.assert_close(loaded.decoder_mix_table, model.decoder_mix_table)
+    with torch.no_grad():
+        a = model.reconstruct(batch["image"], batch["available"] | True, ["t1_del"])
+        b = loaded.reconstruct(batch["image"], batch["available"] | True, ["t1_del"])
+    assert torch.equal(a, b)

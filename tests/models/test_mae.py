@@ -204,3 +204,65 @@ def test_sequence_embedding_init_scale_follows_the_configs(enc_cfg, mae_cfg) -> 
     d = enc_cfg.to_dict()
     d.pop("seq_embed_std")
     assert type(enc_cfg).from_dict(d).seq_embed_std == 0.02
+
+
+def test_source_mixing_needs_raw_voxel_loss(mae_cfg) -> None:
+    from mrfound.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="source_mixing needs norm_pix_loss=false"):
+        mae_cfg.replace(source_mixing=True)
+    assert mae_cfg.replace(norm_pix_loss=False, source_mixing=True).source_mixing
+
+
+def test_source_mixing_reads_sources_only_never_the_target(enc_cfg, mae_cfg, batch) -> None:
+    torch.manual_seed(0)
+    cfg = mae_cfg.replace(norm_pix_loss=False, source_mixing=True)
+    model = MaskedModalityAutoencoder(enc_cfg, cfg).eval()
+    image, avail = batch["image"], batch["available"].clone()
+    avail[0] = True  # sample 0: all 8 sequences; synthesise t2 (index 0) from the others
+    plain = MaskedModalityAutoencoder(enc_cfg, mae_cfg.replace(norm_pix_loss=False)).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)  # same weights, no mixing head
+    with torch.no_grad():
+        # zero-initialised mixing: the model starts as the plain decoder
+        torch.testing.assert_close(
+            model.reconstruct(image, avail, ["t2"]), plain.reconstruct(image, avail, ["t2"])
+        )
+        torch.nn.init.normal_(model.decoder_mix.weight, std=0.5)
+        base = model.reconstruct(image, avail, ["t2"])[0, 0]
+        # the target's own voxels (hidden) never reach its synthesis
+        other = image.clone()
+        other[0, 0] = torch.randn_like(other[0, 0]) * 5
+        torch.testing.assert_close(model.reconstruct(other, avail, ["t2"])[0, 0], base)
+        # a source's voxels do (the mixing head reads them, every patch of them)
+        other = image.clone()
+        other[0, 3] += 1.0
+        assert not torch.allclose(model.reconstruct(other, avail, ["t2"])[0, 0], base)
+    with pytest.raises(MrfoundError, match="needs the source volume"):
+        enc = model.encoder(image, avail)
+        model.forward_decoder(enc, avail.unsqueeze(-1).expand(-1, -1, L))
+
+
+def test_source_mixing_learns_a_voxelwise_copy_the_plain_decoder_cannot(enc_cfg, mae_cfg) -> None:
+    """t1_del = 2 * t1_pv voxel by voxel, both pure noise: only the mixing head can synthesise it."""
+    g = torch.Generator().manual_seed(0)
+    pv = torch.rand(4, 32, 32, 32, generator=g)
+    image = torch.zeros(4, 8, 32, 32, 32)
+    image[:, 6], image[:, 7] = pv, 2 * pv
+    avail = torch.zeros(4, 8, dtype=torch.bool)
+    avail[:, 6:] = True
+    losses = {}
+    for mixing in (False, True):
+        torch.manual_seed(0)
+        cfg = mae_cfg.replace(norm_pix_loss=False, source_mixing=mixing, sequence_drop=0.5)
+        model = MaskedModalityAutoencoder(enc_cfg, cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for _ in range(60):
+            opt.zero_grad()
+            model(image, avail)["loss"].backward()
+            opt.step()
+        with torch.no_grad():
+            synth = model.eval().reconstruct(image, avail, ["t1_del"])[:, 7]
+        losses[mixing] = float(((synth - image[:, 7]) ** 2).mean())
+    # noise variance of t1_del is 4/12 = 0.33: the plain decoder stays near it, the mixing head copies
+    assert losses[False] > 0.2
+    assert losses[True] < 0.2 * losses[False]
