@@ -44,7 +44,7 @@ Prints one JSON object (command line, budget, machine, load average) and writes 
 
 Usage::
 
-    .venv/bin/python benchmarks/imputation.py [--budget small|full] [--skip-tristan] [--skip-phantom]
+    .venv/bin/python benchmarks/imputation.py [--budget tiny|small|full] [--skip-tristan] [--skip-phantom]
 """
 
 from __future__ import annotations
@@ -78,6 +78,20 @@ IMPUTATION_MAE: dict[str, Any] = {
 """MAEConfig overrides of the imputation recipe (see the module docstring for the measured ablation)."""
 
 BUDGETS: dict[str, dict[str, Any]] = {
+    # smoke test of the whole script (seconds): a handful of coarse cases, a few steps
+    "tiny": {
+        "cases": 10,
+        "test_fraction": 0.3,
+        "spacing_scale": 3.0,
+        "spacing": 8.0,
+        "roi": 16,
+        "patch": 8,
+        "steps": 3,
+        "batch": 2,
+        "tristan_steps": 2,
+        "tristan_spacing": 10.0,
+        "mean_box": 24,
+    },
     # < 5 min on 2 idle cores: coarse grid, few cases, short pretraining
     "small": {
         "cases": 24,
@@ -514,7 +528,7 @@ def run_tristan(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", choices=tuple(BUDGETS), default="small")
     ap.add_argument("--work", default=str(REPO / "results" / "tmp" / "imputation"))
@@ -533,12 +547,13 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: 1 if the machine is busy)"
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     try:
         args.mae = json.loads(args.mae)
     except json.JSONDecodeError as e:
         raise SystemExit(f"--mae must be a JSON object: {e}") from None
-    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    script = str(Path(__file__).resolve().relative_to(REPO))
+    command = shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
     import torch
 
     threads = choose_threads(args.threads)
@@ -578,6 +593,7 @@ def main() -> None:
     if "phantom" in short:
         short["phantom"].pop("cases", None)
     print(json.dumps(short, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""Smoke test of benchmarks/imputation.py at its ``tiny`` budget (no claims about the numbers)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TRISTAN = REPO.parent / "shared" / "data" / "tristan_vfa_liver"
+
+
+@pytest.fixture(scope="module")
+def imp():
+    """The benchmark script imported as a module."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("imputation_bench", REPO / "benchmarks" / "imputation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_tiny_budget_scores_every_method_and_records_the_recipe(imp, tmp_path: Path) -> None:
+    argv = ["--budget", "tiny", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r"), "--threads", "1"]
+    if not TRISTAN.is_dir():
+        argv.append("--skip-tristan")
+    doc = imp.main(argv)
+    saved = json.loads((tmp_path / "r" / "imputation.json").read_text())
+    assert saved["command"].startswith("python benchmarks/imputation.py --budget tiny")
+    # the default pretraining is the imputation recipe, and the checkpoint was built with it
+    assert saved["pretraining_mae_overrides"] == imp.IMPUTATION_MAE
+    ph = doc["phantom"]
+    assert ph["pretraining"]["steps"] == imp.BUDGETS["tiny"]["steps"]
+    methods = ("mrfound", "copy_nearest", "mean_image", "mean_image_liver_aligned")
+    assert ph["cases"], "held-out cases were scored"
+    for row in ph["cases"]:
+        for m in methods:
+            assert math.isfinite(row[f"psnr_{m}"]) and -1.0 <= row[f"ssim_{m}"] <= 1.0
+        assert row["nearest"] in row["sources"] and row["sequence"] not in row["sources"]
+    for seq, entry in ph["per_sequence"].items():
+        assert entry["beats_both_psnr"] == (
+            entry["psnr_mrfound"] > max(entry["psnr_copy_nearest"], entry["psnr_mean_image"])
+        ), seq
+    assert ph["all_sequences_beat_both_baselines_psnr"] == all(
+        e["beats_both_psnr"] for e in ph["per_sequence"].values()
+    )
+    if TRISTAN.is_dir():
+        rows = doc["tristan"]["per_flip_angle"]
+        assert len(rows) == 5
