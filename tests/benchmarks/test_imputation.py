@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from testutils import load_module
 
 REPO = Path(__file__).resolve().parents[2]
 TRISTAN = REPO.parent / "shared" / "data" / "tristan_vfa_liver"
@@ -17,11 +16,7 @@ TRISTAN = REPO.parent / "shared" / "data" / "tristan_vfa_liver"
 @pytest.fixture(scope="module")
 def imp():
     """The benchmark script imported as a module."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("imputation_bench", REPO / "benchmarks" / "imputation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module("benchmarks/imputation.py")
 
 
 @pytest.mark.slow

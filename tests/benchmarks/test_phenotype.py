@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from testutils import load_module
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,12 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def ph():
     """The benchmark script imported as a module."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("phenotype_bench", REPO / "benchmarks" / "phenotype.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module("benchmarks/phenotype.py")
 
 
 @pytest.mark.slow
@@ -66,10 +60,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
     assert "## Missing-sequence protocols" in md and "## Sequence importance" in md
 
     # the pooling diagnostic reads the same work folder: every pooling x protocol, pretrained and random
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("pooling_bench", REPO / "benchmarks" / "pooling_probe.py")
-    pool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pool)
+    pool = load_module("benchmarks/pooling_probe.py")
     run = next(work.glob("pretrain_ours_*")).name
     doc = pool.main(["--work", str(work), "--runs", run, "--out", str(out / "pooling.json")])
     assert set(doc["results"]) == {run, f"{run} (random init)"}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from testutils import load_module
 
 REPO = Path(__file__).resolve().parents[2]
 MICRO = {
@@ -29,11 +28,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def tp():
     """The benchmark script imported as a module."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("throughput_bench", REPO / "benchmarks" / "throughput.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module("benchmarks/throughput.py")
 
 
 def test_analytic_flops_small_by_hand(tp):

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from testutils import load_module
 
 from mrfound.cli import main
 from mrfound.commands import finetune as cmd
 
 
 def _cohort_module():
-    path = Path(__file__).resolve().parents[1] / "finetune" / "cohort_data.py"
-    spec = importlib.util.spec_from_file_location("mrfound_test_cohort_data", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("tests/finetune/cohort_data.py")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

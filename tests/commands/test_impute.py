@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from testutils import load_module
 
 from mrfound.cli import main
 
@@ -17,12 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _helpers():
     """``tests/test_inference.py`` (cohort and checkpoint builders), loaded by path (importlib mode)."""
-    spec = importlib.util.spec_from_file_location(
-        "mrfound_test_inference_helpers", REPO / "tests" / "test_inference.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("tests/test_inference.py")
 
 
 @pytest.fixture(scope="module")

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from testutils import load_module
 
 from mrfound.cli import main
 
 
 def _cohort_module():
-    path = Path(__file__).resolve().parents[1] / "finetune" / "cohort_data.py"
-    spec = importlib.util.spec_from_file_location("mrfound_test_cohort_data", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("tests/finetune/cohort_data.py")
 
 
 @pytest.fixture(scope="module")

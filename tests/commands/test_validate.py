@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
+from testutils import load_module
 
 from mrfound.cli import main
 
 
 def _cohort_module():
-    # the problem cohort is built by the data-layer test; load it by path (tests are not a package)
-    path = Path(__file__).resolve().parents[1] / "data" / "test_validate.py"
-    spec = importlib.util.spec_from_file_location("_mrfound_problem_cohort", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The problem cohort builder of the data-layer test (``tests/data/test_validate.py``)."""
+    return load_module("tests/data/test_validate.py")
 
 
 def test_validate_reports_every_problem_and_exits_2(tmp_path, monkeypatch, capsys):

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from testutils import load_module
 
 
 def load_cohort_module():
     """``tests/finetune/cohort_data.py`` as a module."""
-    path = Path(__file__).with_name("cohort_data.py")
-    spec = importlib.util.spec_from_file_location("mrfound_test_cohort_data", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("tests/finetune/cohort_data.py")
 
 
 @pytest.fixture(scope="session")
