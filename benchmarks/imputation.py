@@ -2,17 +2,18 @@
 
 **Phantom part.** A simulated cohort is split by subject into training and held-out cases. A ``tiny``
 masked-modality autoencoder is pretrained (``mrfound.pretrain``) on the training cases only, by default
-with the imputation recipe ``IMPUTATION_MAE``: MSE on raw normalised voxels (the quantity PSNR
-measures), the source-mixing head (each synthesised patch adds a learned mix of the co-located source
-patches), decoder sequence embeddings initialised at 0.5, and a training regime close to imputation
-(10 % of the kept sequences' patches hidden instead of 75 %, up to 75 % of the sequences dropped whole),
-because a model trained to decode from a quarter of the tokens decodes worse from all of them. Measured
-with ``--budget small --skip-tristan`` (300 steps, mean liver PSNR over the 8 sequences; mean image
-17.1 dB): raw loss only 14.3; + decoder embeddings 0.5 + the low-mask regime 15.6; + source mixing with
-the 75 % mask 14.3; all four (the default) 17.6. ``--mae '{"norm_pix_loss": false}'`` gives the plain
-raw-loss model, ``--mae '{}'`` the library default (per-patch normalised voxels plus the stats head).
-For every
-held-out case and every sequence it has (with at least one other), that sequence is hidden and
+with the imputation recipe ``IMPUTATION_MAE``: MSE on raw normalised voxels (the quantity PSNR measures),
+the source-mixing head (each synthesised patch adds a learned mix of the co-located source patches),
+decoder sequence embeddings initialised at 0.5, and a training regime close to imputation (10 % of the
+kept sequences' patches hidden instead of 75 %, up to 75 % of the sequences dropped whole), because a
+model trained to decode from a quarter of the tokens decodes worse from all of them. Measured with
+``--budget small --skip-tristan`` (300 steps, mean liver PSNR over the 8 sequences; mean image 17.1 dB):
+raw loss only 14.3; + decoder embeddings 0.5 + the low-mask regime 15.6; source mixing + decoder
+embeddings 0.5 with the 75 % mask 14.3; all four (the default) 17.6. ``--mae '{"norm_pix_loss": false}'``
+gives the plain raw-loss model, ``--mae '{}'`` the library default (per-patch normalised voxels plus the
+stats head).
+
+For every held-out case and every sequence it has (with at least one other), that sequence is hidden and
 synthesised from the case's other sequences over the whole volume (:func:`mrfound.inference.
 synthesise_volume`, the function behind ``mrfound impute``), and compared with the real one inside the
 liver (phantom mask labels 1-3, within the hidden sequence's field of view) on the preprocessing grid,

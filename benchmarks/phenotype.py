@@ -207,7 +207,7 @@ def recorded_seconds(run: Path) -> float:
 
 
 def _autocast_note(settings: dict[str, Any]) -> str:
-    """``", bf16 autocast"`` for a budget whose pretraining ran under autocast, else ``""``."""
+    """The markdown's note on the pretraining autocast of a budget (``""`` for fp32)."""
     mp = settings.get("pretrain_mixed_precision", "no")
     return "" if mp == "no" else f", {mp} autocast for ours and plain MAE, fp32 for MONAI"
 

@@ -2,7 +2,7 @@
 
 Reads the cohort and the pretraining runs a ``benchmarks/phenotype.py`` invocation left in its work folder
 (``train.csv``, ``test.csv``, ``cache/``, ``<run>/final``), and probes each encoder's frozen tokens of the
-lesion-centred ROIs pooled three ways:
+lesion-centred ROIs pooled four ways:
 
 * ``global``: mean over every token of every available sequence (what ``embed`` and the benchmark use);
 * ``centre``: mean over the tokens of the central half of the patch grid on every axis (where the lesion

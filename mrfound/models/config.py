@@ -208,10 +208,11 @@ class MAEConfig(_ConfigBase):
         decoder_seq_embed_std: Init std of the decoder's sequence embeddings, the only thing that tells
             a mask token which sequence to synthesise (see ``EncoderConfig.seq_embed_std``).
         source_mixing: Add to each predicted patch a mix of the co-located patches of the source
-            sequences (the sequences not dropped, the target's own excluded) with weights a linear
-            layer reads from the decoder token. The token bottleneck then carries the contrast
-            mapping, not every voxel, so syntheses keep the sources' anatomy (see
-            ``mrfound.models.mae``). Needs ``norm_pix_loss=False``.
+            sequences (the sequences not dropped, the target's own excluded) and a constant, weighted
+            by a learned (target sequence x source) table plus a linear layer of the decoder token. The
+            token bottleneck then carries the contrast mapping, not every voxel, so syntheses keep the
+            sources' anatomy (see ``mrfound.models.mae``). Costs one (targets x S x p^3) gather per
+            step. Needs ``norm_pix_loss=False``.
     """
 
     decoder_dim: int = 128

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mrfound.errors import MrfoundError
+from mrfound.errors import ConfigError, MrfoundError
 from mrfound.models.mae import MaskedModalityAutoencoder, dirichlet_quotas, sample_gamma
 
 L = 64  # tokens per sequence of the test config (32^3 ROI, patch 8)
@@ -207,8 +207,6 @@ def test_sequence_embedding_init_scale_follows_the_configs(enc_cfg, mae_cfg) -> 
 
 
 def test_source_mixing_needs_raw_voxel_loss(mae_cfg) -> None:
-    from mrfound.errors import ConfigError
-
     with pytest.raises(ConfigError, match="source_mixing needs norm_pix_loss=false"):
         mae_cfg.replace(source_mixing=True)
     assert mae_cfg.replace(norm_pix_loss=False, source_mixing=True).source_mixing
