@@ -76,6 +76,8 @@ _FLAGS = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options (a flag left out keeps the --config file's value or the default)."""
+    from mrfound.models.config import HEAD_POOLING
+
     g = p.add_argument_group("task and data")
     g.add_argument("--task", choices=("classify", "segment"), help="classify (default) or segment")
     g.add_argument(
@@ -113,7 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--balance", choices=("loss", "sampler", "none"), help="class balancing (loss)")
     t.add_argument(
         "--pooling",
-        choices=("mean", "centre", "attention"),
+        choices=HEAD_POOLING,
         help="classification pooling: mean of all tokens (default), of the central half of the lesion ROI, "
         "or attention",
     )

@@ -28,6 +28,8 @@ Features are cached per (checkpoint, manifest, protocol) in --feature-cache.
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mrfound.models.config import EMBED_POOLING
+
     p.add_argument("--checkpoint", help="checkpoint folder, registry name, hf://owner/repo, or random:<size>")
     p.add_argument(
         "--random-init",
@@ -50,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (1000)")
     p.add_argument(
         "--pooling",
-        choices=("mean", "centre", "centre_per_sequence"),  # encoder.POOLING (torch-free import)
+        choices=EMBED_POOLING,
         default="mean",
         help="encoder token pooling: mean of all tokens (default), of the central half of the lesion ROI, "
         "or that central mean per sequence, concatenated (centre_per_sequence; absent sequences imputed "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mrfound.models.config import HEAD_POOLING
 from mrfound.pretrain.config import TrainerConfig, _check, _finite, _is_int
 
 TASKS = ("classify", "segment")
@@ -126,10 +127,10 @@ class FinetuneConfig(TrainerConfig):
         )
         _check(self.balance in BALANCE, "balance", self.balance, f"must be one of {', '.join(BALANCE)}")
         _check(
-            self.pooling in ("mean", "centre", "attention"),
+            self.pooling in HEAD_POOLING,
             "pooling",
             self.pooling,
-            "must be mean, centre or attention",
+            f"must be one of {', '.join(HEAD_POOLING)}",
         )
         _check(
             _finite(self.head_dropout) and 0 <= self.head_dropout < 1,

@@ -18,6 +18,11 @@ from mrfound.errors import ConfigError
 
 _C = TypeVar("_C", bound="_ConfigBase")
 
+EMBED_POOLING = ("mean", "centre", "centre_per_sequence")
+"""Token poolings of ``MultiSequenceViT.embed`` (features for probes and ``extract_features``)."""
+HEAD_POOLING = ("mean", "centre", "attention")
+"""Token poolings of the fine-tuned ``ClassificationHead``. Both live here, torch-free, for the CLI."""
+
 
 def _as_triple(value: Any, name: str) -> tuple[int, int, int]:
     """Accept an int or a 3-sequence of positive ints (JSON gives lists)."""

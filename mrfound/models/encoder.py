@@ -28,7 +28,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from mrfound.errors import ConfigError, MrfoundError
-from mrfound.models.config import EncoderConfig
+from mrfound.models.config import EMBED_POOLING, EncoderConfig
 from mrfound.models.layers import attention_mask, gather_patches, pack_tokens, sincos_pos_embed_3d
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
@@ -47,7 +47,7 @@ def init_mae_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-POOLING = ("mean", "centre", "centre_per_sequence")
+POOLING = EMBED_POOLING
 """How :meth:`MultiSequenceViT.embed` pools the tokens into one case vector."""
 PACK_MIN_PADDING = 0.1
 """Fraction of padding slots above which :func:`run_blocks` packs the valid tokens (see there)."""

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrfound.errors import ConfigError
+from mrfound.models.config import HEAD_POOLING
 
 SEGMENTATION_LABELS: tuple[str, ...] = ("background", "liver", "lesion")
 """Output classes of :class:`SegmentationHead` (label index = position)."""
@@ -62,10 +63,6 @@ def fuse_tokens_to_grid(
     counts = tokens.new_zeros(b, n_pos + 1).scatter_add(1, idx, valid.to(tokens.dtype))
     mean = sums[:, :n_pos] / counts[:, :n_pos].clamp_min(1.0).unsqueeze(-1)
     return mean.transpose(1, 2).reshape(b, c, *grid_size)
-
-
-HEAD_POOLING = ("mean", "centre", "attention")
-"""Token pooling of :class:`ClassificationHead`."""
 
 
 class ClassificationHead(nn.Module):
