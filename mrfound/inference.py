@@ -75,6 +75,7 @@ __all__ = [
     "PredictSummary",
     "PreparedCase",
     "default_overlap",
+    "keep_largest_foreground",
     "impute",
     "impute_manifest",
     "model_kind",
@@ -407,13 +408,46 @@ def _crop(model: MRFoundModel, prepared: PreparedCase) -> tuple[np.ndarray, np.n
     return np.asarray(cropped["image"], dtype=np.float32), np.asarray(cropped["available"], dtype=bool)
 
 
+def keep_largest_foreground(labels: np.ndarray) -> np.ndarray:
+    """Keep the largest 26-connected component of the foreground (every label > 0), zero the rest.
+
+    The liver is one organ: isolated islands (spleen or stomach mistaken for liver, lesion blobs outside
+    it) are false positives, and dropping them is the usual post-processing of liver segmentation
+    (nnU-Net keeps it when it helps cross-validation). Labels inside the kept component are unchanged,
+    so lesions within the liver survive. MONAI's ``KeepLargestConnectedComponent`` needs scikit-image;
+    ``scipy.ndimage`` does the same here.
+
+    Args:
+        labels: Integer label map (any shape).
+
+    Returns:
+        A copy with every voxel outside the largest foreground component set to 0.
+    """
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    comp, n = ndimage.label(labels > 0, structure=np.ones((3,) * labels.ndim, dtype=bool))
+    if n <= 1:
+        return labels.copy()
+    sizes = np.bincount(comp.ravel())
+    sizes[0] = 0
+    return np.where(comp == int(np.argmax(sizes)), labels, 0).astype(labels.dtype)
+
+
 @torch.no_grad()
-def _segment_prepared(model: MRFoundModel, prepared: PreparedCase, overlap: float, sw_batch_size: int):
-    """Labels on the common grid (X, Y, Z) uint8."""
+def _segment_prepared(
+    model: MRFoundModel,
+    prepared: PreparedCase,
+    overlap: float,
+    sw_batch_size: int,
+    largest_component: bool = False,
+) -> np.ndarray:
+    """Labels on the common grid (X, Y, Z) uint8 (optionally :func:`keep_largest_foreground`)."""
     image = torch.from_numpy(np.asarray(prepared.sample["image"], dtype=np.float32))[None].to(model.device)
     available = torch.from_numpy(np.asarray(prepared.sample["available"], dtype=bool))[None].to(model.device)
     labels = model.model.segment(image, available, overlap=overlap, sw_batch_size=sw_batch_size)
-    return labels[0, 0].cpu().numpy().astype(np.uint8)
+    labels = labels[0, 0].cpu().numpy().astype(np.uint8)
+    return keep_largest_foreground(labels) if largest_component else labels
 
 
 def default_overlap(roi: int, patch: int) -> float:

@@ -53,6 +53,7 @@ _FLAGS = (
     "head_dropout",
     "label_smoothing",
     "feature_size",
+    "skip_source",
     "sw_batch_size",
     "val_max_cases",
     "spacing",
@@ -76,7 +77,7 @@ _FLAGS = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options (a flag left out keeps the --config file's value or the default)."""
-    from mrfound.models.config import HEAD_POOLING
+    from mrfound.models.config import HEAD_POOLING, SKIP_SOURCES
 
     g = p.add_argument_group("task and data")
     g.add_argument("--task", choices=("classify", "segment"), help="classify (default) or segment")
@@ -122,6 +123,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--head-dropout", type=float, help="dropout before the classification layer (0)")
     t.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (0)")
     t.add_argument("--feature-size", type=int, help="segmentation decoder width at full resolution (16)")
+    t.add_argument(
+        "--skip-source",
+        choices=SKIP_SOURCES,
+        help="segmentation decoder skips: from encoder blocks (tokens, default) or a conv pyramid (image)",
+    )
     t.add_argument("--samples-per-case", type=int, help="random crops per case per epoch, segment (2)")
     t.add_argument("--sw-overlap", type=float, help="sliding-window overlap for validation (0.25)")
     t.add_argument("--sw-batch-size", type=int, help="sliding windows per forward pass (4)")

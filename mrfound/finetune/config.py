@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mrfound.models.config import HEAD_POOLING
+from mrfound.models.config import HEAD_POOLING, SKIP_SOURCES
 from mrfound.pretrain.config import TrainerConfig, _check, _finite, _is_int
 
 TASKS = ("classify", "segment")
@@ -42,6 +42,8 @@ class FinetuneConfig(TrainerConfig):
         head_dropout: Dropout before the classification layer.
         label_smoothing: Cross-entropy label smoothing.
         feature_size: Width of the segmentation decoder's full-resolution stage.
+        skip_source: Segmentation decoder's intermediate skips: ``tokens`` (encoder blocks, UNETR) or
+            ``image`` (a strided conv pyramid over the image; see ``SegmentationHead``).
         samples_per_case: Random crops per case per epoch (segmentation); plus one lesion-centred crop.
         sw_overlap: Sliding-window overlap for segmentation validation.
         sw_batch_size: Windows per forward pass in sliding-window inference.
@@ -72,6 +74,7 @@ class FinetuneConfig(TrainerConfig):
     head_dropout: float = 0.0
     label_smoothing: float = 0.0
     feature_size: int = 16
+    skip_source: str = "tokens"
     samples_per_case: int = 2
     sw_overlap: float = 0.25
     sw_batch_size: int = 4
@@ -149,6 +152,12 @@ class FinetuneConfig(TrainerConfig):
             "feature_size",
             self.feature_size,
             "must be a positive integer",
+        )
+        _check(
+            self.skip_source in SKIP_SOURCES,
+            "skip_source",
+            self.skip_source,
+            f"must be one of {', '.join(SKIP_SOURCES)}",
         )
         _check(
             _is_int(self.samples_per_case) and self.samples_per_case > 0,

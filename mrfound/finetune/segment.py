@@ -145,7 +145,7 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
 
     encoder = src.encoder
     torch.manual_seed(config.seed)
-    head = make_segmentation_head(encoder, feature_size=config.feature_size)
+    head = make_segmentation_head(encoder, feature_size=config.feature_size, skip_source=config.skip_source)
     model = Segmenter(encoder, head, sequence_dropout=config.sequence_dropout)
     if config.freeze_encoder:
         model.encoder.requires_grad_(False)

@@ -22,6 +22,8 @@ EMBED_POOLING = ("mean", "centre", "centre_per_sequence")
 """Token poolings of ``MultiSequenceViT.embed`` (features for probes and ``extract_features``)."""
 HEAD_POOLING = ("mean", "centre", "attention")
 """Token poolings of the fine-tuned ``ClassificationHead``. Both live here, torch-free, for the CLI."""
+SKIP_SOURCES = ("tokens", "image")
+"""Sources of the ``SegmentationHead``'s intermediate skips: encoder blocks (UNETR) or a conv pyramid."""
 
 
 def _as_triple(value: Any, name: str) -> tuple[int, int, int]:

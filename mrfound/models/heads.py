@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrfound.errors import ConfigError
-from mrfound.models.config import HEAD_POOLING
+from mrfound.models.config import HEAD_POOLING, SKIP_SOURCES
 
 SEGMENTATION_LABELS: tuple[str, ...] = ("background", "liver", "lesion")
 """Output classes of :class:`SegmentationHead` (label index = position)."""
@@ -151,6 +151,12 @@ class SegmentationHead(nn.Module):
         feature_size: Width of the full-resolution stage (doubles per level, UNETR's ``feature_size``).
         norm_name: MONAI norm of the conv blocks.
         skip_layers: Encoder block indices for the intermediate skips (default: evenly spread).
+        skip_source: Where the intermediate skips (1/2 .. 1/(p/2) resolution) come from. ``"tokens"``
+            (UNETR): intermediate encoder blocks, upsampled. ``"image"``: a strided residual conv
+            pyramid over the fused full-resolution stage, so every skip carries image detail and the
+            encoder tokens enter at 1/p only (hybrid CNN-ViT, as TransUNet). With few labelled volumes
+            and coarse patches the token skips are blocky and learn slowly: on CHAOS liver (5 min,
+            fold 0) ``"image"`` reaches a far higher Dice (see benchmarks/chaos_segmentation.py).
     """
 
     def __init__(
@@ -164,9 +170,20 @@ class SegmentationHead(nn.Module):
         feature_size: int = 16,
         norm_name: str = "instance",
         skip_layers: Sequence[int] | None = None,
+        skip_source: str = "tokens",
     ) -> None:
         super().__init__()
-        from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+        from monai.networks.blocks import (
+            UnetOutBlock,
+            UnetrBasicBlock,
+            UnetResBlock,
+            UnetrPrUpBlock,
+            UnetrUpBlock,
+        )
+
+        if skip_source not in SKIP_SOURCES:
+            raise ConfigError(f"skip_source must be one of {', '.join(SKIP_SOURCES)}, got {skip_source!r}")
+        self.skip_source = skip_source
 
         levels = int(round(math.log2(patch_size)))
         if patch_size < 2 or 2**levels != patch_size:
@@ -178,10 +195,14 @@ class SegmentationHead(nn.Module):
         )
         self.num_sequences, self.depth, self.num_classes = num_sequences, depth, num_classes
         self.feature_size, self.norm_name = feature_size, norm_name
-        self.skip_layers = list(skip_layers) if skip_layers is not None else _skip_layers(depth, levels - 1)
-        if len(self.skip_layers) != levels - 1 or not all(0 <= i < depth for i in self.skip_layers):
+        n_token_skips = levels - 1 if skip_source == "tokens" else 0
+        self.skip_layers = (
+            list(skip_layers) if skip_layers is not None else _skip_layers(depth, n_token_skips)
+        )
+        if len(self.skip_layers) != n_token_skips or not all(0 <= i < depth for i in self.skip_layers):
             raise ConfigError(
-                f"skip_layers must be {levels - 1} block indices in [0, {depth}), got {skip_layers}"
+                f"skip_layers must be {n_token_skips} block indices in [0, {depth}) for skip_source "
+                f"{skip_source!r}, got {skip_layers}"
             )
         fs = feature_size
         # Full-resolution skip: the masked mean over the available sequences of one linear conv per
@@ -193,7 +214,8 @@ class SegmentationHead(nn.Module):
         self.image_block = UnetrBasicBlock(
             3, fs, fs, kernel_size=3, stride=1, norm_name=norm_name, res_block=True
         )
-        # intermediate skips: level j (resolution 1/2^j) from the fused grid of one encoder block
+        # intermediate skips: level j (resolution 1/2^j) from the fused grid of one encoder block, or
+        # from a strided conv pyramid over the full-resolution stage
         self.skips = nn.ModuleList(
             UnetrPrUpBlock(
                 3,
@@ -208,6 +230,12 @@ class SegmentationHead(nn.Module):
                 res_block=True,
             )
             for j in range(1, levels)
+            if skip_source == "tokens"
+        )
+        self.image_down = nn.ModuleList(
+            UnetResBlock(3, fs * 2 ** (j - 1), fs * 2**j, kernel_size=3, stride=2, norm_name=norm_name)
+            for j in range(1, levels)
+            if skip_source == "image"
         )
         # decoder: from 1/p up to full resolution, one UnetrUpBlock per level
         ups = []
@@ -241,6 +269,7 @@ class SegmentationHead(nn.Module):
             "feature_size": self.feature_size,
             "norm_name": self.norm_name,
             "skip_layers": list(self.skip_layers),
+            "skip_source": self.skip_source,
         }
 
     def forward(
@@ -268,8 +297,10 @@ class SegmentationHead(nn.Module):
         x = image.to(dtype) * w[:, :, None, None, None]  # missing channels contribute nothing
         fused = self.image_proj(x) / n[:, None, None, None, None]
         fused = fused + ((w @ self.image_bias.to(dtype)) / n[:, None])[:, :, None, None, None]
-        skip0 = self.image_block(fused)
-        skips = [skip0] + [
+        skips = [self.image_block(fused)]
+        for down in self.image_down:
+            skips.append(down(skips[-1]))
+        skips += [
             blk(fuse_tokens_to_grid(h, valid, pos_idx, self.grid_size)) for blk, h in zip(self.skips, hidden)
         ]
         x = fuse_tokens_to_grid(tokens, valid, pos_idx, self.grid_size)

@@ -69,8 +69,9 @@ def test_classifier_ignores_unlabelled(encoder) -> None:
     assert out["loss"].item() == 0.0 and out["loss"].requires_grad
 
 
-def test_segmenter_output_at_input_resolution_and_sliding_window(encoder) -> None:
-    seg = Segmenter(encoder, make_segmentation_head(encoder, feature_size=8))
+@pytest.mark.parametrize("skip_source", ["tokens", "image"])
+def test_segmenter_output_at_input_resolution_and_sliding_window(encoder, skip_source) -> None:
+    seg = Segmenter(encoder, make_segmentation_head(encoder, feature_size=8, skip_source=skip_source))
     batch = _batch(2)
     logits = seg.logits(batch["image"], batch["available"])
     assert logits.shape == (2, 3, 32, 32, 32)
@@ -86,8 +87,10 @@ def test_segmenter_output_at_input_resolution_and_sliding_window(encoder) -> Non
         seg.segment(vol, batch["available"][:1], roi_size=(16, 16, 16))
 
 
-def test_segmentation_ignores_missing_sequence_content(encoder) -> None:
-    seg = Segmenter(encoder, make_segmentation_head(encoder, feature_size=8)).eval()
+@pytest.mark.parametrize("skip_source", ["tokens", "image"])
+def test_segmentation_ignores_missing_sequence_content(encoder, skip_source) -> None:
+    head = make_segmentation_head(encoder, feature_size=8, skip_source=skip_source)
+    seg = Segmenter(encoder, head).eval()
     batch = _batch(1, with_mask=False)
     other = batch["image"].clone()
     other[:, 3:] = 7.0  # content of unavailable channels must not matter
@@ -95,6 +98,16 @@ def test_segmentation_ignores_missing_sequence_content(encoder) -> None:
         a = seg.logits(batch["image"], batch["available"])
         b = seg.logits(other, batch["available"])
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_image_skips_replace_token_skips(encoder) -> None:
+    head = make_segmentation_head(encoder, feature_size=8, skip_source="image")
+    assert head.skip_layers == [] and len(head.skips) == 0 and len(head.image_down) == 2  # p=8: 1/2, 1/4
+    assert head.config()["skip_source"] == "image"
+    with pytest.raises(ConfigError, match="skip_source must be one of tokens, image"):
+        make_segmentation_head(encoder, skip_source="conv")
+    with pytest.raises(ConfigError, match="skip_layers must be 0 block indices"):
+        make_segmentation_head(encoder, skip_source="image", skip_layers=[0, 1])
 
 
 def test_remap_mask_other_lesions_to_lesion() -> None:
@@ -124,17 +137,18 @@ def test_layer_decay_groups(encoder) -> None:
     assert bias_group["weight_decay"] == 0.0
 
 
-@pytest.mark.parametrize("kind", ["classifier", "segmenter"])
+@pytest.mark.parametrize("kind", ["classifier", "segmenter", "segmenter_image_skips"])
 def test_checkpoint_round_trip_identical_outputs(encoder, kind, tmp_path) -> None:
     if kind == "classifier":
         model = Classifier(encoder, ClassificationHead(32, 8, pooling="attention", num_heads=2), CLASSES)
     else:
-        model = Segmenter(encoder, make_segmentation_head(encoder, feature_size=8))
+        skip_source = "image" if kind.endswith("image_skips") else "tokens"
+        model = Segmenter(encoder, make_segmentation_head(encoder, feature_size=8, skip_source=skip_source))
     model.eval()
     batch = _batch(2, with_mask=False)
     save_checkpoint(tmp_path / "ck", model, {"provenance": {"test": True}})
     loaded, cfg = load_model(tmp_path / "ck")
-    assert cfg["architecture"] == kind and type(loaded) is type(model)
+    assert cfg["architecture"] == kind.split("_")[0] and type(loaded) is type(model)
     with torch.no_grad():
         a = model.logits(batch["image"], batch["available"])
         b = loaded.logits(batch["image"], batch["available"])
