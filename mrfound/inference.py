@@ -435,18 +435,23 @@ def keep_largest_foreground(labels: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _segment_prepared(
+def _segment_prepared(model: MRFoundModel, prepared: PreparedCase, overlap: float, sw_batch_size: int):
+    """Labels on the common grid (X, Y, Z) uint8."""
+    image = torch.from_numpy(np.asarray(prepared.sample["image"], dtype=np.float32))[None].to(model.device)
+    available = torch.from_numpy(np.asarray(prepared.sample["available"], dtype=bool))[None].to(model.device)
+    labels = model.model.segment(image, available, overlap=overlap, sw_batch_size=sw_batch_size)
+    return labels[0, 0].cpu().numpy().astype(np.uint8)
+
+
+def _reference_labels(
     model: MRFoundModel,
     prepared: PreparedCase,
     overlap: float,
     sw_batch_size: int,
-    largest_component: bool = False,
+    largest_component: bool,
 ) -> np.ndarray:
-    """Labels on the common grid (X, Y, Z) uint8 (optionally :func:`keep_largest_foreground`)."""
-    image = torch.from_numpy(np.asarray(prepared.sample["image"], dtype=np.float32))[None].to(model.device)
-    available = torch.from_numpy(np.asarray(prepared.sample["available"], dtype=bool))[None].to(model.device)
-    labels = model.model.segment(image, available, overlap=overlap, sw_batch_size=sw_batch_size)
-    labels = labels[0, 0].cpu().numpy().astype(np.uint8)
+    """Labels on the reference sequence's grid, islands dropped there (what the user gets) if asked."""
+    labels = _labels_to_reference(_segment_prepared(model, prepared, overlap, sw_batch_size), prepared)
     return keep_largest_foreground(labels) if largest_component else labels
 
 
@@ -540,6 +545,7 @@ def predict(
     mask: Any = None,
     batch_size: int = 8,
     overlap: float = 0.25,
+    largest_component: bool = False,
 ) -> dict[str, Any] | pd.DataFrame:
     """Class probabilities (classification checkpoint) or a segmentation (segmentation checkpoint).
 
@@ -551,6 +557,8 @@ def predict(
         mask: Label map locating the lesion (label 2) when ``lesion_xyz`` is not given.
         batch_size: ROI crops per forward pass (manifest input).
         overlap: Sliding-window overlap (segmentation).
+        largest_component: Keep only the largest connected foreground component (segmentation; see
+            :func:`keep_largest_foreground`).
 
     Returns:
         For a case: ``{"case", "label_pred", "probabilities": {class: p}, "sequences_used", "roi_source"}``
@@ -565,7 +573,14 @@ def predict(
         rows = [
             r
             for r in _predict_rows(
-                model, _as_manifest(model, case_or_manifest), kind, batch_size, overlap, None, "raise"
+                model,
+                _as_manifest(model, case_or_manifest),
+                kind,
+                batch_size,
+                overlap,
+                None,
+                "raise",
+                largest_component=largest_component,
             )
             if "error" not in r
         ]
@@ -590,7 +605,7 @@ def predict(
             "sequences_used": prepared.sequences_used,
             "roi_source": prepared.roi_source,
         }
-    labels = _labels_to_reference(_segment_prepared(model, prepared, overlap, 2), prepared)
+    labels = _reference_labels(model, prepared, overlap, 2, largest_component)
     return {
         "case": prepared.case,
         "segmentation": _nifti(labels, prepared.ref_affine),
@@ -601,7 +616,12 @@ def predict(
 
 
 def segment(
-    model: MRFoundModel, case: Any, *, overlap: float = 0.25, sw_batch_size: int = 2
+    model: MRFoundModel,
+    case: Any,
+    *,
+    overlap: float = 0.25,
+    sw_batch_size: int = 2,
+    largest_component: bool = False,
 ) -> nib.Nifti1Image:
     """Liver/lesion label map (0 background, 1 liver, 2 lesion) on the case's reference grid.
 
@@ -610,13 +630,15 @@ def segment(
         case: A case (see the module docstring).
         overlap: Sliding-window overlap.
         sw_batch_size: Windows per forward pass.
+        largest_component: Keep only the largest connected foreground component
+            (:func:`keep_largest_foreground`).
 
     Returns:
         ``nibabel.Nifti1Image`` (uint8) with the reference sequence's affine and shape.
     """
     _require(model, ("segmenter",), "segment")
     prepared = prepare_case(model, case)
-    labels = _labels_to_reference(_segment_prepared(model, prepared, overlap, sw_batch_size), prepared)
+    labels = _reference_labels(model, prepared, overlap, sw_batch_size, largest_component)
     return _nifti(labels, prepared.ref_affine)
 
 
@@ -770,6 +792,7 @@ def _predict_rows(
     on_error: str,
     num_workers: int = 0,
     progress: bool | None = None,
+    largest_component: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Rows of ``predictions.csv`` in manifest order (``{"case", "error"}`` rows for failed cases)."""
     from tqdm.auto import tqdm
@@ -810,7 +833,7 @@ def _predict_rows(
                     yield from flush()
                 continue
             prepared: PreparedCase = item["prepared"]
-            labels = _labels_to_reference(_segment_prepared(model, prepared, overlap, 2), prepared)
+            labels = _reference_labels(model, prepared, overlap, 2, largest_component)
             name = f"{safe_name(prepared.case)}.nii.gz"
             if seg_dir is not None:
                 _save_nifti(seg_dir / name, labels, prepared.ref_affine)
@@ -862,6 +885,7 @@ def predict_manifest(
     merge: bool = False,
     progress: bool | None = None,
     command: str | None = None,
+    largest_component: bool = False,
 ) -> PredictSummary:
     """Predict every case of a manifest and write ``out/predictions.csv`` (+ ``out/segmentations/``).
 
@@ -881,6 +905,8 @@ def predict_manifest(
         merge: Keep rows of other cases already in ``out/predictions.csv``.
         progress: Progress bar (default: only on a terminal).
         command: Command line recorded in ``out/predict.json``.
+        largest_component: Keep only the largest connected foreground component of each segmentation
+            (:func:`keep_largest_foreground`).
 
     Raises:
         ManifestError: a case cannot be used (``on_error="raise"``), or no case could be predicted.
@@ -909,7 +935,16 @@ def predict_manifest(
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(columns)
             for row in _predict_rows(
-                model, man, kind, batch_size, overlap, seg_dir, on_error, num_workers, progress
+                model,
+                man,
+                kind,
+                batch_size,
+                overlap,
+                seg_dir,
+                on_error,
+                num_workers,
+                progress,
+                largest_component=largest_component,
             ):
                 if "error" in row:
                     skipped.append((row["case"], row["error"]))

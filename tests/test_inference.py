@@ -171,6 +171,45 @@ def test_segmentation_geometry_overlays_the_mask(models, cohort, monkeypatch) ->
         assert dice > min_dice, (label, dice)
 
 
+def test_keep_largest_foreground_drops_islands_keeps_lesion() -> None:
+    labels = np.zeros((12, 12, 12), dtype=np.uint8)
+    labels[1:7, 1:7, 1:7] = 1  # liver
+    labels[3:5, 3:5, 3:5] = 2  # lesion inside it
+    labels[9:11, 9:11, 9:11] = 1  # island (e.g. spleen taken for liver)
+    labels[0, 11, 11] = 2  # lesion blob outside the liver
+    kept = inf.keep_largest_foreground(labels)
+    expected = labels.copy()
+    expected[9:11, 9:11, 9:11] = 0
+    expected[0, 11, 11] = 0
+    np.testing.assert_array_equal(kept, expected)
+    assert kept.dtype == labels.dtype
+    diagonal = np.zeros((4, 4, 4), dtype=np.uint8)
+    diagonal[0, 0, 0] = diagonal[1, 1, 1] = 1  # corner neighbours: one 26-connected component
+    np.testing.assert_array_equal(inf.keep_largest_foreground(diagonal), diagonal)
+    empty = np.zeros((3, 3, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(inf.keep_largest_foreground(empty), empty)
+
+
+def test_segment_largest_component_option(models, cohort, monkeypatch) -> None:
+    man = read_manifest(cohort)
+    model = models["segmenter"]
+
+    def islands(image, available, **kwargs):  # two liver blobs, the smaller one an island
+        out = torch.zeros(image.shape[0], 1, *image.shape[2:], dtype=torch.int64)
+        out[:, :, 2:12, 2:12, 2:12] = 1
+        out[:, :, -4:-2, -4:-2, -4:-2] = 1
+        return out
+
+    monkeypatch.setattr(model.model, "segment", islands)
+    raw = np.asarray(model.segment(man.cases[0]).dataobj)
+    kept = np.asarray(model.segment(man.cases[0], largest_component=True).dataobj)
+    from scipy import ndimage
+
+    assert ndimage.label(raw > 0, structure=np.ones((3, 3, 3)))[1] == 2
+    assert ndimage.label(kept > 0, structure=np.ones((3, 3, 3)))[1] == 1
+    assert 0 < kept.sum() < raw.sum()
+
+
 def test_predict_single_case_dict_and_bare_arrays(models, cohort) -> None:
     man = read_manifest(cohort)
     case = man.cases[0]

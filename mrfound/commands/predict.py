@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "set it aside (listed in OUT/skipped.csv)",
     )
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap, segmentation (0.25)")
+    p.add_argument(
+        "--largest-component",
+        action="store_true",
+        help="segmentation: keep only the largest connected liver(+lesion) component, drop islands",
+    )
     p.add_argument("--num-workers", type=int, default=0, help="processes preprocessing cases ahead (0)")
     p.add_argument(
         "--merge", action="store_true", help="keep rows of other cases already in OUT/predictions.csv"
@@ -72,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         merge=args.merge,
         command=format_command("predict", args),
+        largest_component=args.largest_component,
     )
     msg = f"predicted {summary.n_cases} case(s) -> {summary.predictions}"
     if summary.segmentations:

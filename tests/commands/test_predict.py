@@ -68,6 +68,19 @@ def test_predict_segmenter_writes_csv_and_segmentations(setup, tmp_path, capsys)
     assert "mrfound predict" in summary and not (out / "skipped.csv").exists()
 
 
+def test_predict_largest_component_leaves_one_foreground_component(setup, tmp_path) -> None:
+    from scipy import ndimage
+
+    out = tmp_path / "out"
+    args = ["predict", "--checkpoint", str(setup["segmenter"]), "--manifest", str(setup["manifest"])]
+    assert main([*args, "--out", str(out), "--largest-component"]) == 0
+    frame = pd.read_csv(out / "predictions.csv", dtype={"case": str})
+    for row in frame.itertuples():
+        labels = np.asarray(nib.load(str(out / row.segmentation)).dataobj)
+        assert ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))[1] <= 1
+    assert "--largest-component" in (out / "predict.json").read_text()
+
+
 def test_predict_classifier_cli(setup, tmp_path) -> None:
     out = tmp_path / "out"
     assert (

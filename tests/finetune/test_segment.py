@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
+from mrfound.errors import ConfigError
 from mrfound.finetune.config import FinetuneConfig
 from mrfound.finetune.segment import evaluate_segmenter, finetune_segmenter, segmentation_volume
 from mrfound.models.checkpoint import load_model
@@ -54,6 +56,7 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
         steps=4,
         batch_size=2,
         feature_size=8,
+        skip_source="image",
         samples_per_case=1,
         cache_dir=str(preprocess_cache),
         tensorboard=False,
@@ -67,6 +70,7 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
     assert list(table.columns) == ["case", "liver_dice", "liver_hd95", "lesion_dice", "lesion_hd95"]
     model, cfg_json = load_model(out / "final")
     assert cfg_json["architecture"] == "segmenter" and cfg_json["head"]["feature_size"] == 8
+    assert cfg_json["head"]["skip_source"] == "image" and cfg_json["head"]["skip_layers"] == []
     # reloaded weights give the same metrics
     from mrfound.data.manifest import Manifest, read_manifest
     from mrfound.finetune.common import load_encoder
@@ -83,3 +87,10 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
     sample = MRDataset(val_m, pre, mode="full", cache_dir=preprocess_cache)[0]
     labels = segmentation_volume(model, sample)
     assert labels.shape == tuple(sample["image"].shape[1:]) and labels.dtype == np.uint8
+
+
+def test_skip_source_is_validated(tiny_cohort, tmp_path) -> None:
+    cfg = FinetuneConfig(task="segment", from_scratch=True, manifest=str(tiny_cohort), out=str(tmp_path))
+    cfg.skip_source = "conv"
+    with pytest.raises(ConfigError, match="skip_source.*must be one of tokens, image"):
+        cfg.validate()

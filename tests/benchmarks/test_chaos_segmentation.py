@@ -1,0 +1,115 @@
+"""Tests of benchmarks/chaos_segmentation.py's scoring and report merging (no training: fake models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from testutils import load_module
+
+
+@pytest.fixture(scope="module")
+def chaos():
+    """The benchmark script imported as a module."""
+    return load_module("benchmarks/chaos_segmentation.py")
+
+
+class _FakeNet:
+    """Segments every case as its liver plus a distant island."""
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        pred = np.zeros(image.shape[1:], dtype=np.uint8)
+        pred[2:8, 2:8, 2:8] = 1
+        pred[12:14, 12:14, 12:14] = 1
+        return pred
+
+
+def test_evaluate_scores_after_and_before_postprocessing(chaos, tmp_path: Path) -> None:
+    mask = np.zeros((16, 16, 16), dtype=np.uint8)
+    mask[2:8, 2:8, 2:8] = 1
+    nib.save(nib.Nifti1Image(mask, np.diag([4.0, 4.0, 4.0, 1.0])), str(tmp_path / "m.nii.gz"))
+    case = {
+        "case": "c1",
+        "image": np.zeros((1, 16, 16, 16), dtype=np.float32),
+        "mask": mask,
+        "affine": np.diag([4.0, 4.0, 4.0, 1.0]),
+        "mask_path": tmp_path / "m.nii.gz",
+        "native_affine": np.diag([4.0, 4.0, 4.0, 1.0]),
+        "native_shape": (16, 16, 16),
+    }
+    kept = chaos.evaluate(_FakeNet(), [case], spacing=4.0, postprocess="largest")[0]
+    raw = chaos.evaluate(_FakeNet(), [case], spacing=4.0, postprocess="none")[0]
+    island = 2 * 216 / (216 + 8 + 216)  # Dice with the 8-voxel island counted as liver
+    assert kept["dice"] == pytest.approx(1.0) and kept["dice_native"] == pytest.approx(1.0)
+    assert kept["dice_raw"] == pytest.approx(island)
+    assert raw["dice"] == pytest.approx(island) and raw["dice_raw"] == pytest.approx(island)
+
+
+def _run(chaos, models: dict[str, list[float]], **overrides) -> dict:
+    """A tagged run's JSON: per model, its Dice in each of two folds."""
+    per_fold = [
+        {
+            "fold": k,
+            "test": [f"chaos_{k}"],
+            "models": {
+                m: {
+                    "dice": d[k],
+                    "dice_raw": d[k] - 0.1,
+                    "hd95_mm": 10.0 * (k + 1),
+                    "dice_native": d[k],
+                    "steps": 5,
+                }
+                for m, d in models.items()
+            },
+        }
+        for k in range(2)
+    ]
+    settings = {key: 1 for key in chaos.SETTINGS} | overrides
+    return {
+        "benchmark": "chaos_segmentation",
+        "command": f"python benchmarks/chaos_segmentation.py --models {','.join(models)}",
+        "machine": {"cpus": 2},
+        "loadavg_start": [1.0],
+        "loadavg_end": [1.0],
+        "folds": 2,
+        **settings,
+        "pretraining": {"steps": 3} if "mrfound" in models else None,
+        "target_mean_dice": 0.9,
+        "per_fold": per_fold,
+        "wall_s": 60.0 * len(models),
+    }
+
+
+def test_merge_combines_models_and_checks_the_target(chaos, tmp_path: Path) -> None:
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    a.write_text(json.dumps(_run(chaos, {"mrfound": [0.92, 0.9]})))
+    b.write_text(json.dumps(_run(chaos, {"unet": [0.8, 0.7], "unetr": [0.5, 0.6]})))
+    chaos.merge_runs([a, b], tmp_path / "out", "python benchmarks/chaos_segmentation.py --merge a b")
+    doc = json.loads((tmp_path / "out" / "chaos_segmentation.json").read_text())
+    assert list(doc["summary"]) == ["mrfound", "unet", "unetr"]
+    assert doc["summary"]["mrfound"]["dice_mean"] == pytest.approx(0.91)
+    assert doc["summary"]["unet"]["dice_raw_mean"] == pytest.approx(0.65)
+    assert doc["summary"]["unetr"]["hd95_per_fold"] == [10.0, 20.0]
+    assert doc["target_met"] is True and doc["pretraining"] == {"steps": 3}
+    assert [r["command"] for r in doc["runs"]] == [json.loads(f.read_text())["command"] for f in (a, b)]
+    md = (tmp_path / "out" / "chaos_segmentation.md").read_text()
+    assert "| mrfound | 0.910 ± 0.010 | 0.810 |" in md and "--merge a b" in md
+
+
+def test_merge_refuses_different_settings_or_folds(chaos, tmp_path: Path) -> None:
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    a.write_text(json.dumps(_run(chaos, {"mrfound": [0.9, 0.9]})))
+    b.write_text(json.dumps(_run(chaos, {"unet": [0.8, 0.8]}, minutes_per_fold=3)))
+    with pytest.raises(SystemExit, match="minutes_per_fold = 3 differs"):
+        chaos.merge_runs([a, b], tmp_path / "out", "merge")
+    other = _run(chaos, {"unet": [0.8, 0.8]})
+    other["per_fold"][1]["test"] = ["chaos_9"]
+    b.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="test subjects differ"):
+        chaos.merge_runs([a, b], tmp_path / "out", "merge")
+    assert not (tmp_path / "out").exists()
