@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from testutils import load_module
 
@@ -31,7 +32,7 @@ def test_tiny_budget_scores_every_method_and_records_the_recipe(imp, tmp_path: P
     assert saved["pretraining_mae_overrides"] == imp.IMPUTATION_MAE
     ph = doc["phantom"]
     assert ph["pretraining"]["steps"] == imp.BUDGETS["tiny"]["steps"]
-    methods = ("mrfound", "copy_nearest", "mean_image", "mean_image_liver_aligned")
+    methods = ("mrfound", "copy_nearest", "mean_image", "mean_image_liver_aligned", "linear_map")
     assert ph["cases"], "held-out cases were scored"
     for row in ph["cases"]:
         for m in methods:
@@ -41,9 +42,32 @@ def test_tiny_budget_scores_every_method_and_records_the_recipe(imp, tmp_path: P
         assert entry["beats_both_psnr"] == (
             entry["psnr_mrfound"] > max(entry["psnr_copy_nearest"], entry["psnr_mean_image"])
         ), seq
+    assert ph["sequences_beating_linear_map_psnr"] == [
+        seq for seq, e in ph["per_sequence"].items() if e["psnr_mrfound"] > e["psnr_linear_map"]
+    ]
     assert ph["all_sequences_beat_both_baselines_psnr"] == all(
         e["beats_both_psnr"] for e in ph["per_sequence"].values()
     )
     if TRISTAN.is_dir():
         rows = doc["tristan"]["per_flip_angle"]
         assert len(rows) == 5
+
+
+def test_linear_map_recovers_a_linear_contrast_and_drops_unseen_sources(imp) -> None:
+    rng = np.random.default_rng(0)
+    samples = []
+    for k in range(6):
+        x = rng.random((4, 500)).astype(np.float32)
+        x[3] = 0.5 * x[0] - 2.0 * x[1] + 0.25  # target 3 = a linear map of sources 0 and 1
+        av = np.ones(4, dtype=bool)
+        av[2] = k < 2  # source 2 is rarely present
+        samples.append((x, av))
+    lm = imp.LinearMap(samples, alpha=1e-6)
+    image = rng.random((4, 5, 6, 7)).astype(np.float32)
+    truth = 0.5 * image[0] - 2.0 * image[1] + 0.25
+    np.testing.assert_allclose(lm.predict(image, 3, [0, 1]), truth, atol=1e-3)
+    np.testing.assert_allclose(lm.predict(image, 3, [0, 1, 2]), truth, atol=1e-3)  # 2 cases have all three
+    never = [(x, np.array([True, True, False, True])) for x, _ in samples]
+    lm2 = imp.LinearMap(never, alpha=1e-6)
+    np.testing.assert_allclose(lm2.predict(image, 3, [0, 1, 2]), truth, atol=1e-3)  # source 2 dropped
+    assert lm2._fits[(3, (0, 1, 2))][1] == (0, 1)
