@@ -364,6 +364,11 @@ def train_timed(
     return {"steps": step, "train_s": round(time.time() - t0, 1), "final_loss": float(np.mean(losses[-10:]))}
 
 
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean masks (0 when both are empty)."""
+    return 2 * float((pred & truth).sum()) / max(float(pred.sum() + truth.sum()), 1.0)
+
+
 def evaluate(
     net: _Net, cases: list[dict[str, Any]], spacing: float, postprocess: str = "largest"
 ) -> list[dict[str, Any]]:
@@ -377,17 +382,12 @@ def evaluate(
     for c in cases:
         raw = net.segment(c["image"])
         pred = keep_largest_foreground(raw) if postprocess == "largest" else raw
-        dice_raw = (
-            2
-            * float((raw.astype(bool) & c["mask"].astype(bool)).sum())
-            / max(float(raw.astype(bool).sum() + c["mask"].astype(bool).sum()), 1.0)
-        )
+        dice_raw = _dice(raw > 0, c["mask"] > 0)
         m = segmentation_metrics(pred, c["mask"], spacing=spacing, class_names={1: "liver"})
         native = (
             resample_to_grid(pred, c["affine"], c["native_affine"], c["native_shape"], nearest=True) > 0.5
         )
-        truth = np.asarray(nib.load(str(c["mask_path"])).dataobj) == 1
-        dice_native = 2 * float((native & truth).sum()) / max(float(native.sum() + truth.sum()), 1.0)
+        dice_native = _dice(native, np.asarray(nib.load(str(c["mask_path"])).dataobj) == 1)
         rows.append(
             {
                 "case": c["case"],
@@ -757,7 +757,7 @@ def merge_runs(files: list[Path], out: Path, command: str) -> None:
         "command": command,
         "runs": [
             {
-                "file": str(f),
+                "file": f.name,
                 "command": r["command"],
                 "wall_s": r["wall_s"],
                 "machine": r["machine"],
