@@ -432,7 +432,9 @@ def phantom_predict(args: argparse.Namespace, work: Path, final: Path) -> dict[s
     )
     atomic_write_text(cohort / "train.csv", frame.iloc[sorted(tr)].to_csv(index=False))
     atomic_write_text(cohort / "test.csv", frame.iloc[sorted(te)].to_csv(index=False))
-    run = work / f"phantom_seg_finetune_n{args.phantom_predict_steps}"
+    suffix = "" if args.skip_source == "tokens" and args.feature_size == 16 else f"_{args.skip_source}"
+    suffix += "" if args.feature_size == 16 else f"_fs{args.feature_size}"
+    run = work / f"phantom_seg_finetune_n{args.phantom_predict_steps}{suffix}"
     if not (run / "final" / "model.safetensors").is_file():
         rc = cli(
             [
@@ -451,6 +453,10 @@ def phantom_predict(args: argparse.Namespace, work: Path, final: Path) -> dict[s
                 str(args.batch_size),
                 "--lr",
                 str(args.lr),
+                "--skip-source",
+                args.skip_source,
+                "--feature-size",
+                str(args.feature_size),
                 "--out",
                 str(run),
             ]
@@ -458,7 +464,7 @@ def phantom_predict(args: argparse.Namespace, work: Path, final: Path) -> dict[s
         if rc != 0:
             raise SystemExit(f"mrfound finetune failed with exit code {rc}")
     t_ft = time.time() - t0
-    pred = work / "phantom_seg_predict"
+    pred = work / f"phantom_seg_predict{suffix}"
     rc = cli(
         [
             "predict",
@@ -468,6 +474,7 @@ def phantom_predict(args: argparse.Namespace, work: Path, final: Path) -> dict[s
             str(cohort / "test.csv"),
             "--out",
             str(pred),
+            *(["--largest-component"] if args.postprocess == "largest" else []),
         ]
     )
     if rc != 0:
@@ -497,6 +504,9 @@ def phantom_predict(args: argparse.Namespace, work: Path, final: Path) -> dict[s
         "train_cases": int(len(tr)),
         "test_cases": int(len(te)),
         "finetune_steps": args.phantom_predict_steps,
+        "skip_source": args.skip_source,
+        "feature_size": args.feature_size,
+        "postprocess": args.postprocess,
         "liver_dice_mean": _mean([r["liver_dice"] for r in rows]),
         "lesion_dice_mean": _mean([r["lesion_dice"] for r in rows]),
         "all_on_reference_grid": all(r["grid_matches_reference"] for r in rows),
