@@ -1166,7 +1166,8 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
 
         with log.stage("segment", "Short liver + lesion segmentation fine-tune (sliding-window evaluation)"):
             src = load_encoder(str(pre.final_dir), seed=cfg.seed)
-            seg_probe = Segmenter(src.encoder, make_segmentation_head(src.encoder, feature_size=8))
+            seg_head = make_segmentation_head(src.encoder, feature_size=8, skip_source="image")
+            seg_probe = Segmenter(src.encoder, seg_head)
             sds = MRDataset(train_m, pp, mode="lesion", cache_dir=cache_dir, seed=cfg.seed)
             sps_s = seconds_per_step(seg_probe, sds, cfg.batch_size)
             # two test volumes when the budget allows, else one (whole-volume sliding windows are slow)
@@ -1189,6 +1190,7 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
                 lr=1e-3,
                 layer_decay=0.75,
                 feature_size=8,
+                skip_source="image",
                 samples_per_case=1,
                 cache_dir=str(cache_dir),
                 seed=cfg.seed,

@@ -126,7 +126,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--skip-source",
         choices=SKIP_SOURCES,
-        help="segmentation decoder skips: from encoder blocks (tokens, default) or a conv pyramid (image)",
+        help="segmentation decoder skips: a conv pyramid over the image (image, default) or encoder blocks "
+        "(tokens, UNETR)",
     )
     t.add_argument("--samples-per-case", type=int, help="random crops per case per epoch, segment (2)")
     t.add_argument("--sw-overlap", type=float, help="sliding-window overlap for validation (0.25)")

@@ -42,8 +42,11 @@ class FinetuneConfig(TrainerConfig):
         head_dropout: Dropout before the classification layer.
         label_smoothing: Cross-entropy label smoothing.
         feature_size: Width of the segmentation decoder's full-resolution stage.
-        skip_source: Segmentation decoder's intermediate skips: ``tokens`` (encoder blocks, UNETR) or
-            ``image`` (a strided conv pyramid over the image; see ``SegmentationHead``).
+        skip_source: Segmentation decoder's intermediate skips: ``image`` (a strided conv pyramid over
+            the image, the default) or ``tokens`` (encoder blocks, UNETR); see ``SegmentationHead``.
+            ``image`` is the default because it segments far better after short fine-tuning: phantom
+            lesion Dice 0.38 vs 0.08 (liver 0.93 vs 0.92) after 150 steps, and a higher CHAOS liver
+            Dice (``benchmarks/chaos_segmentation.py``).
         samples_per_case: Random crops per case per epoch (segmentation); plus one lesion-centred crop.
         sw_overlap: Sliding-window overlap for segmentation validation.
         sw_batch_size: Windows per forward pass in sliding-window inference.
@@ -74,7 +77,7 @@ class FinetuneConfig(TrainerConfig):
     head_dropout: float = 0.0
     label_smoothing: float = 0.0
     feature_size: int = 16
-    skip_source: str = "tokens"
+    skip_source: str = "image"
     samples_per_case: int = 2
     sw_overlap: float = 0.25
     sw_batch_size: int = 4

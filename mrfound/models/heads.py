@@ -9,7 +9,10 @@
   resolution, and the input image gives the full-resolution skip through a per-sequence convolution
   fused by the same masked mean (a missing sequence's channel, whatever it holds, contributes
   nothing). ``UnetrUpBlock`` stages climb back to the input resolution; ``UnetOutBlock`` gives logits
-  for background, liver and lesion.
+  for background, liver and lesion. With ``skip_source="image"`` (the fine-tuning default) the
+  intermediate skips come instead from a strided residual conv pyramid over the full-resolution stage
+  and the tokens enter at 1/p only (a hybrid CNN-ViT): with few labels and 8^3-voxel patches the token
+  skips are blocky and learn slowly.
 * :class:`Classifier` / :class:`Segmenter`: ``encoder + head`` following the training protocol
   (``model(batch) -> dict(loss=..., ...)``) and exposing inference helpers (``predict_proba``,
   ``segment`` with MONAI sliding-window inference) for ``mrfound.pipeline``.
