@@ -330,7 +330,12 @@ class _Net:
 def train_timed(
     net: _Net, cases: list[dict[str, Any]], seconds: float, args: argparse.Namespace, seed: int
 ) -> dict[str, Any]:
-    """AdamW with linear warm-up (10 steps) and a cosine decay over the wall-clock budget."""
+    """AdamW with linear warm-up (10 steps) and a cosine decay over the wall-clock budget.
+
+    A step whose loss or gradient norm is not finite changes no weight and is counted
+    (``skipped_nonfinite``): one NaN update would otherwise poison the weights for good and the model
+    would score Dice 0 with no sign of why (bf16 autocast did that to the UNet between steps 50 and 100).
+    """
     import torch
 
     bf16 = args.mixed_precision == "bf16"
@@ -343,7 +348,7 @@ def train_timed(
     rng = np.random.default_rng(seed)
     net.module.train()
     t0 = time.time()
-    step, losses = 0, []
+    step, skipped, losses = 0, 0, []
     while True:
         elapsed = time.time() - t0
         if elapsed >= seconds:
@@ -356,12 +361,24 @@ def train_timed(
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = net.loss(image, mask)
         opt.zero_grad(set_to_none=True)
+        step += 1
+        if not torch.isfinite(loss):
+            skipped += 1
+            continue
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.module.parameters(), 1.0)
+        if not torch.isfinite(torch.nn.utils.clip_grad_norm_(net.module.parameters(), 1.0)):
+            skipped += 1
+            continue
         opt.step()
         losses.append(float(loss.detach()))
-        step += 1
-    return {"steps": step, "train_s": round(time.time() - t0, 1), "final_loss": float(np.mean(losses[-10:]))}
+    if skipped:
+        print(f"{net.name}: {skipped} of {step} steps skipped (non-finite loss or gradient)", file=sys.stderr)
+    return {
+        "steps": step,
+        "skipped_nonfinite": skipped,
+        "train_s": round(time.time() - t0, 1),
+        "final_loss": float(np.mean(losses[-10:])) if losses else None,
+    }
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -544,6 +561,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_pm(s['dice_native_mean'], None)} | "
             f"{_pm(s['hd95_mean'], s['hd95_sd'], 1)} | {s['steps_mean']:.0f} | {folds} |"
         )
+    skipped = {n: s["skipped_nonfinite"] for n, s in result["summary"].items() if s.get("skipped_nonfinite")}
+    if skipped:
+        lines += ["", f"Training steps skipped for a non-finite loss or gradient: {skipped}."]
     commands = [r["command"] for r in result.get("runs", [])] + [result["command"]]
     lines += ["", "Command(s): " + "; then ".join(f"`{c}`" for c in commands), ""]
     return "\n".join(lines)
@@ -731,6 +751,7 @@ def summarise(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
             "dice_raw_mean": _mean([f["models"][name].get("dice_raw") for f in per_fold]),
             "dice_native_mean": _mean(dn),
             "steps_mean": float(np.mean([f["models"][name]["steps"] for f in per_fold])),
+            "skipped_nonfinite": int(sum(f["models"][name].get("skipped_nonfinite", 0) for f in per_fold)),
         }
     return summary
 

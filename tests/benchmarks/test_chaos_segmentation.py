@@ -113,3 +113,39 @@ def test_merge_refuses_different_settings_or_folds(chaos, tmp_path: Path) -> Non
     with pytest.raises(SystemExit, match="test subjects differ"):
         chaos.merge_runs([a, b], tmp_path / "out", "merge")
     assert not (tmp_path / "out").exists()
+
+
+class _NaNEveryOtherStep:
+    """A one-weight 'model' whose loss is NaN on every second call."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        import torch
+
+        self.module = torch.nn.Linear(1, 1)
+        self.groups = [{"params": list(self.module.parameters()), "lr_scale": 1.0, "weight_decay": 0.0}]
+        self.calls = 0
+
+    def loss(self, image, mask):
+        self.calls += 1
+        out = self.module(image.mean().reshape(1, 1)).sum()
+        return out * float("nan") if self.calls % 2 == 0 else out**2
+
+
+def test_train_timed_skips_non_finite_steps(chaos, monkeypatch) -> None:
+    import argparse
+
+    import torch
+
+    net = _NaNEveryOtherStep()
+    monkeypatch.setattr(
+        chaos,
+        "sample_batch",
+        lambda cases, roi, batch, rng: (torch.ones(1, 1, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2)),
+    )
+    args = argparse.Namespace(mixed_precision="no", lr=1e-2, roi=2, batch_size=1)
+    info = chaos.train_timed(net, [], seconds=0.3, args=args, seed=0)
+    assert info["steps"] >= 4 and info["skipped_nonfinite"] == info["steps"] // 2
+    assert all(torch.isfinite(p).all() for p in net.module.parameters())
+    assert info["final_loss"] is not None and np.isfinite(info["final_loss"])
