@@ -1309,13 +1309,18 @@ def _machine() -> dict[str, Any]:
 def _evaluate_segmentation(
     model: Any, manifest: Any, pp: Any, cache_dir: Any, path: Path
 ) -> tuple[dict, Any]:
-    """Sliding-window segmentation of each case (once): Dice/HD95 per class, and the overlay of the first."""
+    """Sliding-window segmentation of each case (once): Dice/HD95 per class, and the overlay of the first.
+
+    The largest connected foreground component is kept (``mrfound predict --largest-component``): the
+    short fine-tune sees crops around the body and lesion only, and leaves islands in the background.
+    """
     import pandas as pd
     from tqdm.auto import tqdm
 
     from mrfound.data.dataset import MRDataset
     from mrfound.finetune.metrics import segmentation_metrics
     from mrfound.finetune.segment import segmentation_volume
+    from mrfound.inference import keep_largest_foreground
     from mrfound.models.heads import remap_mask
 
     ds = MRDataset(manifest, pp, mode="full", cache_dir=cache_dir)
@@ -1323,7 +1328,7 @@ def _evaluate_segmentation(
     rows = []
     for i in tqdm(range(len(ds)), desc="segment", disable=None, leave=False):
         s = ds[i]
-        labels = segmentation_volume(model, s, sw_batch_size=4)
+        labels = keep_largest_foreground(segmentation_volume(model, s, sw_batch_size=4))
         truth = remap_mask(s["mask"])[0].numpy()
         m = segmentation_metrics(labels, truth, spacing=pp.spacing)
         rows.append(
@@ -1346,7 +1351,8 @@ def _evaluate_segmentation(
                 truth[:, :, z].T,
                 labels[:, :, z].T,
                 path,
-                title=f"Segmentation of unseen case {s['case']} (axial slice through the lesion)",
+                title=f"Segmentation of unseen case {s['case']} (axial slice through the lesion; "
+                "largest connected component)",
                 sequence=pick,
                 dice={"liver": m["liver"]["dice"], "lesion": m["lesion"]["dice"]},
             )
