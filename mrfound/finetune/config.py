@@ -45,9 +45,9 @@ class FinetuneConfig(TrainerConfig):
         skip_source: Segmentation decoder's intermediate skips: ``image`` (a strided conv pyramid over
             the image, the default) or ``tokens`` (encoder blocks, UNETR); see ``SegmentationHead``.
             ``image`` is the default because it segments far better after short fine-tuning: phantom
-            lesion Dice 0.38 vs 0.08 (liver 0.93 vs 0.92) after 150 steps; CHAOS liver Dice 0.72 vs
-            0.62 on one fold after 5 minutes (one-off runs of ``benchmarks/chaos_segmentation.py``'s
-            training loop).
+            lesion Dice 0.38 vs 0.08 (liver 0.93 vs 0.92) after 150 steps; CHAOS liver Dice 0.65 vs
+            0.62 on one fold after 5 minutes at feature size 8 (one-off runs of
+            ``benchmarks/chaos_segmentation.py``'s training loop).
         samples_per_case: Random crops per case per epoch (segmentation); plus one lesion-centred crop.
         sw_overlap: Sliding-window overlap for segmentation validation.
         sw_batch_size: Windows per forward pass in sliding-window inference.
