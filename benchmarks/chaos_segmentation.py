@@ -514,8 +514,7 @@ def phantom_predict(args: argparse.Namespace, work: Path, final: Path) -> dict[s
             "grid_matches_reference": bool(seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)),
         }
         for lab, name in ((1, "liver"), (2, "lesion")):
-            p, t = labels == lab, truth == lab
-            row[f"{name}_dice"] = 2 * float((p & t).sum()) / max(float(p.sum() + t.sum()), 1.0)
+            row[f"{name}_dice"] = _dice(labels == lab, truth == lab)
         rows.append(row)
     return {
         "train_cases": int(len(tr)),
@@ -576,6 +575,8 @@ def _pm(m: float | None, sd: float | None, digits: int = 3) -> str:
 
 
 def main() -> None:
+    from mrfound.models.config import SKIP_SOURCES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "chaos_t2"))
     ap.add_argument("--work", default=str(REPO / "results" / "tmp" / "chaos"), help="work folder (reused)")
@@ -588,7 +589,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=8, help="mrfound patch size (8)")
     ap.add_argument("--feature-size", type=int, default=16, help="mrfound decoder width at full resolution")
     ap.add_argument(
-        "--skip-source", choices=("tokens", "image"), default="image", help="mrfound decoder skips (image)"
+        "--skip-source", choices=SKIP_SOURCES, default="image", help="mrfound decoder skips (image)"
     )
     ap.add_argument(
         "--mixed-precision", choices=("no", "bf16"), default="no", help="training autocast, every model (no)"
