@@ -197,6 +197,7 @@ def pretrain_model(
     seed: int,
     mae: dict[str, Any],
     mixed_precision: str,
+    lr: float = 5e-4,
 ) -> tuple[Any, dict[str, Any], Any]:
     """Pretrain a tiny masked-modality autoencoder (reused if ``run/final`` exists)."""
     from mrfound.models.checkpoint import load_model
@@ -220,7 +221,7 @@ def pretrain_model(
             spacing=spacing,
             steps=steps,
             batch_size=batch,
-            lr=5e-4,
+            lr=lr,
             samples_per_case=samples_per_case,
             eval_fraction=0.0,
             save_every=0,
@@ -239,6 +240,7 @@ def pretrain_model(
             "roi": roi,
             "patch": patch,
             "batch_size": batch,
+            "lr": lr,
         }
         info_path.write_text(json.dumps(info, indent=2))
     model, config = load_model(run / "final", device="cpu")
@@ -249,13 +251,19 @@ def _tag(args: argparse.Namespace) -> str:
     """Run-folder suffix of the pretraining variant (so a cached run is reused only for the same one)."""
     import hashlib
 
-    key = json.dumps({"mae": args.mae, "mp": args.mixed_precision}, sort_keys=True)
+    variant: dict[str, Any] = {"mae": args.mae, "mp": args.mixed_precision}
+    if args.lr != DEFAULT_LR:  # keeps the folder names of runs made before --lr existed
+        variant["lr"] = args.lr
+    key = json.dumps(variant, sort_keys=True)
     return (
         ""
         if key == json.dumps({"mae": {}, "mp": "no"}, sort_keys=True)
         else "_" + hashlib.sha1(key.encode()).hexdigest()[:6]
     )
 
+
+DEFAULT_LR = 5e-4
+"""Pretraining learning rate unless ``--lr`` is given."""
 
 LINEAR_MAP_VOXELS = 20000
 """Body voxels sampled per training case to fit the ``linear_map`` baseline."""
@@ -390,6 +398,7 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
         batch=b["batch"],
         mae=args.mae,
         mixed_precision=args.mixed_precision,
+        lr=args.lr,
         samples_per_case=4,
         seed=args.seed,
     )
@@ -559,6 +568,7 @@ def run_tristan(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
         batch=b["batch"],
         mae=args.mae,
         mixed_precision=args.mixed_precision,
+        lr=args.lr,
         samples_per_case=max(64, b["batch"]),
         seed=args.seed,
     )
@@ -624,6 +634,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--mixed-precision", choices=("no", "bf16"), default="bf16", help="pretraining autocast")
     ap.add_argument(
+        "--steps", type=int, default=None, help="phantom pretraining steps (default: the budget's)"
+    )
+    ap.add_argument(
+        "--lr", type=float, default=DEFAULT_LR, help="pretraining learning rate (phantom and TRISTAN)"
+    )
+    ap.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: 1 if the machine is busy)"
     )
     args = ap.parse_args(argv)
@@ -639,7 +655,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     t0 = time.time()
     load0 = _load()
-    b = BUDGETS[args.budget]
+    b = dict(BUDGETS[args.budget])
+    if args.steps is not None:
+        if args.steps < 1:
+            raise SystemExit(f"--steps must be >= 1, got {args.steps}")
+        b["steps"] = args.steps
+    b["lr"] = args.lr
     work = Path(args.work) / args.budget
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
