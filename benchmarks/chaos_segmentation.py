@@ -122,7 +122,8 @@ def pretrain_encoder(args: argparse.Namespace, work: Path, unlabelled: Path) -> 
     from mrfound.pretrain.config import PretrainConfig
     from mrfound.pretrain.run import pretrain
 
-    run = work / f"pretrain_s{args.spacing:g}_r{args.roi}_p{args.patch}_n{args.pretrain_steps}"
+    fg = "" if args.foreground == "otsu" else f"_{args.foreground}"  # runs made before the option: otsu
+    run = work / f"pretrain_s{args.spacing:g}_r{args.roi}_p{args.patch}_n{args.pretrain_steps}{fg}"
     final = run / "final"
     if (final / "model.safetensors").is_file():
         return final, json.loads((run / "pretrain_info.json").read_text())
@@ -150,6 +151,7 @@ def pretrain_encoder(args: argparse.Namespace, work: Path, unlabelled: Path) -> 
         tensorboard=False,
         seed=args.seed,
         cache_dir=str(work / "cache_pretrain"),
+        preprocess={"foreground": args.foreground},
     )
     res = pretrain(cfg, command="benchmarks/chaos_segmentation.py (pretraining stage)")
     info = {
@@ -190,7 +192,9 @@ def restricted_encoder(final: Path | None, sequences: tuple[str, ...], roi: int,
     return enc
 
 
-def load_cases(manifest: Path, spacing: float, roi: int, cache: Path) -> list[dict[str, Any]]:
+def load_cases(
+    manifest: Path, spacing: float, roi: int, cache: Path, foreground: str = "log_otsu"
+) -> list[dict[str, Any]]:
     """Preprocessed CHAOS volumes (t2 only, liver mask) on the common grid, plus native-grid metadata."""
     from mrfound.data.cache import PreprocessCache
     from mrfound.data.manifest import read_manifest
@@ -200,7 +204,7 @@ def load_cases(manifest: Path, spacing: float, roi: int, cache: Path) -> list[di
 
     vocab = Vocabulary(sequences=("t2",))
     man = read_manifest(manifest, vocab)
-    pc = PreprocessCache(cache, PreprocessConfig(spacing=spacing, roi_size=roi), vocab)
+    pc = PreprocessCache(cache, PreprocessConfig(spacing=spacing, roi_size=roi, foreground=foreground), vocab)
     cases = []
     for c in man.cases:
         s = pc.get(c)
@@ -546,7 +550,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"CHAOS T2 liver segmentation, {result['folds']}-fold CV over subjects, "
         f"{result['minutes_per_fold']} min training per model per fold "
         f"({result.get('mixed_precision', 'no')} autocast), spacing {result['spacing']} mm, "
-        f"ROI {result['roi']}^3, mrfound decoder skips from {result.get('skip_source', 'tokens')}, "
+        f"ROI {result['roi']}^3, foreground {result.get('foreground', 'otsu')}, "
+        f"mrfound decoder skips from {result.get('skip_source', 'tokens')}, "
         f"post-processing: {result.get('postprocess', 'none')} (load average {loads}).",
         "",
         "| model | Dice (grid) | Dice before post-processing | Dice (native grid) | HD95 mm | steps/fold "
@@ -575,6 +580,7 @@ def _pm(m: float | None, sd: float | None, digits: int = 3) -> str:
 
 
 def main() -> None:
+    from mrfound.data.preprocess import FOREGROUND_METHODS
     from mrfound.models.config import SKIP_SOURCES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -585,6 +591,13 @@ def main() -> None:
         "--minutes-per-fold", type=float, default=3.0, help="training budget per model per fold (3)"
     )
     ap.add_argument("--spacing", type=float, default=4.0, help="isotropic grid spacing in mm (4)")
+    ap.add_argument(
+        "--foreground",
+        choices=FOREGROUND_METHODS,
+        default="log_otsu",
+        help="preprocessing foreground threshold, pretraining and segmentation (log_otsu: raw Otsu clips "
+        "the dark liver of fat-suppressed T2 to 0 in some subjects)",
+    )
     ap.add_argument("--roi", type=int, default=32, help="crop / window edge in voxels (32)")
     ap.add_argument("--patch", type=int, default=8, help="mrfound patch size (8)")
     ap.add_argument("--feature-size", type=int, default=16, help="mrfound decoder width at full resolution")
@@ -655,7 +668,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in check.items() if k != "cases"}), file=sys.stderr, flush=True)
     if args.skip_chaos:
         return
-    cases = load_cases(labelled, args.spacing, args.roi, work / "cache_seg")
+    cases = load_cases(labelled, args.spacing, args.roi, work / "cache_seg", args.foreground)
     folds = list(KFold(args.folds, shuffle=True, random_state=args.seed).split(np.arange(len(cases))))
     if args.max_folds:
         folds = folds[: args.max_folds]
@@ -719,6 +732,7 @@ def main() -> None:
 SETTINGS = (
     "minutes_per_fold",
     "spacing",
+    "foreground",
     "roi",
     "patch",
     "feature_size",

@@ -58,6 +58,7 @@ _FLAGS = (
     "val_max_cases",
     "spacing",
     "samples_per_case",
+    "background_crops",
     "sw_overlap",
     "cache_dir",
     "eval_every",
@@ -130,6 +131,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(tokens, UNETR)",
     )
     t.add_argument("--samples-per-case", type=int, help="random crops per case per epoch, segment (2)")
+    t.add_argument(
+        "--background-crops",
+        type=float,
+        help="share of the random crops centred anywhere in the volume, air included, segment (0.2)",
+    )
     t.add_argument("--sw-overlap", type=float, help="sliding-window overlap for validation (0.25)")
     t.add_argument("--sw-batch-size", type=int, help="sliding windows per forward pass (4)")
     t.add_argument("--val-max-cases", type=int, help="validate on at most this many held-out cases (all)")

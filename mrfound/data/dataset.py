@@ -52,6 +52,10 @@ class MRDataset(Dataset):
             position (with a random shift of up to a quarter ROI) instead of anywhere in the body. Uses
             the lesion *position* only, never the label. A lesion fills a few percent of the body, so
             plain random crops rarely show one to a pretraining model that is later asked about lesions.
+        background_fraction: ``"random"`` mode only: share of the crops centred on any voxel of the
+            volume, air included, instead of a body voxel. Body-centred crops never show a window that
+            is mostly air, which a sliding-window segmenter meets at every volume border; a segmenter
+            trained without them labels air as liver or lesion.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class MRDataset(Dataset):
         samples_per_case: int = 1,
         seed: int = 0,
         lesion_fraction: float = 0.0,
+        background_fraction: float = 0.0,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown dataset mode {mode!r}; use one of {', '.join(MODES)}")
@@ -73,8 +78,14 @@ class MRDataset(Dataset):
         self.config = config or PreprocessConfig()
         if not 0.0 <= float(lesion_fraction) <= 1.0:
             raise ConfigError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
+        if not 0.0 <= float(background_fraction) <= 1.0 - float(lesion_fraction):
+            raise ConfigError(
+                f"background_fraction must be in [0, 1 - lesion_fraction] = [0, {1 - lesion_fraction:g}], "
+                f"got {background_fraction}"
+            )
         self.mode = mode
         self.lesion_fraction = float(lesion_fraction)
+        self.background_fraction = float(background_fraction)
         self.samples_per_case = int(samples_per_case)
         self.seed = int(seed)
         self.epoch = 0
@@ -117,10 +128,13 @@ class MRDataset(Dataset):
             arrays = crop_lesion(arrays, self.config.roi_size)
         elif self.mode == "random":
             rng = self._rng(index)
-            if self.lesion_fraction > 0 and rng.random() < self.lesion_fraction:
+            # one draw only when a fraction is set, so plain random crops stay as they were
+            u = rng.random() if self.lesion_fraction > 0 or self.background_fraction > 0 else 1.0
+            if u < self.lesion_fraction:
                 arrays = jittered_lesion_crop(arrays, self.config.roi_size, rng)
             else:
-                arrays = random_crop(arrays, self.config.roi_size, rng)
+                anywhere = u < self.lesion_fraction + self.background_fraction
+                arrays = random_crop(arrays, self.config.roi_size, rng, anywhere=anywhere)
         if self.cache is not None and self.mode != "full":
             arrays = expand_compact(arrays)
         sample: dict[str, Any] = {

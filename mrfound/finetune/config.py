@@ -49,6 +49,9 @@ class FinetuneConfig(TrainerConfig):
             0.62 on one fold after 5 minutes at feature size 8 (one-off runs of
             ``benchmarks/chaos_segmentation.py``'s training loop).
         samples_per_case: Random crops per case per epoch (segmentation); plus one lesion-centred crop.
+        background_crops: Share of those random crops centred on any voxel of the volume instead of a
+            body voxel (segmentation). Without them no training window is mostly air, and the
+            sliding-window segmenter labels air at the volume borders as liver or lesion.
         sw_overlap: Sliding-window overlap for segmentation validation.
         sw_batch_size: Windows per forward pass in sliding-window inference.
         val_max_cases: Cap on the validation cases (the first ones of the held-out set); ``None`` = all.
@@ -80,6 +83,7 @@ class FinetuneConfig(TrainerConfig):
     feature_size: int = 16
     skip_source: str = "image"
     samples_per_case: int = 2
+    background_crops: float = 0.2
     sw_overlap: float = 0.25
     sw_batch_size: int = 4
     val_max_cases: int | None = None
@@ -168,6 +172,12 @@ class FinetuneConfig(TrainerConfig):
             "samples_per_case",
             self.samples_per_case,
             "must be a positive integer",
+        )
+        _check(
+            _finite(self.background_crops) and 0 <= self.background_crops <= 1,
+            "background_crops",
+            self.background_crops,
+            "must be in [0, 1]",
         )
         _check(
             _finite(self.sw_overlap) and 0 <= self.sw_overlap < 1,

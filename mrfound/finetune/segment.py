@@ -1,7 +1,8 @@
 """Liver + lesion segmentation fine-tuning (``mrfound finetune --task segment``) with the shared trainer.
 
-Training items are random ROI crops inside the body (``MRDataset(mode="random")``, ``samples_per_case``
-per case per epoch) plus one lesion-centred crop per case (so small lesions are seen every epoch);
+Training items are random ROI crops (``MRDataset(mode="random")``, ``samples_per_case`` per case per
+epoch; a share ``background_crops`` centred anywhere in the volume, air included, the rest inside the
+body) plus one lesion-centred crop per case (so small lesions are seen every epoch);
 the loss is MONAI ``DiceCELoss`` on labels {0 background, 1 liver, 2 lesion}, with the manifest's
 label 3 (other lesions) counted as lesion (see :mod:`mrfound.models.heads`). Validation segments whole
 volumes by MONAI sliding-window inference and reports Dice and HD95 (mm) per class with MONAI metrics.
@@ -130,6 +131,7 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
                 cache_dir=cache_dir,
                 samples_per_case=config.samples_per_case,
                 seed=config.seed,
+                background_fraction=config.background_crops,
             ),
             MRDataset(train_m, pre, mode="lesion", cache_dir=cache_dir, seed=config.seed),
         ]

@@ -10,6 +10,7 @@ from mrfound.data.preprocess import (
     PreprocessConfig,
     crop_lesion,
     load_case_arrays,
+    log_otsu_threshold,
     otsu_threshold,
     preprocess_case,
     random_crop,
@@ -170,6 +171,10 @@ def test_random_crop_inside_body_and_padding():
         roi = random_crop(sample, 8, rng)
         assert roi["image"].shape == (2, 8, 8, 8) and roi["body"].any()
         assert roi["image"].all()  # fits inside the volume: no padding
+    # a body crop is centred on a body voxel; anywhere=True centres some crops in the air around it
+    centre_in_body = [bool(random_crop(sample, 8, rng)["body"][4, 4, 4]) for _ in range(60)]
+    anywhere = [bool(random_crop(sample, 8, rng, anywhere=True)["body"][4, 4, 4]) for _ in range(60)]
+    assert all(centre_in_body) and not all(anywhere) and any(anywhere)
     big = random_crop(sample, 32, rng)  # larger than the volume: zero padded
     assert big["image"].shape == (2, 32, 32, 32) and big["image"].sum() == 2 * 20**3
     edge = crop_lesion({**sample, "lesion_center": np.array([0.0, 0.0, 0.0])}, 8)
@@ -187,6 +192,36 @@ def test_config_roundtrip_and_errors():
         PreprocessConfig(percentiles=(99, 1))
     with pytest.raises(ConfigError):
         load_case_arrays({"flair": (np.zeros((4, 4, 4)), np.eye(4))})
+
+
+def test_log_otsu_keeps_a_dark_organ():
+    # air (noise near 1), a large dark organ (100, like the liver on fat-suppressed T2), bright tissue (800)
+    rng = np.random.default_rng(0)
+    img = np.abs(rng.normal(0, 2.0, (40, 40, 40))).astype(np.float32)
+    img[5:35, 5:35, 5:35] = 800 + rng.normal(0, 20, (30, 30, 30))
+    img[8:32, 8:32, 8:20] = 100 + rng.normal(0, 10, (24, 24, 12))
+    organ = np.zeros(img.shape, bool)
+    organ[8:32, 8:32, 8:20] = True
+    assert otsu_threshold(img) > 150 > log_otsu_threshold(img) > 10
+    aff = np.eye(4)
+    old = load_case_arrays({"t2": (img, aff)}, PreprocessConfig(spacing=1.0, crop_to_body=False))
+    new = load_case_arrays(
+        {"t2": (img, aff)}, PreprocessConfig(spacing=1.0, crop_to_body=False, foreground="log_otsu")
+    )
+    # raw Otsu: the organ is below the foreground's 1st percentile and clipped to 0; log-Otsu keeps it
+    assert np.median(old["image"][0][organ]) == 0.0 and not old["body"][organ].any()
+    assert np.median(new["image"][0][organ]) > 0.02 and new["body"][organ].all()
+    # air stays outside the body either way
+    assert not new["body"][:3].any()
+    # the default and a saved config without the field are the original method; its cache key is unchanged
+    assert PreprocessConfig().foreground == "otsu"
+    legacy = PreprocessConfig(spacing=2.0).to_dict()
+    legacy.pop("foreground")
+    assert PreprocessConfig.from_dict(legacy).foreground == "otsu"
+    assert "foreground" not in PreprocessConfig().cache_dict()
+    assert PreprocessConfig(foreground="log_otsu").cache_dict()["foreground"] == "log_otsu"
+    with pytest.raises(ConfigError, match="foreground"):
+        PreprocessConfig(foreground="kmeans")
 
 
 def test_otsu_separates_two_levels():
