@@ -80,6 +80,13 @@ class DemoConfig:
         spacing_scale: Phantom voxel-size multiplier (1.5: coarser acquisitions, faster to simulate and
             read; the model works on the ``spacing`` grid anyway).
         segment: Run the segmentation stage.
+        segment_spacing: Grid spacing (mm) of the segmentation stage. Coarser than ``spacing`` so that a
+            window of ``roi_size`` voxels sees the liver with its surroundings (128 mm at 4 mm) and a
+            whole volume needs 8x fewer windows. In a check at the demo's budget (a session-4 demo's
+            pretrained encoder, 136 steps of batch 4, 4 unseen volumes): liver Dice 0.74 vs 0.36 at
+            2 mm, and air labelled liver or lesion 0.08 vs 1.76 litres per case.
+        segment_batch_size: Batch size of the segmentation stage (4: twice the steps of batch 8 in the
+            same time; at 4 mm 136 steps of 4 scored liver Dice 0.74, 68 steps of 8 0.65).
         predict_cases: Unseen cases sent through ``predict`` / ``impute``.
         impute_sequence: Sequence synthesised by the imputation stage.
         workers: Processes for simulation and preprocessing (default: the usable CPUs, at most 8).
@@ -105,6 +112,8 @@ class DemoConfig:
     patch_size: int = 8
     spacing_scale: float = 1.5
     segment: bool = True
+    segment_spacing: float = 4.0
+    segment_batch_size: int = 4
     predict_cases: int = 4
     impute_sequence: str = "t1_art"
     workers: int | None = None
@@ -135,6 +144,10 @@ class DemoConfig:
             raise ConfigError(f"test_fraction must be in [0.1, 0.5], got {self.test_fraction}")
         if self.roi_size % self.patch_size:
             raise ConfigError(f"patch_size {self.patch_size} must divide roi_size {self.roi_size}")
+        if not (math.isfinite(self.segment_spacing) and self.segment_spacing > 0):
+            raise ConfigError(f"segment_spacing must be > 0 mm, got {self.segment_spacing}")
+        if int(self.segment_batch_size) < 1:
+            raise ConfigError(f"segment_batch_size must be >= 1, got {self.segment_batch_size}")
         return self
 
 
@@ -1164,12 +1177,14 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
         from mrfound.finetune.segment import finetune_segmenter
         from mrfound.models.heads import Segmenter, make_segmentation_head
 
-        with log.stage("segment", "Short liver + lesion segmentation fine-tune (sliding-window evaluation)"):
+        title = f"Short liver + lesion segmentation fine-tune on a {cfg.segment_spacing:g} mm grid"
+        with log.stage("segment", title + " (sliding-window evaluation)"):
             src = load_encoder(str(pre.final_dir), seed=cfg.seed)
             seg_head = make_segmentation_head(src.encoder, feature_size=8, skip_source="image")
             seg_probe = Segmenter(src.encoder, seg_head)
-            sds = MRDataset(train_m, pp, mode="lesion", cache_dir=cache_dir, seed=cfg.seed)
-            sps_s = seconds_per_step(seg_probe, sds, cfg.batch_size)
+            seg_pp = dataclasses.replace(pp, spacing=cfg.segment_spacing)
+            sds = MRDataset(train_m, seg_pp, mode="lesion", cache_dir=cache_dir, seed=cfg.seed)
+            sps_s = seconds_per_step(seg_probe, sds, cfg.segment_batch_size)
             # two test volumes when the budget allows, else one (whole-volume sliding windows are slow)
             n_eval = 2 if budget.left() - plan.fixed(["segment", "infer"]) > 0 else 1
             steps_s = Budget.steps(
@@ -1186,7 +1201,8 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
                 manifest=str(train_csv),
                 val_fraction=0.0,
                 steps=steps_s,
-                batch_size=cfg.batch_size,
+                batch_size=cfg.segment_batch_size,
+                spacing=cfg.segment_spacing,
                 lr=1e-3,
                 layer_decay=0.75,
                 feature_size=8,
@@ -1205,7 +1221,7 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
             eval_m = subset_manifest(test_m, lambda c: c.mask is not None)
             eval_m = type(eval_m).from_cases(eval_m.cases[:n_eval], eval_m.root, eval_m.vocabulary)
             seg_metrics, seg_table = _evaluate_segmentation(
-                segm, eval_m, pp, cache_dir, fig_dir / "segmentation.png"
+                segm, eval_m, seg_pp, cache_dir, fig_dir / "segmentation.png"
             )
             log.say(
                 f"   test volumes: liver Dice {seg_metrics['liver']['dice'] or float('nan'):.3f}, "
@@ -1214,6 +1230,8 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
             )
         seg_summary = {
             "steps": seg["steps"],
+            "spacing_mm": cfg.segment_spacing,
+            "batch_size": cfg.segment_batch_size,
             "seconds_per_step": round(sps_s, 3),
             "checkpoint": seg["final"],
             "test": jsonable(seg_metrics),
@@ -1522,9 +1540,10 @@ def _report(
         t = s["test"]
         lines += [
             "## 6. Segmentation\n",
-            f"A short fine-tune ({s['steps']} steps) of a light UNETR-style head on liver + lesion; "
-            "sliding-window "
-            f"inference over whole test volumes ({t['n_cases']} cases):\n",
+            f"A short fine-tune ({s['steps']} steps of batch {s.get('batch_size', '?')} on a "
+            f"{s.get('spacing_mm', '?')} mm grid) of a light head (conv skips from the image, the "
+            "encoder's tokens at 1/patch) on liver + lesion; sliding-window inference over whole test "
+            f"volumes ({t['n_cases']} cases), largest connected component kept:\n",
             md_table(
                 ["class", "Dice", "HD95 (mm)"],
                 [[k, _f(t[k]["dice"]), _f(t[k]["hd95"])] for k in ("liver", "lesion")],

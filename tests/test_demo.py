@@ -26,6 +26,8 @@ MICRO = {
     "n_boot": 10,
     "predict_cases": 1,
     "batch_size": 4,
+    "segment_spacing": 6.0,
+    "segment_batch_size": 2,
     "workers": 2,
     "montage_candidates": 1,
 }
@@ -69,6 +71,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
     rec = saved["pretrain"]["heldout"]
     assert rec["model"]["loss_inpaint"] > 0 and rec["mean_baseline"]["loss_inpaint"] > 0
     assert saved["segment"]["test"]["n_cases"] >= 1
+    assert saved["segment"]["spacing_mm"] == 6.0 and saved["segment"]["batch_size"] == 2
     assert summary["wall_s"]["total"] == pytest.approx(saved["wall_s"]["total"], abs=1.0)
 
     # inference outputs for the unseen case: predictions table and a synthesised sequence on its grid
@@ -99,6 +102,8 @@ def test_md_table_and_config_validation(tmp_path: Path) -> None:
         DemoConfig(out=str(tmp_path), cases=5).validate()
     with pytest.raises(ConfigError, match="--minutes"):
         DemoConfig(out=str(tmp_path), minutes=0).validate()
+    with pytest.raises(ConfigError, match="segment_spacing"):
+        DemoConfig(out=str(tmp_path), segment_spacing=0).validate()
 
 
 def test_demo_command_rejects_bad_input_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
