@@ -21,6 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     p.add_argument("--spacing", type=float, default=None, help="grid spacing in mm (default 1.5)")
     p.add_argument("--no-crop-body", action="store_true", help="keep the reference's full field of view")
+    p.add_argument(
+        "--foreground",
+        choices=("otsu", "log_otsu"),
+        default=None,
+        help="foreground threshold of the normalisation (default otsu; log_otsu keeps dark tissue such as "
+        "the liver on fat-suppressed T2)",
+    )
     from mrfound.data.guard import add_on_error_argument
 
     add_on_error_argument(p)
@@ -64,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         config.spacing = args.spacing
     if args.no_crop_body:
         config.crop_to_body = False
+    if args.foreground is not None:
+        config.foreground = args.foreground
     config = PreprocessConfig.from_dict(config.to_dict())  # re-validate edited values
     # every file checked before anything is written (bad rows -> one-line error, or OUT/rejected.csv)
     manifest = checked_manifest(args.manifest, on_error=args.on_error, out_dir=args.out)
