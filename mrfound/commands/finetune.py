@@ -134,7 +134,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--background-crops",
         type=float,
-        help="share of the random crops centred anywhere in the volume, air included, segment (0.2)",
+        help="share of the random crops centred anywhere in the volume, air included, segment (0)",
     )
     t.add_argument("--sw-overlap", type=float, help="sliding-window overlap for validation (0.25)")
     t.add_argument("--sw-batch-size", type=int, help="sliding windows per forward pass (4)")

@@ -50,8 +50,10 @@ class FinetuneConfig(TrainerConfig):
             ``benchmarks/chaos_segmentation.py``'s training loop).
         samples_per_case: Random crops per case per epoch (segmentation); plus one lesion-centred crop.
         background_crops: Share of those random crops centred on any voxel of the volume instead of a
-            body voxel (segmentation). Without them no training window is mostly air, and the
-            sliding-window segmenter labels air at the volume borders as liver or lesion.
+            body voxel (segmentation), so that training also sees windows that are mostly air, as
+            sliding-window inference does at the volume borders. Off by default: in a check at the
+            demo's budget (136 steps, 4 mm, 4 phantom volumes) 0.2 vs 0 gave liver Dice 0.744 vs 0.731
+            and about the same air labelled foreground (1199 vs 1355 voxels), i.e. no clear effect.
         sw_overlap: Sliding-window overlap for segmentation validation.
         sw_batch_size: Windows per forward pass in sliding-window inference.
         val_max_cases: Cap on the validation cases (the first ones of the held-out set); ``None`` = all.
@@ -83,7 +85,7 @@ class FinetuneConfig(TrainerConfig):
     feature_size: int = 16
     skip_source: str = "image"
     samples_per_case: int = 2
-    background_crops: float = 0.2
+    background_crops: float = 0.0
     sw_overlap: float = 0.25
     sw_batch_size: int = 4
     val_max_cases: int | None = None

@@ -1,8 +1,8 @@
 """Liver + lesion segmentation fine-tuning (``mrfound finetune --task segment``) with the shared trainer.
 
 Training items are random ROI crops (``MRDataset(mode="random")``, ``samples_per_case`` per case per
-epoch; a share ``background_crops`` centred anywhere in the volume, air included, the rest inside the
-body) plus one lesion-centred crop per case (so small lesions are seen every epoch);
+epoch; a share ``background_crops``, 0 by default, centred anywhere in the volume, air included, the
+rest inside the body) plus one lesion-centred crop per case (so small lesions are seen every epoch);
 the loss is MONAI ``DiceCELoss`` on labels {0 background, 1 liver, 2 lesion}, with the manifest's
 label 3 (other lesions) counted as lesion (see :mod:`mrfound.models.heads`). Validation segments whole
 volumes by MONAI sliding-window inference and reports Dice and HD95 (mm) per class with MONAI metrics.

@@ -58,6 +58,7 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
         feature_size=8,
         skip_source="image",
         samples_per_case=1,
+        background_crops=0.5,
         cache_dir=str(preprocess_cache),
         tensorboard=False,
         val_fraction=0.2,
@@ -71,6 +72,7 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
     model, cfg_json = load_model(out / "final")
     assert cfg_json["architecture"] == "segmenter" and cfg_json["head"]["feature_size"] == 8
     assert cfg_json["head"]["skip_source"] == "image" and cfg_json["head"]["skip_layers"] == []
+    assert json.loads((out / "config.json").read_text())["background_crops"] == 0.5
     # reloaded weights give the same metrics
     from mrfound.data.manifest import Manifest, read_manifest
     from mrfound.finetune.common import load_encoder
@@ -93,4 +95,8 @@ def test_skip_source_is_validated(tiny_cohort, tmp_path) -> None:
     cfg = FinetuneConfig(task="segment", from_scratch=True, manifest=str(tiny_cohort), out=str(tmp_path))
     cfg.skip_source = "conv"
     with pytest.raises(ConfigError, match="skip_source.*must be one of tokens, image"):
+        cfg.validate()
+    cfg.skip_source = "image"
+    cfg.background_crops = 1.5
+    with pytest.raises(ConfigError, match="background_crops"):
         cfg.validate()
