@@ -54,8 +54,8 @@ class MRDataset(Dataset):
             plain random crops rarely show one to a pretraining model that is later asked about lesions.
         background_fraction: ``"random"`` mode only: share of the crops centred on any voxel of the
             volume, air included, instead of a body voxel. Body-centred crops never show a window that
-            is mostly air, which a sliding-window segmenter meets at every volume border; a segmenter
-            trained without them labels air as liver or lesion.
+            is mostly air, which a sliding-window segmenter meets at the volume borders (measured effect:
+            :class:`mrfound.finetune.config.FinetuneConfig` ``background_crops``).
     """
 
     def __init__(

@@ -26,11 +26,12 @@ as ``intensity_range`` so a synthesised sequence can be mapped back to the scann
 The foreground threshold matters on real data. Otsu's threshold on the raw intensities splits the
 *tissue* classes when the air is a small, flat mode: on fat-suppressed T2 (CHAOS T2-SPIR) the liver is
 one of the darkest tissues and falls below it (10 % and 1 % of the liver above the threshold in CHAOS
-cases 15 and 36), so ``p_lo`` lands above the liver and the whole organ is clipped to 0, which no model
-can segment. ``foreground="log_otsu"`` takes Otsu's threshold of ``log(1 + x - min)``, which separates
-air from tissue (100 % of the liver above it in every CHAOS case). The default stays ``"otsu"`` so that
-existing checkpoints, caches and benchmark tables reproduce; a saved config without the field means
-``"otsu"``. Use ``log_otsu`` for real cohorts (``mrfound pretrain --set preprocess.foreground=log_otsu``).
+cases 15 and 36), so ``p_lo`` lands above the liver and the whole organ is clipped to 0 (every model of
+``benchmarks/chaos_segmentation.py`` failed on those cases). ``foreground="log_otsu"`` takes Otsu's
+threshold of ``log(1 + x - min)``, which separates air from tissue (100 % of the liver above it in every
+CHAOS case). The default stays ``"otsu"`` so that existing checkpoints, caches and benchmark tables
+reproduce; a saved config without the field means ``"otsu"``. Use ``log_otsu`` for real cohorts
+(``mrfound pretrain --set preprocess.foreground=log_otsu``, ``mrfound preprocess --foreground log_otsu``).
 """
 
 from __future__ import annotations
@@ -165,7 +166,9 @@ def log_otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
     """Otsu's threshold of ``log(1 + x - min)``, mapped back to intensities (finite entries only).
 
     MR intensities are heavy-tailed: on the raw scale Otsu splits dark from bright tissue; on the log
-    scale the widest gap is between air (noise near the minimum) and tissue.
+    scale the widest gap is between air (noise near the minimum) and tissue. ``log1p`` compresses
+    intensities in scanner units (tens to thousands); on images already scaled to about [0, 1] it is
+    close to the identity and this threshold close to :func:`otsu_threshold`.
     """
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
