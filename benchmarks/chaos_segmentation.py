@@ -2,7 +2,11 @@
 
 Protocol (issue 5, DESIGN §7):
 
-1. Manifest with ``mrfound manifest`` (organ labels remapped to liver = 1).
+1. Manifest with ``mrfound manifest`` (organ labels remapped to liver = 1). Every volume is preprocessed
+   with the log-Otsu foreground (``--foreground log_otsu``, for pretraining and segmentation alike):
+   raw Otsu normalises the whole liver of cases 15 and 36 to 0 (see :mod:`mrfound.data.preprocess`);
+   with it, the run of commit ddf15b3 scored mrfound 0.720, UNet 0.804, UNETR 0.602, and 0.755, 0.833,
+   0.706 with log-Otsu at commit 9e16897.
 2. Pretraining (``mrfound.pretrain``, masked-modality autoencoder, ``tiny`` width) on a simulated phantom
    cohort plus the 15 CHAOS T2 volumes used **without their labels** (a copy of the manifest with no
    mask column). All CHAOS volumes take part, the test folds' too: self-supervised use of unlabelled
