@@ -459,6 +459,7 @@ def phantom_predict(args: argparse.Namespace, work: Path, final: Path) -> dict[s
     atomic_write_text(cohort / "test.csv", frame.iloc[sorted(te)].to_csv(index=False))
     suffix = "" if args.skip_source == "tokens" and args.feature_size == 16 else f"_{args.skip_source}"
     suffix += "" if args.feature_size == 16 else f"_fs{args.feature_size}"
+    suffix += "" if args.foreground == "otsu" else f"_{args.foreground}"  # the checkpoint's preprocessing
     run = work / f"phantom_seg_finetune_n{args.phantom_predict_steps}{suffix}"
     if not (run / "final" / "model.safetensors").is_file():
         rc = cli(
