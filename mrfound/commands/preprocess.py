@@ -21,9 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     p.add_argument("--spacing", type=float, default=None, help="grid spacing in mm (default 1.5)")
     p.add_argument("--no-crop-body", action="store_true", help="keep the reference's full field of view")
+    from mrfound.data.preprocess import FOREGROUND_METHODS
+
     p.add_argument(
         "--foreground",
-        choices=("otsu", "log_otsu"),
+        choices=FOREGROUND_METHODS,
         default=None,
         help="foreground threshold of the normalisation (default otsu; log_otsu keeps dark tissue such as "
         "the liver on fat-suppressed T2)",
