@@ -229,10 +229,18 @@ def load_cases(
     return cases
 
 
-def sample_batch(cases: list[dict[str, Any]], roi: int, batch: int, rng: np.random.Generator) -> tuple:
-    """Random crops: half centred on a liver voxel, half on a body voxel (same for every model)."""
+def sample_batch(
+    cases: list[dict[str, Any]], roi: int, batch: int, rng: np.random.Generator, intensity_aug: float = 0.0
+) -> tuple:
+    """Random crops: half centred on a liver voxel, half on a body voxel (same for every model).
+
+    With probability ``intensity_aug`` a crop gets a random gamma and gain
+    (:func:`mrfound.data.augment.augment_intensity`); no draw is made when it is 0, so runs without it
+    see the crops they saw before the option existed.
+    """
     import torch
 
+    from mrfound.data.augment import augment_intensity
     from mrfound.data.preprocess import random_crop
 
     images, masks = [], []
@@ -242,7 +250,10 @@ def sample_batch(cases: list[dict[str, Any]], roi: int, batch: int, rng: np.rand
         crop = random_crop(
             {"image": c["image"], "mask": c["mask"][None], "body": centre_on, "affine": c["affine"]}, roi, rng
         )
-        images.append(crop["image"])
+        image = crop["image"]
+        if intensity_aug > 0 and rng.random() < intensity_aug:
+            image = augment_intensity(image, rng)
+        images.append(image)
         masks.append(crop["mask"])
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.int64))
 
@@ -365,7 +376,7 @@ def train_timed(
         scale = min(1.0, (step + 1) / 10) * 0.5 * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * max(scale, 0.01)
-        image, mask = sample_batch(cases, args.roi, args.batch_size, rng)
+        image, mask = sample_batch(cases, args.roi, args.batch_size, rng, args.intensity_aug)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = net.loss(image, mask)
         opt.zero_grad(set_to_none=True)
@@ -603,6 +614,12 @@ def main() -> None:
         help="preprocessing foreground threshold, pretraining and segmentation (log_otsu: raw Otsu clips "
         "the dark liver of fat-suppressed T2 to 0 in some subjects)",
     )
+    ap.add_argument(
+        "--intensity-aug",
+        type=float,
+        default=0.0,
+        help="share of training crops given a random gamma and gain, every model (0)",
+    )
     ap.add_argument("--roi", type=int, default=32, help="crop / window edge in voxels (32)")
     ap.add_argument("--patch", type=int, default=8, help="mrfound patch size (8)")
     ap.add_argument("--feature-size", type=int, default=16, help="mrfound decoder width at full resolution")
@@ -627,6 +644,7 @@ def main() -> None:
     ap.add_argument("--models", default="mrfound,unet,unetr", help=f"comma list of {', '.join(MODELS)}")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--max-folds", type=int, default=None, help="run only the first N folds (smoke tests)")
+    ap.add_argument("--only-fold", type=int, default=None, help="run only fold K (0-based; checks)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: 1 if the machine is busy)"
@@ -677,8 +695,14 @@ def main() -> None:
     folds = list(KFold(args.folds, shuffle=True, random_state=args.seed).split(np.arange(len(cases))))
     if args.max_folds:
         folds = folds[: args.max_folds]
+    fold_ids = list(range(len(folds)))
+    if args.only_fold is not None:
+        if not 0 <= args.only_fold < len(folds):
+            raise SystemExit(f"--only-fold {args.only_fold} is outside 0..{len(folds) - 1}")
+        fold_ids = [args.only_fold]
     per_fold: list[dict[str, Any]] = []
-    for k, (tr, te) in enumerate(folds):
+    for k in fold_ids:
+        tr, te = folds[k]
         train = [cases[i] for i in tr]
         test = [cases[i] for i in te]
         fold: dict[str, Any] = {"fold": k, "test": [c["case"] for c in test], "models": {}}
@@ -738,6 +762,7 @@ SETTINGS = (
     "minutes_per_fold",
     "spacing",
     "foreground",
+    "intensity_aug",
     "roi",
     "patch",
     "feature_size",
@@ -749,6 +774,8 @@ SETTINGS = (
     "seed",
 )
 """Run settings recorded in the JSON; tagged runs merge only when all of them agree."""
+SETTING_DEFAULTS = {"intensity_aug": 0.0}
+"""Values of settings added after a run was recorded (its JSON lacks the key)."""
 
 
 def summarise(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
@@ -790,19 +817,35 @@ def write_report(result: dict[str, Any], out: Path, tag: str = "") -> None:
 
 
 def merge_runs(files: list[Path], out: Path, command: str) -> None:
-    """Combine runs of different models on the same folds and settings into one report."""
+    """Combine runs of different models, or of different folds (``--only-fold``), into one report.
+
+    Runs must share the settings and, fold by fold, the test subjects.
+    """
     runs = [json.loads(f.read_text()) for f in files]
     first = runs[0]
+
+    def setting(run: dict[str, Any], key: str) -> Any:
+        return run.get(key, SETTING_DEFAULTS.get(key))
+
     for f, r in zip(files[1:], runs[1:]):
-        for key in (*SETTINGS, "folds"):
-            if r.get(key) != first.get(key):
-                raise SystemExit(f"{f}: {key} = {r.get(key)!r} differs from {files[0]}'s {first.get(key)!r}")
-        if [fo["test"] for fo in r["per_fold"]] != [fo["test"] for fo in first["per_fold"]]:
-            raise SystemExit(f"{f}: its folds' test subjects differ from {files[0]}'s")
-    per_fold = [{"fold": fo["fold"], "test": fo["test"], "models": {}} for fo in first["per_fold"]]
-    for r in runs:
-        for merged, fo in zip(per_fold, r["per_fold"]):
+        for key in SETTINGS:
+            if setting(r, key) != setting(first, key):
+                raise SystemExit(
+                    f"{f}: {key} = {setting(r, key)!r} differs from {files[0]}'s {setting(first, key)!r}"
+                )
+    by_fold: dict[int, dict[str, Any]] = {}
+    for f, r in zip(files, runs):
+        for fo in r["per_fold"]:
+            merged = by_fold.setdefault(fo["fold"], {"fold": fo["fold"], "test": fo["test"], "models": {}})
+            if merged["test"] != fo["test"]:
+                raise SystemExit(f"{f}: fold {fo['fold']}'s test subjects differ from an earlier run's")
             merged["models"].update(fo["models"])
+    per_fold = [by_fold[k] for k in sorted(by_fold)]
+    models = {m for fo in per_fold for m in fo["models"]}
+    for fo in per_fold:
+        if set(fo["models"]) != models:
+            missing = sorted(models - set(fo["models"]))
+            raise SystemExit(f"fold {fo['fold']} lacks {missing}: merge runs that cover every fold")
     result = {
         **{k: v for k, v in first.items() if k not in ("summary", "target_met", "per_fold")},
         "command": command,
@@ -818,6 +861,7 @@ def merge_runs(files: list[Path], out: Path, command: str) -> None:
             for f, r in zip(files, runs)
         ],
         "pretraining": next((r["pretraining"] for r in runs if r.get("pretraining")), None),
+        "folds": len(per_fold),
         "per_fold": per_fold,
         "wall_s": max(r["wall_s"] for r in runs),
     }

@@ -59,6 +59,7 @@ _FLAGS = (
     "spacing",
     "samples_per_case",
     "background_crops",
+    "intensity_augment",
     "sw_overlap",
     "cache_dir",
     "eval_every",
@@ -135,6 +136,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--background-crops",
         type=float,
         help="share of the random crops centred anywhere in the volume, air included, segment (0)",
+    )
+    t.add_argument(
+        "--intensity-augment",
+        type=float,
+        help="probability of a random gamma and gain per sequence on a training crop, both tasks (0)",
     )
     t.add_argument("--sw-overlap", type=float, help="sliding-window overlap for validation (0.25)")
     t.add_argument("--sw-batch-size", type=int, help="sliding windows per forward pass (4)")

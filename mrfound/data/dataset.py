@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mrfound.data.augment import augment_intensity
 from mrfound.data.manifest import Manifest, as_manifest
 from mrfound.data.preprocess import (
     PreprocessConfig,
@@ -56,6 +57,9 @@ class MRDataset(Dataset):
             volume, air included, instead of a body voxel. Body-centred crops never show a window that
             is mostly air, which a sliding-window segmenter meets at the volume borders (measured effect:
             :class:`mrfound.finetune.config.FinetuneConfig` ``background_crops``).
+        intensity_augment: Probability that an item gets a random gamma and gain per available
+            sequence (:func:`mrfound.data.augment.augment_intensity`), any mode. Drawn from its own
+            seeded stream, so the crops are the same with and without it. For training sets only.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class MRDataset(Dataset):
         seed: int = 0,
         lesion_fraction: float = 0.0,
         background_fraction: float = 0.0,
+        intensity_augment: float = 0.0,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown dataset mode {mode!r}; use one of {', '.join(MODES)}")
@@ -83,6 +88,9 @@ class MRDataset(Dataset):
                 f"background_fraction must be in [0, 1 - lesion_fraction] = [0, {1 - lesion_fraction:g}], "
                 f"got {background_fraction}"
             )
+        if not 0.0 <= float(intensity_augment) <= 1.0:
+            raise ConfigError(f"intensity_augment must be in [0, 1], got {intensity_augment}")
+        self.intensity_augment = float(intensity_augment)
         self.mode = mode
         self.lesion_fraction = float(lesion_fraction)
         self.background_fraction = float(background_fraction)
@@ -137,6 +145,10 @@ class MRDataset(Dataset):
                 arrays = random_crop(arrays, self.config.roi_size, rng, anywhere=anywhere)
         if self.cache is not None and self.mode != "full":
             arrays = expand_compact(arrays)
+        if self.intensity_augment > 0:
+            aug_rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+            if aug_rng.random() < self.intensity_augment:
+                arrays = {**arrays, "image": augment_intensity(arrays["image"], aug_rng, arrays["available"])}
         sample: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(arrays["image"], dtype=np.float32)),
             "available": torch.from_numpy(np.asarray(arrays["available"], dtype=bool)),

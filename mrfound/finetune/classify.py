@@ -237,7 +237,14 @@ def finetune_classifier(config: FinetuneConfig) -> dict[str, Any]:
             max(1, len(train_cases) // acc.num_processes),
         )
         config.batch_size = max(1, len(train_cases) // acc.num_processes)
-    dataset: Any = MRDataset(train_m, pre, mode="lesion", cache_dir=cache_dir, seed=config.seed)
+    dataset: Any = MRDataset(
+        train_m,
+        pre,
+        mode="lesion",
+        cache_dir=cache_dir,
+        seed=config.seed,
+        intensity_augment=config.intensity_augment,
+    )
     if config.balance == "sampler":
         dataset = BalancedDataset(dataset, y, seed=config.seed)
     config.steps = resolve_steps(

@@ -132,8 +132,16 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
                 samples_per_case=config.samples_per_case,
                 seed=config.seed,
                 background_fraction=config.background_crops,
+                intensity_augment=config.intensity_augment,
             ),
-            MRDataset(train_m, pre, mode="lesion", cache_dir=cache_dir, seed=config.seed),
+            MRDataset(
+                train_m,
+                pre,
+                mode="lesion",
+                cache_dir=cache_dir,
+                seed=config.seed,
+                intensity_augment=config.intensity_augment,
+            ),
         ]
     )
     if len(dataset) < config.batch_size * acc.num_processes:

@@ -115,6 +115,45 @@ def test_merge_refuses_different_settings_or_folds(chaos, tmp_path: Path) -> Non
     assert not (tmp_path / "out").exists()
 
 
+def test_merge_combines_runs_of_different_folds(chaos, tmp_path: Path) -> None:
+    # two processes ran the same models on fold 0 and fold 1 (--only-fold); a run recorded before
+    # --intensity-aug existed lacks the key and merges as intensity_aug 0
+    first = _run(chaos, {"mrfound": [0.9, 0.0], "unet": [0.8, 0.0]}, intensity_aug=0.0)
+    second = _run(chaos, {"mrfound": [0.0, 0.7], "unet": [0.0, 0.6]}, intensity_aug=0.0)
+    first["per_fold"], second["per_fold"] = first["per_fold"][:1], second["per_fold"][1:]
+    del second["intensity_aug"]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(first))
+    b.write_text(json.dumps(second))
+    chaos.merge_runs([b, a], tmp_path / "out", "merge")
+    doc = json.loads((tmp_path / "out" / "chaos_segmentation.json").read_text())
+    assert doc["folds"] == 2 and [f["fold"] for f in doc["per_fold"]] == [0, 1]
+    assert doc["summary"]["mrfound"]["dice_per_fold"] == [0.9, 0.7]
+    assert doc["summary"]["unet"]["dice_mean"] == pytest.approx(0.7)
+    # a model missing from one fold is refused; so is a different augmentation
+    second["per_fold"][0]["models"].pop("unet")
+    b.write_text(json.dumps(second))
+    with pytest.raises(SystemExit, match=r"fold 1 lacks \['unet'\]"):
+        chaos.merge_runs([a, b], tmp_path / "out2", "merge")
+    b.write_text(json.dumps(_run(chaos, {"mrfound": [0.9, 0.9], "unet": [0.8, 0.8]}, intensity_aug=0.8)))
+    with pytest.raises(SystemExit, match="intensity_aug = 0.8 differs"):
+        chaos.merge_runs([a, b], tmp_path / "out2", "merge")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_sample_batch_intensity_augmentation(chaos) -> None:
+    mask = np.zeros((20, 20, 20), dtype=np.uint8)
+    mask[5:15, 5:15, 5:15] = 1
+    image = (0.3 * mask + 0.1)[None].astype(np.float32)
+    case = {"image": image, "mask": mask, "body": mask.astype(bool), "affine": np.eye(4)}
+    plain_x, plain_y = chaos.sample_batch([case], 8, 6, np.random.default_rng(0))
+    aug_x, aug_y = chaos.sample_batch([case], 8, 6, np.random.default_rng(0), intensity_aug=1.0)
+    assert plain_x.shape == aug_x.shape == (6, 1, 8, 8, 8) and plain_y.shape == (6, 1, 8, 8, 8)
+    plain_levels = {round(float(v), 4) for v in plain_x.unique()}
+    assert plain_levels <= {0.1, 0.4}  # every crop shows the two original intensities
+    assert not set(round(float(v), 4) for v in aug_x.unique()) <= plain_levels
+
+
 class _NaNEveryOtherStep:
     """A one-weight 'model' whose loss is NaN on every second call."""
 
@@ -142,9 +181,9 @@ def test_train_timed_skips_non_finite_steps(chaos, monkeypatch) -> None:
     monkeypatch.setattr(
         chaos,
         "sample_batch",
-        lambda cases, roi, batch, rng: (torch.ones(1, 1, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2)),
+        lambda cases, roi, batch, rng, aug=0.0: (torch.ones(1, 1, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2)),
     )
-    args = argparse.Namespace(mixed_precision="no", lr=1e-2, roi=2, batch_size=1)
+    args = argparse.Namespace(mixed_precision="no", lr=1e-2, roi=2, batch_size=1, intensity_aug=0.0)
     info = chaos.train_timed(net, [], seconds=0.3, args=args, seed=0)
     assert info["steps"] >= 4 and info["skipped_nonfinite"] == info["steps"] // 2
     assert all(torch.isfinite(p).all() for p in net.module.parameters())

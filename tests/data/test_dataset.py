@@ -125,6 +125,28 @@ def test_background_crops_show_air(tmp_path):
     assert all(torch.equal(plain[i]["affine"], body[i]["affine"]) for i in range(10))
 
 
+def test_intensity_augment_keeps_crops_and_changes_contrast(manifest, tmp_path):
+    cfg = PreprocessConfig(spacing=2.0, roi_size=8)
+    kw = {"mode": "random", "cache_dir": tmp_path / "c", "samples_per_case": 6, "seed": 1}
+    plain = MRDataset(manifest, cfg, **kw)
+    aug = MRDataset(manifest, cfg, intensity_augment=1.0, **kw)
+    changed = []
+    for i in range(len(plain)):
+        p, a = plain[i], aug[i]
+        # the same crop (its own random stream) and mask, other intensities in the present sequences only
+        assert torch.equal(p["affine"], a["affine"])
+        assert ("mask" in p) == ("mask" in a) and ("mask" not in p or torch.equal(p["mask"], a["mask"]))
+        present = p["available"]
+        changed.append(not torch.allclose(p["image"][present], a["image"][present]))
+        assert torch.equal(p["image"][~present], a["image"][~present])
+        assert torch.equal(a["image"], aug[i]["image"])  # reproducible
+    assert any(changed)  # (most crops show only the uniform body, normalised to 0, which stays 0)
+    lesion = MRDataset(manifest, cfg, mode="lesion", cache_dir=tmp_path / "c", intensity_augment=1.0)
+    assert not torch.allclose(
+        lesion[0]["image"], MRDataset(manifest, cfg, cache_dir=tmp_path / "c")[0]["image"]
+    )
+
+
 def test_bad_arguments(manifest):
     with pytest.raises(ConfigError):
         MRDataset(manifest, mode="crop")
@@ -132,5 +154,7 @@ def test_bad_arguments(manifest):
         MRDataset(manifest, mode="random", lesion_fraction=1.5)
     with pytest.raises(ConfigError, match="background_fraction"):
         MRDataset(manifest, mode="random", lesion_fraction=0.5, background_fraction=0.6)
+    with pytest.raises(ConfigError, match="intensity_augment"):
+        MRDataset(manifest, intensity_augment=-0.1)
     with pytest.raises(IndexError):
         MRDataset(manifest)[5]

@@ -59,6 +59,7 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
         skip_source="image",
         samples_per_case=1,
         background_crops=0.5,
+        intensity_augment=0.5,
         cache_dir=str(preprocess_cache),
         tensorboard=False,
         val_fraction=0.2,
@@ -72,7 +73,8 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
     model, cfg_json = load_model(out / "final")
     assert cfg_json["architecture"] == "segmenter" and cfg_json["head"]["feature_size"] == 8
     assert cfg_json["head"]["skip_source"] == "image" and cfg_json["head"]["skip_layers"] == []
-    assert json.loads((out / "config.json").read_text())["background_crops"] == 0.5
+    saved_cfg = json.loads((out / "config.json").read_text())
+    assert saved_cfg["background_crops"] == 0.5 and saved_cfg["intensity_augment"] == 0.5
     # reloaded weights give the same metrics
     from mrfound.data.manifest import Manifest, read_manifest
     from mrfound.finetune.common import load_encoder
@@ -99,4 +101,8 @@ def test_skip_source_is_validated(tiny_cohort, tmp_path) -> None:
     cfg.skip_source = "image"
     cfg.background_crops = 1.5
     with pytest.raises(ConfigError, match="background_crops"):
+        cfg.validate()
+    cfg.background_crops = 0.0
+    cfg.intensity_augment = 2.0
+    with pytest.raises(ConfigError, match="intensity_augment"):
         cfg.validate()
