@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import choose_threads  # noqa: E402
+from _common import PHANTOM_FOREGROUND, choose_threads  # noqa: E402
 from _common import rounded_load as _load  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,6 +229,7 @@ def pretrain_model(
             tensorboard=False,
             seed=seed,
             cache_dir=str(run.parent / "cache"),
+            preprocess={"foreground": PHANTOM_FOREGROUND},
         )
         res = pretrain(cfg, command="benchmarks/imputation.py (pretraining stage)")
         info = {

@@ -49,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ChannelStackedMAE, machine_info, provenance  # noqa: E402
+from _common import PHANTOM_FOREGROUND, ChannelStackedMAE, machine_info, provenance  # noqa: E402
 
 from mrfound import demo as D  # noqa: E402
 
@@ -87,6 +87,9 @@ class Budget:
     # autocast of the mrfound pretraining runs ("bf16": 1.86x fp32 on this CPU, loss within 0.6 %; see
     # throughput.py); the MONAI baseline always trains in fp32 (it fails under bf16 autocast)
     pretrain_mixed_precision: str = "no"
+    # preprocessing foreground threshold: the tables in README were made with raw Otsu, the library
+    # default before "log_otsu"; pinned so that their commands reproduce them
+    foreground: str = PHANTOM_FOREGROUND
 
 
 BUDGETS: dict[str, Budget] = {
@@ -234,6 +237,8 @@ def pretrain_mrfound(
     ]
     if b.pretrain_mixed_precision != "no":
         settings.append(b.pretrain_mixed_precision)
+    if b.foreground != "otsu":  # runs made before the option keep their folder
+        settings.append(f"foreground={b.foreground}")
     run = work / f"pretrain_{name}_{_key(settings)}"
     if (run / "final" / "model.safetensors").is_file():
         return run / "final", recorded_seconds(run)
@@ -262,6 +267,7 @@ def pretrain_mrfound(
         save_every=0,
         log_every=max(1, min(25, b.pretrain_steps)),
         mixed_precision=b.pretrain_mixed_precision,
+        preprocess={"foreground": b.foreground},
     )
     t0 = time.time()
     res = pretrain(cfg, command=f"benchmarks/phenotype.py ({name})")
@@ -788,7 +794,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
     train_m, test_m = D.split_cohort(cohort, b.test_fraction, args.seed)
     train_csv = train_m.to_csv(work / "train.csv")
     test_m.to_csv(work / "test.csv")
-    pp = PreprocessConfig(spacing=b.spacing, roi_size=b.roi_size)
+    pp = PreprocessConfig(spacing=b.spacing, roi_size=b.roi_size, foreground=b.foreground)
     D.fill_cache(cohort, pp, cache, args.workers)
     T.add("cohort_and_preprocessing", time.time() - t0)
     doc["split"] = {

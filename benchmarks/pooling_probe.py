@@ -91,9 +91,7 @@ def probe_run(work: Path, run: str, random_init: bool, c: float) -> dict[str, di
         torch.manual_seed(0)
         model = type(model)(model.encoder.config, model.config)
     encoder = model.encoder.eval()
-    pp = PreprocessConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["preprocessing"].items()}
-    )
+    pp = PreprocessConfig.from_saved(cfg["preprocessing"])  # the checkpoint's own preprocessing
     seqs = list(encoder.config.sequences)
 
     def features(split: str, protocol: tuple[str, ...] | None):

@@ -86,7 +86,7 @@ class MRFoundModel:
         pp = dict(self.config.get("preprocessing") or {})
         pp.pop("roi_size", None)
         try:
-            self.preprocessing = PreprocessConfig.from_dict(pp)
+            self.preprocessing = PreprocessConfig.from_saved(pp)
         except (ConfigError, TypeError, ValueError) as exc:
             raise CheckpointError(
                 f"config.json 'preprocessing' is not usable by this mrfound: {exc}"

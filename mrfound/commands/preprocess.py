@@ -27,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--foreground",
         choices=FOREGROUND_METHODS,
         default=None,
-        help="foreground threshold of the normalisation (default otsu; log_otsu keeps dark tissue such as "
-        "the liver on fat-suppressed T2)",
+        help="foreground threshold of the normalisation (default log_otsu, which keeps dark tissue such as "
+        "the liver on fat-suppressed T2; otsu: raw-intensity Otsu, the method before log_otsu)",
     )
     from mrfound.data.guard import add_on_error_argument
 

@@ -53,6 +53,13 @@ def source_for(config: FinetuneConfig) -> EncoderSource:
         )
     else:
         src = load_encoder(f"random:{config.model}", seed=config.seed, model_overrides=config.model_overrides)
+    if config.preprocess:
+        from mrfound.data.preprocess import PreprocessConfig
+
+        try:
+            src.preprocess = PreprocessConfig.from_dict({**src.preprocess.to_dict(), **config.preprocess})
+        except (ConfigError, TypeError, ValueError) as e:
+            raise ConfigError(f"config key 'preprocess': {e}") from None
     if config.spacing is not None:
         src.preprocess = dataclasses.replace(src.preprocess, spacing=float(config.spacing))
     return src

@@ -58,10 +58,12 @@ def _preprocess_for(encoder: Any, cfg: Mapping[str, Any] | None) -> Any:
     img = encoder.config.img_shape
     if len(set(img)) != 1:
         raise ConfigError(f"fine-tuning needs a cubic encoder ROI, got img_size {list(img)}")
-    pre = dict((cfg or {}).get("preprocessing") or {})
-    pre["roi_size"] = int(img[0])  # the crop must be what the encoder takes
+    saved = dict((cfg or {}).get("preprocessing") or {})
+    pre = {**saved, "roi_size": int(img[0])}  # the crop must be what the encoder takes
     known = {f for f in PreprocessConfig.__dataclass_fields__}
-    return PreprocessConfig.from_dict({k: v for k, v in pre.items() if k in known})
+    pre = {k: v for k, v in pre.items() if k in known}
+    # a checkpoint's saved settings keep their legacy meaning; none saved = today's defaults
+    return PreprocessConfig.from_saved(pre) if saved else PreprocessConfig.from_dict(pre)
 
 
 def load_encoder(

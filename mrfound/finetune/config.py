@@ -64,6 +64,9 @@ class FinetuneConfig(TrainerConfig):
             Whole-volume sliding-window validation is the slow part of segmentation runs on CPU.
         spacing: Grid spacing in mm; ``None`` = the checkpoint's preprocessing spacing (the crop edge
             in voxels is always the encoder's ``img_size``).
+        preprocess: :class:`mrfound.data.preprocess.PreprocessConfig` fields changed from the
+            checkpoint's (or from the defaults for ``random:`` / ``--from-scratch`` without one), e.g.
+            ``{"foreground": "otsu"}``; ``roi_size`` is the encoder's and cannot be set.
         cache_dir: Preprocessing cache (default ``RUN/cache``).
         eval_every: Steps between validations (0 = only at the end).
         n_boot: Bootstrap resamples for the validation CIs.
@@ -95,6 +98,7 @@ class FinetuneConfig(TrainerConfig):
     sw_batch_size: int = 4
     val_max_cases: int | None = None
     spacing: float | None = None
+    preprocess: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
     eval_every: int = 0
     n_boot: int = 200
@@ -191,6 +195,12 @@ class FinetuneConfig(TrainerConfig):
             "intensity_augment",
             self.intensity_augment,
             "must be in [0, 1]",
+        )
+        _check(
+            "roi_size" not in self.preprocess,
+            "preprocess.roi_size",
+            self.preprocess.get("roi_size"),
+            "the crop is the encoder's img_size (set model_overrides.img_size for a random encoder)",
         )
         _check(
             _finite(self.sw_overlap) and 0 <= self.sw_overlap < 1,

@@ -33,7 +33,7 @@ def test_second_run_is_all_cache_hits(tmp_path, capsys):
     assert main(["preprocess", "--manifest", str(m), "--out", str(cache), "--spacing", "3"]) == 0
     assert "3 cache hit(s), 0 preprocessed" in capsys.readouterr().out
     c = PreprocessCache(cache, PreprocessConfig(spacing=3.0))
-    assert all(c.has(case) for case in read_manifest(m))
+    assert c.config.foreground == "log_otsu" and all(c.has(case) for case in read_manifest(m))
     # another foreground threshold is another cache entry
     args = [
         "preprocess",
@@ -44,12 +44,12 @@ def test_second_run_is_all_cache_hits(tmp_path, capsys):
         "--spacing",
         "3",
         "--foreground",
-        "log_otsu",
+        "otsu",
     ]
     assert main(args) == 0
     assert "0 cache hit(s), 3 preprocessed" in capsys.readouterr().out
-    log_cache = PreprocessCache(cache, PreprocessConfig(spacing=3.0, foreground="log_otsu"))
-    assert all(log_cache.has(case) for case in read_manifest(m))
+    raw_cache = PreprocessCache(cache, PreprocessConfig(spacing=3.0, foreground="otsu"))
+    assert all(raw_cache.has(case) for case in read_manifest(m))
 
 
 def test_failures_are_reported_per_case(tmp_path, capsys):

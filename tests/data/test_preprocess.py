@@ -204,22 +204,25 @@ def test_log_otsu_keeps_a_dark_organ():
     organ[8:32, 8:32, 8:20] = True
     assert otsu_threshold(img) > 150 > log_otsu_threshold(img) > 10
     aff = np.eye(4)
-    old = load_case_arrays({"t2": (img, aff)}, PreprocessConfig(spacing=1.0, crop_to_body=False))
-    new = load_case_arrays(
-        {"t2": (img, aff)}, PreprocessConfig(spacing=1.0, crop_to_body=False, foreground="log_otsu")
+    old = load_case_arrays(
+        {"t2": (img, aff)}, PreprocessConfig(spacing=1.0, crop_to_body=False, foreground="otsu")
     )
+    new = load_case_arrays({"t2": (img, aff)}, PreprocessConfig(spacing=1.0, crop_to_body=False))
     # raw Otsu: the organ is below the foreground's 1st percentile and clipped to 0; log-Otsu keeps it
     assert np.median(old["image"][0][organ]) == 0.0 and not old["body"][organ].any()
     assert np.median(new["image"][0][organ]) > 0.02 and new["body"][organ].all()
     # air stays outside the body either way
     assert not new["body"][:3].any()
-    # the default and a saved config without the field are the original method; its cache key is unchanged
-    assert PreprocessConfig().foreground == "otsu"
+    # log-Otsu is the default; a *saved* config without the field predates it and means raw Otsu, whose
+    # cache key is the one it had before the field existed
+    assert PreprocessConfig().foreground == "log_otsu"
     legacy = PreprocessConfig(spacing=2.0).to_dict()
     legacy.pop("foreground")
-    assert PreprocessConfig.from_dict(legacy).foreground == "otsu"
-    assert "foreground" not in PreprocessConfig().cache_dict()
-    assert PreprocessConfig(foreground="log_otsu").cache_dict()["foreground"] == "log_otsu"
+    assert PreprocessConfig.from_saved(legacy).foreground == "otsu"
+    assert PreprocessConfig.from_dict(legacy).foreground == "log_otsu"  # settings, not a saved config
+    assert PreprocessConfig.from_saved(PreprocessConfig().to_dict()).foreground == "log_otsu"
+    assert "foreground" not in PreprocessConfig(foreground="otsu").cache_dict()
+    assert PreprocessConfig().cache_dict()["foreground"] == "log_otsu"
     with pytest.raises(ConfigError, match="foreground"):
         PreprocessConfig(foreground="kmeans")
 

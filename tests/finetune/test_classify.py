@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mrfound.finetune.classify import finetune_classifier, predict_classifier
+from mrfound.errors import ConfigError
+from mrfound.finetune.classify import finetune_classifier, predict_classifier, source_for
 from mrfound.finetune.config import FinetuneConfig
 from mrfound.models.checkpoint import load_model
 from mrfound.pretrain.trainer import read_log
@@ -106,3 +107,30 @@ def test_labels_fraction_and_from_scratch(tiny_cohort, preprocess_cache, tmp_pat
     assert summary["n_train"] == len(used) == 6  # round(0.25 * 12) per class
     assert used["label"].value_counts().to_dict() == {"hcc": 3, "cyst": 3}
     assert summary["val_metrics"] is None and "random init" in summary["source"]
+
+
+def test_preprocess_overrides_change_the_checkpoints_settings(tiny_checkpoint, tiny_cohort, tmp_path) -> None:
+    base = {"task": "classify", "manifest": str(tiny_cohort), "out": str(tmp_path)}
+    assert (
+        source_for(FinetuneConfig(checkpoint=str(tiny_checkpoint), **base)).preprocess.foreground
+        == "log_otsu"
+    )
+    cfg = FinetuneConfig(checkpoint=str(tiny_checkpoint), preprocess={"foreground": "otsu"}, **base)
+    pre = source_for(cfg).preprocess
+    assert pre.foreground == "otsu" and pre.spacing == 2.0 and pre.roi_size == 16
+    # from scratch without a checkpoint: the defaults, changed the same way
+    cfg = FinetuneConfig(
+        from_scratch=True,
+        model_overrides={"img_size": 16, "patch_size": 8, "depth": 1},
+        preprocess={"foreground": "otsu", "percentiles": [2, 98]},
+        **base,
+    )
+    pre = source_for(cfg).preprocess
+    assert pre.foreground == "otsu" and pre.percentiles == (2.0, 98.0)
+    with pytest.raises(ConfigError, match="'preprocess'.*foreground must be one of"):
+        source_for(FinetuneConfig(checkpoint=str(tiny_checkpoint), preprocess={"foreground": "mean"}, **base))
+    with pytest.raises(ConfigError, match="'preprocess'.*unknown preprocessing settings"):
+        source_for(FinetuneConfig(checkpoint=str(tiny_checkpoint), preprocess={"spcing": 2}, **base))
+    cfg = FinetuneConfig(checkpoint=str(tiny_checkpoint), preprocess={"roi_size": 32}, **base)
+    with pytest.raises(ConfigError, match="preprocess.roi_size"):
+        cfg.validate()

@@ -82,3 +82,29 @@ def test_load_encoder_random_and_from_checkpoint(tiny_checkpoint) -> None:
     assert rnd.encoder.config == ck.encoder.config and rnd.key != ck.key
     w_ck, w_rnd = ck.encoder.patch_embed.weight, rnd.encoder.patch_embed.weight
     assert not torch.equal(w_ck, w_rnd)
+
+
+def test_checkpoint_saved_before_the_foreground_option_keeps_raw_otsu(tmp_path) -> None:
+    from testutils import load_module
+
+    import mrfound
+    from mrfound.data.preprocess import PreprocessConfig
+    from mrfound.models.checkpoint import save_checkpoint
+    from mrfound.models.config import EncoderConfig
+    from mrfound.models.encoder import MultiSequenceViT
+
+    tiny = load_module("tests/finetune/cohort_data.py").TINY_ENCODER
+    legacy = PreprocessConfig(spacing=2.0, roi_size=16).to_dict()
+    del legacy["foreground"]  # as written before the field existed (raw Otsu was the only method)
+    enc = MultiSequenceViT(EncoderConfig(**tiny))
+    save_checkpoint(tmp_path / "old", enc, {"preprocessing": legacy})
+    save_checkpoint(
+        tmp_path / "new", enc, {"preprocessing": PreprocessConfig(spacing=2.0, roi_size=16).to_dict()}
+    )
+    assert load_encoder(tmp_path / "old").preprocess.foreground == "otsu"
+    assert mrfound.load_pretrained(tmp_path / "old").preprocessing.foreground == "otsu"
+    assert load_encoder(tmp_path / "new").preprocess.foreground == "log_otsu"
+    assert mrfound.load_pretrained(tmp_path / "new").preprocessing.foreground == "log_otsu"
+    # a random encoder has no saved settings: today's default
+    src = load_encoder("random:tiny", model_overrides={"img_size": 16, "patch_size": 8, "depth": 1})
+    assert src.preprocess.foreground == "log_otsu"
