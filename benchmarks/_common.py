@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 PHANTOM_FOREGROUND = "otsu"
-"""Foreground threshold of the phantom benchmarks (phenotype, imputation).
+"""Foreground threshold of the phantom benchmarks (phenotype, imputation, throughput's data pipeline).
 
 Their tables in README were made with raw Otsu, the library default before ``log_otsu``; they pin it so
 that the commands printed beside the tables reproduce them. Re-running them with ``log_otsu`` is open work.

@@ -53,6 +53,7 @@ if str(REPO / "benchmarks") not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import PHANTOM_FOREGROUND  # noqa: E402
 from _machine import interleaved, load_average, machine_info, matmul_peak, synchronize  # noqa: E402
 
 from mrfound.models.config import EncoderConfig, MAEConfig  # noqa: E402
@@ -541,7 +542,7 @@ def crop_pool(
 
     ds = MRDataset(
         manifest_path,
-        config=PreprocessConfig(roi_size=roi),
+        config=PreprocessConfig(roi_size=roi, foreground=PHANTOM_FOREGROUND),
         mode="random",
         cache_dir=cache_dir,
         samples_per_case=max(1, math.ceil(n / max(1, len(_read_cases(manifest_path))))),
@@ -710,7 +711,7 @@ def loader_rate(
     per_case = max(1, math.ceil(samples / n_cases))
     ds = MRDataset(
         manifest_path,
-        config=PreprocessConfig(roi_size=roi),
+        config=PreprocessConfig(roi_size=roi, foreground=PHANTOM_FOREGROUND),
         mode="random",
         cache_dir=cache_dir,
         samples_per_case=per_case,
