@@ -6,7 +6,10 @@ Protocol (issue 5, DESIGN §7):
    with the log-Otsu foreground (``--foreground log_otsu``, for pretraining and segmentation alike):
    raw Otsu normalises the whole liver of cases 15 and 36 to 0 (see :mod:`mrfound.data.preprocess`);
    with it, the run of commit ddf15b3 scored mrfound 0.720, UNet 0.804, UNETR 0.602, and 0.755, 0.833,
-   0.706 with log-Otsu at commit 9e16897.
+   0.706 with log-Otsu at commit 9e16897. ``--intensity-aug P`` gives that share of the training crops,
+   for every model, a random gamma and gain (:func:`mrfound.data.augment.augment_intensity`): the two
+   subjects with the darkest normalised livers (15, 36) failed without it (0.825, 0.864, 0.708 with
+   ``--intensity-aug 0.8`` at commit a5c8ae7).
 2. Pretraining (``mrfound.pretrain``, masked-modality autoencoder, ``tiny`` width) on a simulated phantom
    cohort plus the 15 CHAOS T2 volumes used **without their labels** (a copy of the manifest with no
    mask column). All CHAOS volumes take part, the test folds' too: self-supervised use of unlabelled
@@ -48,7 +51,9 @@ Prints one JSON object (with the command line, machine, load average) and writes
 On 2 cores the models can run as two one-thread processes side by side (``--models ... --tag a`` and
 ``--models ... --tag b`` write ``chaos_segmentation.a.json`` / ``.b.json``); ``--merge A B`` then checks
 that both used the same folds and settings and writes the combined report. Each process keeps its own
-core, so the wall-clock budgets stay comparable.
+core, so the wall-clock budgets stay comparable. Runs may also split the folds (``--max-folds N`` runs
+folds 0..N-1, ``--only-fold K`` fold K); the merge combines them fold by fold and refuses a fold that
+lacks a model.
 
 Usage::
 

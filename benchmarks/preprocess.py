@@ -51,9 +51,14 @@ def _baseline(case, spacing: float) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from mrfound.data.preprocess import FOREGROUND_METHODS, PreprocessConfig
+
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "chaos_t2"))
     ap.add_argument("--spacing", type=float, default=1.5)
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument(
+        "--foreground", choices=FOREGROUND_METHODS, default=PreprocessConfig().foreground, help="(log_otsu)"
+    )
     args = ap.parse_args()
     data = Path(args.data)
     if not data.is_dir():
@@ -83,7 +88,7 @@ def main() -> None:
         )
         manifest = read_manifest(mpath)
         n = len(manifest)
-        config = PreprocessConfig(spacing=args.spacing)
+        config = PreprocessConfig(spacing=args.spacing, foreground=args.foreground)
         result: dict[str, object] = {
             "benchmark": "preprocess",
             "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
@@ -96,6 +101,7 @@ def main() -> None:
             "dataset": str(data),
             "cases": n,
             "spacing_mm": args.spacing,
+            "foreground": args.foreground,
             "monai_import_s": round(import_s, 2),
         }
         _baseline(manifest.cases[0], args.spacing)  # warm-up (first-call costs), not timed
