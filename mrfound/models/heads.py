@@ -500,6 +500,11 @@ class Segmenter(nn.Module):
         self.loss_fn = DiceCELoss(
             to_onehot_y=True, softmax=True, include_background=True, batch=True, weight=weight
         )
+        # class weights are a training setting, not model state: kept out of the state dict (they would
+        # also be three tensors sharing memory, which safetensors refuses to save)
+        for m in self.loss_fn.modules():
+            for name, buf in list(m.named_buffers(recurse=False)):
+                m.register_buffer(name, buf, persistent=False)
 
     @property
     def roi_size(self) -> tuple[int, int, int]:

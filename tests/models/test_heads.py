@@ -157,6 +157,18 @@ def test_checkpoint_round_trip_identical_outputs(encoder, kind, tmp_path) -> Non
         assert cfg["classes"] == list(CLASSES) and cfg["head"]["pooling"] == "attention"
 
 
+def test_segmenter_class_weights_weigh_the_loss_and_stay_out_of_checkpoints(encoder, tmp_path) -> None:
+    head = make_segmentation_head(encoder, feature_size=8, skip_source="image")
+    plain = Segmenter(encoder, head)
+    weighted = Segmenter(encoder, head, class_weights=(1.0, 1.0, 10.0))
+    batch = _batch(2, with_mask=True)
+    assert not torch.allclose(plain(batch)["loss"], weighted(batch)["loss"])
+    assert not any(k.startswith("loss_fn.") for k in weighted.state_dict())
+    save_checkpoint(tmp_path / "ck", weighted)  # three weight tensors share memory: refused if saved
+    loaded, _ = load_model(tmp_path / "ck")
+    assert type(loaded) is Segmenter
+
+
 def test_centre_pooling_classifies_from_the_central_tokens_only(encoder, tmp_path) -> None:
     clf = Classifier(encoder, make_classification_head(encoder, 8, pooling="centre"), CLASSES).eval()
     batch = _batch(2, with_mask=False)
