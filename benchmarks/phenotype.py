@@ -723,6 +723,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--centers", default=",".join(FOUR_CENTRES), help="phantom centres (comma-separated)")
     p.add_argument("--workers", type=int, default=None, help="processes for simulation and preprocessing")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--foreground",
+        choices=("otsu", "log_otsu"),
+        default=None,
+        help=f"preprocessing foreground threshold (default {PHANTOM_FOREGROUND}, as the README tables)",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -746,6 +752,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
     b = dataclasses.replace(BUDGETS[args.budget])
     if args.cases:
         b.cases = args.cases
+    if args.foreground:
+        b.foreground = args.foreground
     stem = "phenotype" if args.budget == "full" else f"phenotype_{args.budget}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
