@@ -305,6 +305,8 @@ def pretrain_monai(train_m: Any, work: Path, cache: Path, pp: Any, b: Budget, se
         dec,
         seed,
     ]
+    if b.foreground != "otsu":  # its inputs differ; runs made before the option keep their folder
+        settings.append(f"foreground={b.foreground}")
     run = work / f"pretrain_monai_{_key(settings)}"
     weights = run / "final.safetensors"
 
