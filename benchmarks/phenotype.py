@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PHANTOM_FOREGROUND, ChannelStackedMAE, machine_info, provenance  # noqa: E402
 
 from mrfound import demo as D  # noqa: E402
+from mrfound.data.preprocess import FOREGROUND_METHODS  # noqa: E402
 
 FOUR_CENTRES = ("uni_3t", "community_15t", "oncology", "surveillance")
 """Default centres: complete 3 T, no DWI, no in/opposed phase, abbreviated t2 + dwi + t1_pv."""
@@ -727,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument(
         "--foreground",
-        choices=("otsu", "log_otsu"),
+        choices=FOREGROUND_METHODS,
         default=None,
         help=f"preprocessing foreground threshold (default {PHANTOM_FOREGROUND}, as the README tables)",
     )

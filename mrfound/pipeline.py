@@ -86,7 +86,8 @@ class MRFoundModel:
         pp = dict(self.config.get("preprocessing") or {})
         pp.pop("roi_size", None)
         try:
-            self.preprocessing = PreprocessConfig.from_saved(pp)
+            # saved settings keep their legacy meaning (see ``from_saved``); none saved = today's defaults
+            self.preprocessing = PreprocessConfig.from_saved(pp) if pp else PreprocessConfig()
         except (ConfigError, TypeError, ValueError) as exc:
             raise CheckpointError(
                 f"config.json 'preprocessing' is not usable by this mrfound: {exc}"

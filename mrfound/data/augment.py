@@ -44,8 +44,8 @@ def augment_intensity(
         image: (S, D, H, W) normalised intensities; not modified.
         rng: Source of the random parameters (two draws per available sequence).
         available: (S,) which sequences are present; ``None`` = all.
-        gamma: (low, high) range of the contrast exponent, low <= 1 <= high.
-        scale: (low, high) range of the gain, low <= 1 <= high.
+        gamma: (low, high) range of the contrast exponent (usually low <= 1 <= high).
+        scale: (low, high) range of the gain (usually low <= 1 <= high).
 
     Returns:
         A new float32 array of the same shape.
