@@ -122,26 +122,18 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
     val_m = Manifest.from_cases(val_cases, manifest.root, vocab) if val_cases else None
 
     acc = make_accelerator(config)
+    common = {"cache_dir": cache_dir, "seed": config.seed, "intensity_augment": config.intensity_augment}
     dataset = ConcatWithEpoch(
         [
             MRDataset(
                 train_m,
                 pre,
                 mode="random",
-                cache_dir=cache_dir,
                 samples_per_case=config.samples_per_case,
-                seed=config.seed,
                 background_fraction=config.background_crops,
-                intensity_augment=config.intensity_augment,
+                **common,
             ),
-            MRDataset(
-                train_m,
-                pre,
-                mode="lesion",
-                cache_dir=cache_dir,
-                seed=config.seed,
-                intensity_augment=config.intensity_augment,
-            ),
+            MRDataset(train_m, pre, mode="lesion", **common),
         ]
     )
     if len(dataset) < config.batch_size * acc.num_processes:
