@@ -39,13 +39,15 @@ def test_config_precedence(tmp_path) -> None:
             "90",
             "--intensity-augment",
             "0.5",
+            "--set",
+            "preprocess.foreground=otsu",
             "--out",
             str(tmp_path / "run"),
         ]
     )
     cfg = cmd.config_from_args(args)
     assert cfg.steps == 90 and cfg.layer_decay == 0.6 and cfg.sequence_dropout == 0.3
-    assert cfg.intensity_augment == 0.5
+    assert cfg.intensity_augment == 0.5 and cfg.preprocess == {"foreground": "otsu"}
     assert Path(cfg.manifest).is_absolute() and cfg.task == "classify"
 
 
