@@ -86,8 +86,7 @@ class MRFoundModel:
         pp = dict(self.config.get("preprocessing") or {})
         pp.pop("roi_size", None)
         try:
-            # saved settings keep their legacy meaning (see ``from_saved``); none saved = today's defaults
-            self.preprocessing = PreprocessConfig.from_saved(pp) if pp else PreprocessConfig()
+            self.preprocessing = PreprocessConfig.from_saved(pp)
         except (ConfigError, TypeError, ValueError) as exc:
             raise CheckpointError(
                 f"config.json 'preprocessing' is not usable by this mrfound: {exc}"

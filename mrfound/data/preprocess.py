@@ -133,9 +133,10 @@ class PreprocessConfig:
         """:meth:`from_dict` for a config saved by a checkpoint or cache.
 
         A saved config without ``foreground`` predates the field and was made with raw Otsu, the default
-        then; it keeps ``"otsu"`` so the checkpoint sees the intensities it was trained on.
+        then; it keeps ``"otsu"`` so the checkpoint sees the intensities it was trained on. An empty one
+        (nothing saved) gives today's defaults.
         """
-        return cls.from_dict({"foreground": "otsu", **dict(d)})
+        return cls.from_dict({"foreground": "otsu", **dict(d)}) if d else cls()
 
     def cache_dict(self) -> dict[str, Any]:
         """The settings that change the cached arrays (not the crop size)."""

@@ -8,7 +8,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +58,10 @@ def _preprocess_for(encoder: Any, cfg: Mapping[str, Any] | None) -> Any:
     img = encoder.config.img_shape
     if len(set(img)) != 1:
         raise ConfigError(f"fine-tuning needs a cubic encoder ROI, got img_size {list(img)}")
-    saved = dict((cfg or {}).get("preprocessing") or {})
-    pre = {**saved, "roi_size": int(img[0])}  # the crop must be what the encoder takes
-    known = {f for f in PreprocessConfig.__dataclass_fields__}
-    pre = {k: v for k, v in pre.items() if k in known}
-    # a checkpoint's saved settings keep their legacy meaning; none saved = today's defaults
-    return PreprocessConfig.from_saved(pre) if saved else PreprocessConfig.from_dict(pre)
+    known = set(PreprocessConfig.__dataclass_fields__) - {"roi_size"}
+    saved = {k: v for k, v in ((cfg or {}).get("preprocessing") or {}).items() if k in known}
+    # the crop must be what the encoder takes
+    return replace(PreprocessConfig.from_saved(saved), roi_size=int(img[0]))
 
 
 def load_encoder(

@@ -221,6 +221,7 @@ def test_log_otsu_keeps_a_dark_organ():
     assert PreprocessConfig.from_saved(legacy).foreground == "otsu"
     assert PreprocessConfig.from_dict(legacy).foreground == "log_otsu"  # settings, not a saved config
     assert PreprocessConfig.from_saved(PreprocessConfig().to_dict()).foreground == "log_otsu"
+    assert PreprocessConfig.from_saved({}) == PreprocessConfig()  # nothing saved: today's defaults
     assert "foreground" not in PreprocessConfig(foreground="otsu").cache_dict()
     assert PreprocessConfig().cache_dict()["foreground"] == "log_otsu"
     with pytest.raises(ConfigError, match="foreground"):
