@@ -125,27 +125,53 @@ def build_manifests(data: Path, work: Path) -> tuple[Path, Path]:
     return labelled, unlabelled
 
 
+def pretrain_run_name(args: argparse.Namespace) -> str:
+    """Folder of the pretraining run: every setting that changes it, so a cached run is reused only for them.
+
+    Settings at their defaults add nothing, so the folders of runs made before a setting was keyed keep
+    their names (raw Otsu, 24 phantom cases and batch 4, i.e. pretraining batch 8, were the only choices).
+    """
+    name = f"pretrain_s{args.spacing:g}_r{args.roi}_p{args.patch}_n{args.pretrain_steps}"
+    if args.foreground != "otsu":
+        name += f"_{args.foreground}"
+    if args.phantom_cases != 24:
+        name += f"_ph{args.phantom_cases}"
+    if args.batch_size != 4:
+        name += f"_b{2 * args.batch_size}"
+    if args.seed != 0:
+        name += f"_seed{args.seed}"
+    return name
+
+
 def pretrain_encoder(args: argparse.Namespace, work: Path, unlabelled: Path) -> tuple[Path, dict[str, Any]]:
     """Phantom cohort + unlabelled CHAOS -> pretrained tiny masked-modality autoencoder (``RUN/final``)."""
+    import pandas as pd
+
     from mrfound.data.phantom import PhantomConfig, generate_cohort
     from mrfound.pretrain.config import PretrainConfig
     from mrfound.pretrain.run import pretrain
 
-    fg = "" if args.foreground == "otsu" else f"_{args.foreground}"  # runs made before the option: otsu
-    run = work / f"pretrain_s{args.spacing:g}_r{args.roi}_p{args.patch}_n{args.pretrain_steps}{fg}"
+    run = work / pretrain_run_name(args)
     final = run / "final"
     if (final / "model.safetensors").is_file():
         return final, json.loads((run / "pretrain_info.json").read_text())
     t0 = time.time()
-    phantom = work / f"phantom_{args.phantom_cases}"
-    if not (phantom / "manifest.csv").is_file():
-        generate_cohort(
-            phantom, args.phantom_cases, seed=args.seed, config=PhantomConfig(spacing_scale=1.5), workers=1
-        )
+    manifests = [str(unlabelled)]
+    if args.phantom_cases > 0:
+        phantom = work / (f"phantom_{args.phantom_cases}" + (f"_seed{args.seed}" if args.seed else ""))
+        if not (phantom / "manifest.csv").is_file():
+            generate_cohort(
+                phantom,
+                args.phantom_cases,
+                seed=args.seed,
+                config=PhantomConfig(spacing_scale=1.5),
+                workers=1,
+            )
+        manifests.insert(0, str(phantom / "manifest.csv"))
     t_sim = time.time() - t0
     cfg = PretrainConfig(
         out=str(run),
-        manifest=[str(phantom / "manifest.csv"), str(unlabelled)],
+        manifest=manifests,
         model="tiny",
         model_overrides={"patch_size": args.patch},
         roi_size=args.roi,
@@ -169,7 +195,7 @@ def pretrain_encoder(args: argparse.Namespace, work: Path, unlabelled: Path) -> 
         "train_wall_s": round(res.train_wall_s, 1),
         "simulate_s": round(t_sim, 1),
         "phantom_cases": args.phantom_cases,
-        "chaos_cases_unlabelled": 15,
+        "chaos_cases_unlabelled": len(pd.read_csv(unlabelled, dtype=str)),
         "final_loss": res.train.last_logs.get("loss"),
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
@@ -573,7 +599,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"({result.get('mixed_precision', 'no')} autocast), spacing {result['spacing']} mm, "
         f"ROI {result['roi']}^3, foreground {result.get('foreground', 'otsu')}, "
         f"mrfound decoder skips from {result.get('skip_source', 'tokens')}, "
-        f"post-processing: {result.get('postprocess', 'none')} (load average {loads}).",
+        f"mrfound decoder feature size {result.get('feature_size', 16)}, "
+        f"intensity augmentation {result.get('intensity_aug', 0.0)}, "
+        f"post-processing: {result.get('postprocess', 'none')}{_pretraining_text(result.get('pretraining'))} "
+        f"(load average {loads}).",
         "",
         "| model | Dice (grid) | Dice before post-processing | Dice (native grid) | HD95 mm | steps/fold "
         "| Dice per fold |",
@@ -592,6 +621,15 @@ def markdown(result: dict[str, Any]) -> str:
     commands = [r["command"] for r in result.get("runs", [])] + [result["command"]]
     lines += ["", "Command(s): " + "; then ".join(f"`{c}`" for c in commands), ""]
     return "\n".join(lines)
+
+
+def _pretraining_text(info: dict[str, Any] | None) -> str:
+    if not info:
+        return ""
+    return (
+        f", mrfound pretrained {info['steps']} steps on {info.get('phantom_cases', 24)} phantom cases + "
+        f"{info.get('chaos_cases_unlabelled', 15)} unlabelled CHAOS volumes"
+    )
 
 
 def _pm(m: float | None, sd: float | None, digits: int = 3) -> str:
@@ -645,7 +683,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4, help="crops per step, every model (4)")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, every model (1e-3)")
     ap.add_argument("--pretrain-steps", type=int, default=1000, help="pretraining steps (1000)")
-    ap.add_argument("--phantom-cases", type=int, default=24, help="simulated cases for pretraining (24)")
+    ap.add_argument(
+        "--phantom-cases", type=int, default=24, help="simulated cases for pretraining (24; 0 = CHAOS only)"
+    )
     ap.add_argument("--models", default="mrfound,unet,unetr", help=f"comma list of {', '.join(MODELS)}")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--max-folds", type=int, default=None, help="run only the first N folds (smoke tests)")
@@ -675,6 +715,8 @@ def main() -> None:
     bad = [m for m in models if m not in MODELS]
     if bad:
         raise SystemExit(f"unknown model(s) {bad}; choose from {', '.join(MODELS)}")
+    if args.phantom_cases < 0:
+        raise SystemExit(f"--phantom-cases must be >= 0, got {args.phantom_cases}")
     import torch
 
     threads = choose_threads(args.threads)
@@ -778,7 +820,10 @@ SETTINGS = (
     "lr",
     "seed",
 )
-"""Run settings recorded in the JSON; tagged runs merge only when all of them agree."""
+"""Run settings recorded in the JSON; tagged runs merge only when all of them agree (the
+``MRFOUND_SETTINGS`` only among the runs that include an mrfound model)."""
+MRFOUND_SETTINGS = ("feature_size", "skip_source")
+"""Settings of the mrfound segmentation head: they do not change the MONAI models' runs."""
 SETTING_DEFAULTS = {"intensity_aug": 0.0}
 """Values of settings added after a run was recorded (its JSON lacks the key)."""
 
@@ -824,7 +869,8 @@ def write_report(result: dict[str, Any], out: Path, tag: str = "") -> None:
 def merge_runs(files: list[Path], out: Path, command: str) -> None:
     """Combine runs of different models, or of different folds (``--only-fold``), into one report.
 
-    Runs must share the settings and, fold by fold, the test subjects.
+    Runs must share the settings and, fold by fold, the test subjects; the runs with the pretrained
+    ``mrfound`` model must share its pretraining (steps and phantom cases).
     """
     runs = [json.loads(f.read_text()) for f in files]
     first = runs[0]
@@ -832,12 +878,23 @@ def merge_runs(files: list[Path], out: Path, command: str) -> None:
     def setting(run: dict[str, Any], key: str) -> Any:
         return run.get(key, SETTING_DEFAULTS.get(key))
 
-    for f, r in zip(files[1:], runs[1:]):
-        for key in SETTINGS:
-            if setting(r, key) != setting(first, key):
-                raise SystemExit(
-                    f"{f}: {key} = {setting(r, key)!r} differs from {files[0]}'s {setting(first, key)!r}"
-                )
+    def has_mrfound(run: dict[str, Any], pretrained_only: bool = False) -> bool:
+        names = {m for fo in run["per_fold"] for m in fo["models"]}
+        return any(m == "mrfound" or (not pretrained_only and m.startswith("mrfound")) for m in names)
+
+    def check(pairs: list[tuple[Path, dict[str, Any]]], keys: tuple[str, ...], get: Any) -> None:
+        for f, r in pairs[1:]:
+            for key in keys:
+                if get(r, key) != get(pairs[0][1], key):
+                    raise SystemExit(
+                        f"{f}: {key} = {get(r, key)!r} differs from {pairs[0][0]}'s {get(pairs[0][1], key)!r}"
+                    )
+
+    check(list(zip(files, runs)), tuple(k for k in SETTINGS if k not in MRFOUND_SETTINGS), setting)
+    ours = [(f, r) for f, r in zip(files, runs) if has_mrfound(r)]
+    check(ours, MRFOUND_SETTINGS, setting)
+    pretrained = [(f, r) for f, r in zip(files, runs) if has_mrfound(r, pretrained_only=True)]
+    check(pretrained, ("steps", "phantom_cases"), lambda r, k: (r.get("pretraining") or {}).get(k))
     by_fold: dict[int, dict[str, Any]] = {}
     for f, r in zip(files, runs):
         for fo in r["per_fold"]:
@@ -865,7 +922,8 @@ def merge_runs(files: list[Path], out: Path, command: str) -> None:
             }
             for f, r in zip(files, runs)
         ],
-        "pretraining": next((r["pretraining"] for r in runs if r.get("pretraining")), None),
+        **({k: ours[0][1][k] for k in MRFOUND_SETTINGS if k in ours[0][1]} if ours else {}),
+        "pretraining": pretrained[0][1].get("pretraining") if pretrained else None,
         "folds": len(per_fold),
         "per_fold": per_fold,
         "wall_s": max(r["wall_s"] for r in runs),

@@ -141,6 +141,57 @@ def test_merge_combines_runs_of_different_folds(chaos, tmp_path: Path) -> None:
     assert not (tmp_path / "out2").exists()
 
 
+def test_merge_checks_head_settings_only_among_mrfound_runs(chaos, tmp_path: Path) -> None:
+    # the MONAI models' runs do not depend on the mrfound head, so they merge with a run of another
+    # feature size; two mrfound runs of different feature sizes or pretraining do not
+    fs8, monai = tmp_path / "fs8.json", tmp_path / "monai.json"
+    fs8.write_text(
+        json.dumps(_run(chaos, {"mrfound": [0.9, 0.9], "mrfound_scratch": [0.8, 0.8]}, feature_size=8))
+    )
+    monai.write_text(json.dumps(_run(chaos, {"unet": [0.85, 0.85]}, feature_size=16)))
+    chaos.merge_runs([monai, fs8], tmp_path / "out", "merge")
+    doc = json.loads((tmp_path / "out" / "chaos_segmentation.json").read_text())
+    assert doc["feature_size"] == 8 and doc["pretraining"] == {"steps": 3}
+    assert set(doc["summary"]) == {"mrfound", "mrfound_scratch", "unet"}
+    md = (tmp_path / "out" / "chaos_segmentation.md").read_text()
+    assert "feature size 8" in md and "pretrained 3 steps on 24 phantom cases" in md
+    scratch16 = tmp_path / "scratch16.json"
+    scratch16.write_text(json.dumps(_run(chaos, {"mrfound_scratch": [0.8, 0.8]}, feature_size=16)))
+    with pytest.raises(SystemExit, match="feature_size = 16 differs"):
+        chaos.merge_runs([fs8, scratch16], tmp_path / "out2", "merge")
+    other = _run(chaos, {"mrfound": [0.9, 0.9]}, feature_size=8)
+    other["pretraining"] = {"steps": 3000}
+    longer = tmp_path / "longer.json"
+    longer.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="steps = 3000 differs"):
+        chaos.merge_runs([fs8, longer], tmp_path / "out2", "merge")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_pretrain_run_name_keys_every_pretraining_setting(chaos) -> None:
+    import argparse
+
+    base = {
+        "spacing": 4.0,
+        "roi": 32,
+        "patch": 8,
+        "pretrain_steps": 1000,
+        "foreground": "otsu",
+        "phantom_cases": 24,
+        "batch_size": 4,
+        "seed": 0,
+    }
+
+    def name(**kw) -> str:
+        return chaos.pretrain_run_name(argparse.Namespace(**(base | kw)))
+
+    assert name() == "pretrain_s4_r32_p8_n1000"  # the folder of runs made before the keys existed
+    assert name(foreground="log_otsu") == "pretrain_s4_r32_p8_n1000_log_otsu"
+    assert name(phantom_cases=0, pretrain_steps=3000) == "pretrain_s4_r32_p8_n3000_ph0"
+    assert name(batch_size=2, seed=1) == "pretrain_s4_r32_p8_n1000_b4_seed1"
+    assert len({name(), name(phantom_cases=0), name(batch_size=2), name(seed=1)}) == 4
+
+
 def test_sample_batch_intensity_augmentation(chaos) -> None:
     mask = np.zeros((20, 20, 20), dtype=np.uint8)
     mask[5:15, 5:15, 5:15] = 1
