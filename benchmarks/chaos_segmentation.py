@@ -228,7 +228,7 @@ def restricted_encoder(final: Path | None, sequences: tuple[str, ...], roi: int,
 
 
 def load_cases(
-    manifest: Path, spacing: float, roi: int, cache: Path, foreground: str = "log_otsu"
+    manifest: Path, spacing: float, roi: int, cache: Path, foreground: str
 ) -> list[dict[str, Any]]:
     """Preprocessed CHAOS volumes (t2 only, liver mask) on the common grid, plus native-grid metadata."""
     from mrfound.data.cache import PreprocessCache
@@ -639,7 +639,7 @@ def _pm(m: float | None, sd: float | None, digits: int = 3) -> str:
 
 
 def main() -> None:
-    from mrfound.data.preprocess import FOREGROUND_METHODS
+    from mrfound.data.preprocess import FOREGROUND_METHODS, PreprocessConfig
     from mrfound.models.config import SKIP_SOURCES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -653,7 +653,7 @@ def main() -> None:
     ap.add_argument(
         "--foreground",
         choices=FOREGROUND_METHODS,
-        default="log_otsu",
+        default=PreprocessConfig().foreground,
         help="preprocessing foreground threshold, pretraining and segmentation (log_otsu: raw Otsu clips "
         "the dark liver of fat-suppressed T2 to 0 in some subjects)",
     )
