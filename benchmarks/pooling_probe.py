@@ -14,6 +14,10 @@ lesion-centred ROIs pooled four ways:
   (``MultiSequenceViT.embed(pooling="centre_per_sequence")``,
   ``mrfound probe --pooling centre_per_sequence``).
 
+With ``--per-block`` the ``global`` pooling is also taken of each encoder block's output
+(``block_<i>``, before the final norm), to see whether an earlier layer of the pretrained encoder is
+the better one to probe.
+
 Each run is also probed at random init (same architecture, seed 0). A mean-imputed, standardised
 logistic regression (C = 0.1) is trained on the training cases with every sequence and scored (macro
 one-vs-rest AUC) on the test cases with the sequences of each missing-sequence protocol only.
@@ -50,30 +54,55 @@ POOLINGS = ("global", "centre", "global+centre", "centre_per_sequence")
 
 @torch.no_grad()
 def pooled_features(
-    encoder: Any, loader: Any, keep: torch.Tensor
+    encoder: Any, loader: Any, keep: torch.Tensor, per_block: bool = False
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Features of every pooling for the cases of ``loader`` with only the ``keep`` sequences."""
+    """Features of every pooling for the cases of ``loader`` with only the ``keep`` sequences.
+
+    With ``per_block`` also ``block_<i>``: the mean over every token of block ``i``'s output (before the
+    final norm), i.e. the ``global`` pooling one layer at a time.
+    """
     out: dict[str, list[torch.Tensor]] = {p: [] for p in POOLINGS}
     usable: list[torch.Tensor] = []
-    for batch in loader:
-        available = batch["available"] & keep
-        has_any = available.any(1)
-        usable.append(has_any)
-        available[~has_any, 0] = True  # placeholder so the forward pass runs; the row is dropped below
-        enc = encoder(batch["image"], available)
-        valid = enc["valid"]
-        central = valid & encoder.centre_tokens(enc["pos_idx"])
-        g = encoder.pool(enc["tokens"], valid)
-        c = encoder.pool(enc["tokens"], central)
-        out["global"].append(g)
-        out["centre"].append(c)
-        out["global+centre"].append(torch.cat([g, c], 1))
-        out["centre_per_sequence"].append(encoder.pool_per_sequence(enc["tokens"], central, enc["seq_idx"]))
+    outputs: list[torch.Tensor] = []
+    # a hooked block keeps the padded (B, N, C) layout (see mrfound.models.encoder.packed_layout)
+    hooks = (
+        [blk.register_forward_hook(lambda _m, _i, o: outputs.append(o)) for blk in encoder.blocks]
+        if per_block
+        else []
+    )
+    try:
+        for batch in loader:
+            available = batch["available"] & keep
+            has_any = available.any(1)
+            usable.append(has_any)
+            available[~has_any, 0] = True  # placeholder so the forward pass runs; the row is dropped below
+            outputs.clear()
+            enc = encoder(batch["image"], available)
+            _pool_batch(encoder, enc, out)
+            for i, tokens in enumerate(outputs):
+                out.setdefault(f"block_{i}", []).append(encoder.pool(tokens, enc["valid"]))
+    finally:
+        for h in hooks:
+            h.remove()
     return {p: torch.cat(v).float().numpy() for p, v in out.items()}, torch.cat(usable).numpy()
 
 
-def probe_run(work: Path, run: str, random_init: bool, c: float) -> dict[str, dict[str, float]]:
-    """Macro AUC per pooling and protocol for one encoder."""
+def _pool_batch(encoder: Any, enc: dict[str, torch.Tensor], out: dict[str, list[torch.Tensor]]) -> None:
+    """Append one batch's features of every pooling in ``POOLINGS`` to ``out``."""
+    valid = enc["valid"]
+    central = valid & encoder.centre_tokens(enc["pos_idx"])
+    g = encoder.pool(enc["tokens"], valid)
+    c = encoder.pool(enc["tokens"], central)
+    out["global"].append(g)
+    out["centre"].append(c)
+    out["global+centre"].append(torch.cat([g, c], 1))
+    out["centre_per_sequence"].append(encoder.pool_per_sequence(enc["tokens"], central, enc["seq_idx"]))
+
+
+def probe_run(
+    work: Path, run: str, random_init: bool, c: float, per_block: bool = False
+) -> dict[str, dict[str, float]]:
+    """Macro AUC per pooling (and, with ``per_block``, per block) and protocol for one encoder."""
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -99,13 +128,13 @@ def probe_run(work: Path, run: str, random_init: bool, c: float) -> dict[str, di
         ds = MRDataset(man, pp, mode="lesion", cache_dir=work / "cache")
         loader = DataLoader(ds, batch_size=16, collate_fn=collate_cases)
         keep = torch.tensor([protocol is None or s in protocol for s in seqs])
-        feats, usable = pooled_features(encoder, loader, keep)
+        feats, usable = pooled_features(encoder, loader, keep, per_block)
         return feats, np.array([case.label for case in man.cases]), usable
 
     train, y_train, _ = features("train", None)
-    result: dict[str, dict[str, float]] = {p: {} for p in POOLINGS}
+    result: dict[str, dict[str, float]] = {p: {} for p in train}
     tests = {name: features("test", prot) for name, prot in PROTOCOLS.items()}
-    for pooling in POOLINGS:
+    for pooling in train:
         clf = make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression(C=c, max_iter=3000))
         clf.fit(train[pooling], y_train)
         for name, (feats, y, usable) in tests.items():
@@ -127,6 +156,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--C", type=float, default=0.1, help="inverse L2 strength of the probe (0.1)")
     ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--per-block",
+        action="store_true",
+        help="also probe the mean token of each encoder block's output (block_0, block_1, ...)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for run in [r for r in args.runs.split(",") if r]:
         for random_init in (False, True):
             key = f"{run}{' (random init)' if random_init else ''}"
-            doc["results"][key] = probe_run(work, run, random_init, args.C)
+            doc["results"][key] = probe_run(work, run, random_init, args.C, args.per_block)
             print(f"[pooling_probe] {key}: {json.dumps(doc['results'][key])}", file=sys.stderr, flush=True)
     doc["wall_s"] = round(time.time() - t0, 1)
     text = json.dumps(doc, indent=2)

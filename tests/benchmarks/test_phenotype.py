@@ -62,10 +62,11 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
     # the pooling diagnostic reads the same work folder: every pooling x protocol, pretrained and random
     pool = load_module("benchmarks/pooling_probe.py")
     run = next(work.glob("pretrain_ours_*")).name
-    doc = pool.main(["--work", str(work), "--runs", run, "--out", str(out / "pooling.json")])
+    doc = pool.main(["--work", str(work), "--runs", run, "--out", str(out / "pooling.json"), "--per-block"])
     assert set(doc["results"]) == {run, f"{run} (random init)"}
+    depth = json.loads((work / run / "final" / "config.json").read_text())["encoder"]["depth"]
     for res in doc["results"].values():
-        assert set(res) == set(pool.POOLINGS)
+        assert set(res) == set(pool.POOLINGS) | {f"block_{i}" for i in range(depth)}
         assert all(set(r) == set(pool.PROTOCOLS) for r in res.values())
         assert all(0.0 <= r["all"] <= 1.0 for r in res.values())
     assert json.loads((out / "pooling.json").read_text())["results"] == doc["results"]
@@ -155,4 +156,3 @@ def test_probe_suite_handles_one_labelled_case_per_class(ph) -> None:
     out = ph.probe_suite(tr, {"all": te}, {}, ["all"], CLASSES, MALIGNANT, budget, seed=0)
     assert out["fractions"]["0.05"]["n_train"] == len(CLASSES)
     assert 0.0 <= out["fractions"]["0.05"]["auc_macro"]["value"] <= 1.0
-
