@@ -57,7 +57,10 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, default=1.5)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument(
-        "--foreground", choices=FOREGROUND_METHODS, default=PreprocessConfig().foreground, help="(log_otsu)"
+        "--foreground",
+        choices=FOREGROUND_METHODS,
+        default=PreprocessConfig().foreground,
+        help="foreground threshold (default: the library's, %(default)s)",
     )
     args = ap.parse_args()
     data = Path(args.data)
