@@ -94,6 +94,28 @@ def test_budget_steps_fit_the_time_and_respect_the_bounds() -> None:
     assert Budget.steps(60.0, float("nan"), 10, 1000) == 1000
 
 
+def test_time_plan_reserves_scaled_fixed_work_and_shares_the_rest() -> None:
+    from mrfound.demo import FIXED_COSTS, TimePlan
+
+    budget = Budget(10.0)
+    budget.left = lambda: 600.0  # type: ignore[method-assign]  # freeze the clock
+    later = ["probe", "classify", "segment", "infer"]
+    fast = TimePlan(budget, 1.0, segment=True, n_volumes=1)
+    slow = TimePlan(budget, 2.0, segment=True, n_volumes=1)
+    fixed = sum(FIXED_COSTS[s] for s in ["pretrain", *later]) + FIXED_COSTS["volume"] * (2 + 2)
+    assert fast.fixed(["pretrain", *later]) == pytest.approx(fixed)
+    assert slow.fixed(["pretrain", *later]) == pytest.approx(2 * fixed)  # a busy machine reserves more
+    # pretraining gets its share (0.5 of 0.5 + 0.3 + 0.2) of what the fixed work leaves
+    assert fast.seconds_for("pretrain", later) == pytest.approx((600.0 - fixed) * 0.5)
+    assert slow.seconds_for("pretrain", later) < fast.seconds_for("pretrain", later)
+    # without segmentation its share and fixed work go to the other stages
+    noseg = TimePlan(budget, 1.0, segment=False, n_volumes=1)
+    fixed_noseg = fixed - FIXED_COSTS["segment"] - FIXED_COSTS["volume"] * 3
+    assert noseg.seconds_for("pretrain", later) == pytest.approx((600.0 - fixed_noseg) * 0.5 / 0.8)
+    # the reserve stays well inside the budget, so training gets most of it
+    assert fast.fixed(["pretrain", *later]) < 0.3 * 600.0
+
+
 def test_md_table_and_config_validation(tmp_path: Path) -> None:
     assert md_table(["a", "b"], [[1, 0.5]]) == "| a | b |\n|---|---|\n| 1 | 0.500 |\n"
     from mrfound.errors import ConfigError
