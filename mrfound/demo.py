@@ -88,6 +88,11 @@ class DemoConfig:
             the demo's 3e-3 then gave 0.87).
         segment_batch_size: Batch size of the segmentation stage (4: twice the steps of batch 8 in the
             same time; at 4 mm 136 steps of 4 scored liver Dice 0.74, 68 steps of 8 0.65).
+        segment_feature_size: Width of the segmentation decoder's full-resolution stage. 16: on a
+            265-step demo encoder, 6 unseen volumes, 120 steps, it scored liver / lesion Dice 0.85 / 0.17
+            (learning rate 1e-3) and 0.83 / 0.11 (3e-3), against 0.62 / 0.01 and 0.72 / 0.005 at
+            feature size 8; 90 steps at 16 (the same training time as 120 at 8) 0.85 / 0.004.
+        segment_lr: Peak learning rate of the segmentation stage (1e-3; see ``segment_feature_size``).
         predict_cases: Unseen cases sent through ``predict`` / ``impute``.
         impute_sequence: Sequence synthesised by the imputation stage.
         workers: Processes for simulation and preprocessing (default: the usable CPUs, at most 8).
@@ -115,6 +120,8 @@ class DemoConfig:
     segment: bool = True
     segment_spacing: float = 4.0
     segment_batch_size: int = 4
+    segment_feature_size: int = 16
+    segment_lr: float = 1e-3
     predict_cases: int = 4
     impute_sequence: str = "t1_art"
     workers: int | None = None
@@ -149,6 +156,10 @@ class DemoConfig:
             raise ConfigError(f"segment_spacing must be > 0 mm, got {self.segment_spacing}")
         if int(self.segment_batch_size) < 1:
             raise ConfigError(f"segment_batch_size must be >= 1, got {self.segment_batch_size}")
+        if int(self.segment_feature_size) < 1:
+            raise ConfigError(f"segment_feature_size must be >= 1, got {self.segment_feature_size}")
+        if not (math.isfinite(self.segment_lr) and self.segment_lr > 0):
+            raise ConfigError(f"segment_lr must be > 0, got {self.segment_lr}")
         return self
 
 
@@ -1195,7 +1206,9 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
         title = f"Short liver + lesion segmentation fine-tune on a {cfg.segment_spacing:g} mm grid"
         with log.stage("segment", title + " (sliding-window evaluation)"):
             src = load_encoder(str(pre.final_dir), seed=cfg.seed)
-            seg_head = make_segmentation_head(src.encoder, feature_size=8, skip_source="image")
+            seg_head = make_segmentation_head(
+                src.encoder, feature_size=cfg.segment_feature_size, skip_source="image"
+            )
             seg_probe = Segmenter(src.encoder, seg_head)
             seg_pp = dataclasses.replace(pp, spacing=cfg.segment_spacing)
             sds = MRDataset(train_m, seg_pp, mode="lesion", cache_dir=cache_dir, seed=cfg.seed)
@@ -1218,9 +1231,9 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
                 steps=steps_s,
                 batch_size=cfg.segment_batch_size,
                 spacing=cfg.segment_spacing,
-                lr=3e-3,  # a few hundred steps at most: 3e-3 gave liver Dice 0.87 vs 0.74 at 1e-3
+                lr=cfg.segment_lr,
                 layer_decay=0.75,
-                feature_size=8,
+                feature_size=cfg.segment_feature_size,
                 skip_source="image",
                 samples_per_case=1,
                 cache_dir=str(cache_dir),
@@ -1247,6 +1260,8 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
             "steps": seg["steps"],
             "spacing_mm": cfg.segment_spacing,
             "batch_size": cfg.segment_batch_size,
+            "feature_size": cfg.segment_feature_size,
+            "lr": cfg.segment_lr,
             "seconds_per_step": round(sps_s, 3),
             "checkpoint": seg["final"],
             "test": jsonable(seg_metrics),

@@ -28,6 +28,7 @@ MICRO = {
     "batch_size": 4,
     "segment_spacing": 6.0,
     "segment_batch_size": 2,
+    "segment_feature_size": 4,
     "workers": 2,
     "montage_candidates": 1,
 }
@@ -126,6 +127,10 @@ def test_md_table_and_config_validation(tmp_path: Path) -> None:
         DemoConfig(out=str(tmp_path), minutes=0).validate()
     with pytest.raises(ConfigError, match="segment_spacing"):
         DemoConfig(out=str(tmp_path), segment_spacing=0).validate()
+    with pytest.raises(ConfigError, match="segment_feature_size"):
+        DemoConfig(out=str(tmp_path), segment_feature_size=0).validate()
+    with pytest.raises(ConfigError, match="segment_lr"):
+        DemoConfig(out=str(tmp_path), segment_lr=float("nan")).validate()
 
 
 def test_demo_command_rejects_bad_input_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
