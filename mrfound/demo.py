@@ -213,8 +213,9 @@ class Budget:
         return int(min(hi, max(lo, seconds / seconds_per_step)))
 
 
-REFERENCE_SECONDS_PER_STEP = 0.5
-"""Seconds of a tiny pretraining step (32^3 ROI, patch 8, batch 8) on 2 idle cores: the unit of TimePlan."""
+REFERENCE_SECONDS_PER_STEP = 0.3
+"""Seconds of a tiny pretraining step (32^3 ROI, patch 8, batch 8) on 2 idle cores as
+:func:`seconds_per_step` measures it (0.27-0.29 s; 0.33 s trained): the unit of TimePlan."""
 
 FIXED_COSTS: dict[str, float] = {
     "pretrain": 20.0,
@@ -227,9 +228,9 @@ FIXED_COSTS: dict[str, float] = {
 """Work besides training steps, in seconds on the reference machine (evaluation, features, probes,
 sliding windows; ``volume``: one whole-volume sliding-window pass), scaled by the measured speed.
 
-About twice what a busy run measured (2026-11-28, one core, slow = 1.5: probe stage 22 s, prediction and
-imputation 23 s, the segmentation stage's evaluation of two volumes ~10 s): with the earlier, 3-4x larger
-reserve the demo finished in 6.5-7.6 of its 10 minutes and pretrained for only ~70 s of them."""
+About 1.5-2x what the demo measured (2026-11-28, 2 idle cores: probe stage 17 s, prediction and
+imputation 14 s; one busy core: 22 s and 23 s): with the earlier, 3-4x larger reserve the demo finished
+in 6.5-8.5 of its 10 minutes and pretrained for only 70-110 s of them."""
 
 
 class TimePlan:
@@ -275,13 +276,18 @@ class TimePlan:
 def seconds_per_step(model: Any, dataset: Any, batch_size: int, steps: int = 3) -> float:
     """Measured wall seconds of one training step (data + forward + backward + AdamW) on this machine.
 
-    Runs ``steps`` steps of a throwaway copy of the training set-up and averages all but the first.
+    Runs ``steps`` steps of a throwaway copy of the training set-up and averages all but the first. The
+    items are read once before the clock starts: the first read of a cached case in a process verifies
+    its checksum and fills the in-memory cache, which training pays once per case but a short measurement
+    would pay on every step (it overstated the demo's pretraining step 1.8x: 0.59 s vs 0.33 s trained).
     """
     import torch
     from torch.utils.data import DataLoader
 
     from mrfound.data.dataset import collate_cases
 
+    for i in range(min(len(dataset), steps * batch_size)):
+        dataset[i]
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_cases)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model.train()
@@ -323,9 +329,6 @@ def fastest_threads(model: Any, dataset: Any, batch_size: int) -> tuple[float, i
     import torch
 
     n = torch.get_num_threads()
-    # the first steps of a fresh process run slow (allocator, kernel selection): 0.67 s vs 0.50 s for the
-    # next measurement in a one-off check, which cost the demo a third of its pretraining steps
-    seconds_per_step(model, dataset, batch_size, steps=2)
     sps = seconds_per_step(model, dataset, batch_size)
     if n <= 1:
         return sps, n
@@ -1045,16 +1048,10 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
             masking_seed=EVAL_MASKING_SEED,
             title=f"Unseen test lesions: masked patches and a dropped sequence (after {pre.steps} steps)",
         )
-    # A short measurement of a fresh model runs slower than the training loop's steady state (a busy
-    # 2-core run: classifier 1.24 s measured vs ~0.85 s trained, segmentation 1.37 vs <= 1.0), so the
-    # later stages would plan for ~2/3 of the steps they have time for. Scale their measurements by
-    # what pretraining showed, at most by 0.75 (pretraining's own ratio overstated theirs: 0.55).
-    speed = float(np.clip(pre.train_wall_s / max(1, pre.steps) / sps, 0.75, 1.0))
     summary["pretrain"] = {
         "steps": pre.steps,
         "seconds_per_step": round(sps, 3),
         "seconds_per_step_trained": round(pre.train_wall_s / max(1, pre.steps), 3),
-        "later_stages_step_time_factor": round(speed, 3),
         "torch_threads": threads,
         "checkpoint": str(pre.final_dir),
         "final_train_loss": pre.train.last_logs.get("loss"),
@@ -1112,14 +1109,14 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
         src = load_encoder(str(pre.final_dir), seed=cfg.seed)
         probe_model = Classifier(src.encoder, make_classification_head(src.encoder, len(CLASSES)), CLASSES)
         cds = MRDataset(train_m, pp, mode="lesion", cache_dir=cache_dir, seed=cfg.seed)
-        sps_c = seconds_per_step(probe_model, cds, cfg.batch_size) * speed
+        sps_c = seconds_per_step(probe_model, cds, cfg.batch_size)
         steps_c = Budget.steps(
             plan.seconds_for("classify", ["segment", "infer"]),
             sps_c,
             cfg.min_steps["classify"],
             cfg.max_steps["classify"],
         )
-        log.say(f"   {sps_c:.2f} s/step expected (measured x {speed:.2f}) -> {steps_c} steps")
+        log.say(f"   {sps_c:.2f} s/step measured -> {steps_c} steps")
         ft_cfg = FinetuneConfig(
             out=str(work / "classify"),
             task="classify",
@@ -1212,7 +1209,7 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
             seg_probe = Segmenter(src.encoder, seg_head)
             seg_pp = dataclasses.replace(pp, spacing=cfg.segment_spacing)
             sds = MRDataset(train_m, seg_pp, mode="lesion", cache_dir=cache_dir, seed=cfg.seed)
-            sps_s = seconds_per_step(seg_probe, sds, cfg.segment_batch_size) * speed
+            sps_s = seconds_per_step(seg_probe, sds, cfg.segment_batch_size)
             # two test volumes when the budget allows, else one (whole-volume sliding windows are slow)
             n_eval = 2 if budget.left() - plan.fixed(["segment", "infer"]) > 0 else 1
             steps_s = Budget.steps(
@@ -1221,7 +1218,7 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
                 cfg.min_steps["segment"],
                 cfg.max_steps["segment"],
             )
-            log.say(f"   {sps_s:.2f} s/step expected (measured x {speed:.2f}) -> {steps_s} steps")
+            log.say(f"   {sps_s:.2f} s/step measured -> {steps_s} steps")
             seg_cfg = FinetuneConfig(
                 out=str(work / "segment"),
                 task="segment",
