@@ -95,6 +95,8 @@ class DemoConfig:
         segment_lr: Peak learning rate of the segmentation stage (1e-3; see ``segment_feature_size``).
         predict_cases: Unseen cases sent through ``predict`` / ``impute``.
         impute_sequence: Sequence synthesised by the imputation stage.
+        impute_cases: Unseen lesion ROIs the imputation PSNR is averaged over (the figure shows three):
+            over three ROIs the demo's mean swung between 1.3 and 10.9 dB from run to run.
         workers: Processes for simulation and preprocessing (default: the usable CPUs, at most 8).
         batch_size: Training batch size.
         model_overrides: Encoder fields changed from ``tiny`` (tests use a narrower model).
@@ -124,6 +126,7 @@ class DemoConfig:
     segment_lr: float = 1e-3
     predict_cases: int = 4
     impute_sequence: str = "t1_art"
+    impute_cases: int = 12
     workers: int | None = None
     batch_size: int = 8
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -156,6 +159,8 @@ class DemoConfig:
             raise ConfigError(f"segment_spacing must be > 0 mm, got {self.segment_spacing}")
         if int(self.segment_batch_size) < 1:
             raise ConfigError(f"segment_batch_size must be >= 1, got {self.segment_batch_size}")
+        if int(self.impute_cases) < 1:
+            raise ConfigError(f"impute_cases must be >= 1, got {self.impute_cases}")
         if int(self.segment_feature_size) < 1:
             raise ConfigError(f"segment_feature_size must be >= 1, got {self.segment_feature_size}")
         if not (math.isfinite(self.segment_lr) and self.segment_lr > 0):
@@ -1283,9 +1288,11 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
             predict_manifest(seg_api, vol_csv, out / "segmentations", progress=None)
         mae_api = mrfound.load_pretrained(str(pre.final_dir), device="cpu")
         imp_sum = impute_manifest(mae_api, vol_csv, cfg.impute_sequence, out / "imputed", progress=None)
-        imp_rows, imp_table = _imputation_rows(mae, test_m, pp, cache_dir, cfg.impute_sequence, n=3)
+        imp_rows, imp_table = _imputation_rows(
+            mae, test_m, pp, cache_dir, cfg.impute_sequence, n=cfg.impute_cases
+        )
         if imp_rows:
-            plot_imputation(imp_rows, fig_dir / "imputation.png", sequence=cfg.impute_sequence)
+            plot_imputation(imp_rows[:3], fig_dir / "imputation.png", sequence=cfg.impute_sequence)
         log.say(
             f"   predictions -> {out / 'predictions' / 'predictions.csv'}; synthesised "
             f"{cfg.impute_sequence} -> {out / 'imputed'}"
@@ -1605,6 +1612,14 @@ def _report(
                 [
                     [r["case"], _f(r["psnr"], 1), _f(r["psnr_copy_nearest"], 1), r["source"]]
                     for r in inf["imputation"]
+                ]
+                + [
+                    [
+                        f"mean of {len(inf['imputation'])}",
+                        _f(float(np.mean([r["psnr"] for r in inf["imputation"]])), 1),
+                        _f(float(np.mean([r["psnr_copy_nearest"] for r in inf["imputation"]])), 1),
+                        "",
+                    ]
                 ],
             ),
             "\n![Imputation](figures/imputation.png)\n",
@@ -1680,7 +1695,7 @@ def print_summary(
             (
                 "imputation",
                 f"PSNR {np.mean([r['psnr'] for r in imp]):.1f} dB vs copy-nearest "
-                f"{np.mean([r['psnr_copy_nearest'] for r in imp]):.1f} dB",
+                f"{np.mean([r['psnr_copy_nearest'] for r in imp]):.1f} dB ({len(imp)} unseen ROIs)",
             )
         )
     rows.append(("wall time", f"{summary['wall_s']['total'] / 60:.1f} min"))

@@ -29,6 +29,7 @@ MICRO = {
     "segment_spacing": 6.0,
     "segment_batch_size": 2,
     "segment_feature_size": 4,
+    "impute_cases": 2,
     "workers": 2,
     "montage_candidates": 1,
 }
@@ -60,6 +61,9 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"figures/{name}.png" in report, name
     assert "pytest demo" in report and "## 3. Missing-sequence robustness" in report
+    # imputation PSNR over up to impute_cases unseen ROIs, with their mean in the report
+    imp = summary["inference"]["imputation"]
+    assert 1 <= len(imp) <= 2 and f"mean of {len(imp)}" in report
 
     # the numbers are measured, sane, and the same in summary.json
     saved = json.loads((out / "summary.json").read_text())
@@ -129,6 +133,8 @@ def test_md_table_and_config_validation(tmp_path: Path) -> None:
         DemoConfig(out=str(tmp_path), segment_spacing=0).validate()
     with pytest.raises(ConfigError, match="segment_feature_size"):
         DemoConfig(out=str(tmp_path), segment_feature_size=0).validate()
+    with pytest.raises(ConfigError, match="impute_cases"):
+        DemoConfig(out=str(tmp_path), impute_cases=0).validate()
     with pytest.raises(ConfigError, match="segment_lr"):
         DemoConfig(out=str(tmp_path), segment_lr=float("nan")).validate()
 
