@@ -85,7 +85,7 @@ class DemoConfig:
             whole volume needs 8x fewer windows. In a check at the demo's budget (a session-4 demo's
             pretrained encoder, 136 steps of batch 4, 4 unseen volumes): liver Dice 0.74 vs 0.36 at
             2 mm, and air labelled liver or lesion 0.08 vs 1.76 litres per case (learning rate 1e-3;
-            the demo's 3e-3 then gave 0.87).
+            3e-3 then gave 0.87 at decoder feature size 8).
         segment_batch_size: Batch size of the segmentation stage (4: twice the steps of batch 8 in the
             same time; at 4 mm 136 steps of 4 scored liver Dice 0.74, 68 steps of 8 0.65).
         segment_feature_size: Width of the segmentation decoder's full-resolution stage. 16: on a
@@ -220,7 +220,8 @@ class Budget:
 
 REFERENCE_SECONDS_PER_STEP = 0.3
 """Seconds of a tiny pretraining step (32^3 ROI, patch 8, batch 8) on 2 idle cores as
-:func:`seconds_per_step` measures it (0.27-0.29 s; 0.33 s trained): the unit of TimePlan."""
+:func:`seconds_per_step` measures it (0.27-0.32 s; 0.30 s per step trained in a demo run): the unit of
+TimePlan."""
 
 FIXED_COSTS: dict[str, float] = {
     "pretrain": 20.0,
