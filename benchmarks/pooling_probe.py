@@ -61,29 +61,20 @@ def pooled_features(
     With ``per_block`` also ``block_<i>``: the mean over every token of block ``i``'s output (before the
     final norm), i.e. the ``global`` pooling one layer at a time.
     """
+    from mrfound.models.heads import EncoderHooks
+
     out: dict[str, list[torch.Tensor]] = {p: [] for p in POOLINGS}
     usable: list[torch.Tensor] = []
-    outputs: list[torch.Tensor] = []
-    # a hooked block keeps the padded (B, N, C) layout (see mrfound.models.encoder.packed_layout)
-    hooks = (
-        [blk.register_forward_hook(lambda _m, _i, o: outputs.append(o)) for blk in encoder.blocks]
-        if per_block
-        else []
-    )
-    try:
+    with EncoderHooks(encoder.blocks, range(len(encoder.blocks)) if per_block else []) as hooks:
         for batch in loader:
             available = batch["available"] & keep
             has_any = available.any(1)
             usable.append(has_any)
             available[~has_any, 0] = True  # placeholder so the forward pass runs; the row is dropped below
-            outputs.clear()
             enc = encoder(batch["image"], available)
             _pool_batch(encoder, enc, out)
-            for i, tokens in enumerate(outputs):
+            for i, tokens in sorted(hooks.outputs.items()):
                 out.setdefault(f"block_{i}", []).append(encoder.pool(tokens, enc["valid"]))
-    finally:
-        for h in hooks:
-            h.remove()
     return {p: torch.cat(v).float().numpy() for p, v in out.items()}, torch.cat(usable).numpy()
 
 

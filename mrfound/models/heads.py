@@ -353,8 +353,10 @@ def drop_sequences(
     return keep
 
 
-class _EncoderHooks:
-    """Collect the outputs of chosen encoder blocks during one forward (forward hooks)."""
+class EncoderHooks:
+    """Collect the outputs of chosen encoder blocks during each forward (forward hooks; a context
+    manager that removes them). ``outputs[i]`` is block ``i``'s output of the latest forward, in the
+    padded (B, N, C) layout (see :func:`mrfound.models.encoder.packed_layout`)."""
 
     def __init__(self, blocks: nn.ModuleList, indices: Sequence[int]) -> None:
         self.outputs: dict[int, torch.Tensor] = {}
@@ -366,7 +368,7 @@ class _EncoderHooks:
 
         return fn
 
-    def __enter__(self) -> _EncoderHooks:
+    def __enter__(self) -> EncoderHooks:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -513,7 +515,7 @@ class Segmenter(nn.Module):
 
     def logits(self, image: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         """Segmentation logits (B, num_classes, D, H, W) for ROI-sized input."""
-        with _EncoderHooks(self.encoder.blocks, self.head.skip_layers) as hooks:
+        with EncoderHooks(self.encoder.blocks, self.head.skip_layers) as hooks:
             out = self.encoder(image, available)
         hidden = [hooks.outputs[i] for i in self.head.skip_layers]
         return self.head(image, available, hidden, out["tokens"], out["valid"], out["pos_idx"])
