@@ -261,17 +261,24 @@ def load_cases(
 
 
 def sample_batch(
-    cases: list[dict[str, Any]], roi: int, batch: int, rng: np.random.Generator, intensity_aug: float = 0.0
+    cases: list[dict[str, Any]],
+    roi: int,
+    batch: int,
+    rng: np.random.Generator,
+    intensity_aug: float = 0.0,
+    organ_aug: float = 0.0,
 ) -> tuple:
     """Random crops: half centred on a liver voxel, half on a body voxel (same for every model).
 
     With probability ``intensity_aug`` a crop gets a random gamma and gain
     (:func:`mrfound.data.augment.augment_intensity`); no draw is made when it is 0, so runs without it
-    see the crops they saw before the option existed.
+    see the crops they saw before the option existed. Before that, with probability ``organ_aug``, the
+    liver of a crop gets its own random gain (:func:`mrfound.data.augment.augment_organ_contrast`; again
+    no draw when 0).
     """
     import torch
 
-    from mrfound.data.augment import augment_intensity
+    from mrfound.data.augment import augment_intensity, augment_organ_contrast
     from mrfound.data.preprocess import random_crop
 
     images, masks = [], []
@@ -282,6 +289,8 @@ def sample_batch(
             {"image": c["image"], "mask": c["mask"][None], "body": centre_on, "affine": c["affine"]}, roi, rng
         )
         image = crop["image"]
+        if organ_aug > 0 and rng.random() < organ_aug:
+            image = augment_organ_contrast(image, crop["mask"], rng)
         if intensity_aug > 0 and rng.random() < intensity_aug:
             image = augment_intensity(image, rng)
         images.append(image)
@@ -407,7 +416,7 @@ def train_timed(
         scale = min(1.0, (step + 1) / 10) * 0.5 * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * max(scale, 0.01)
-        image, mask = sample_batch(cases, args.roi, args.batch_size, rng, args.intensity_aug)
+        image, mask = sample_batch(cases, args.roi, args.batch_size, rng, args.intensity_aug, args.organ_aug)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = net.loss(image, mask)
         opt.zero_grad(set_to_none=True)
@@ -601,6 +610,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"mrfound decoder skips from {result.get('skip_source', 'tokens')}, "
         f"mrfound decoder feature size {result.get('feature_size', 16)}, "
         f"intensity augmentation {result.get('intensity_aug', 0.0)}, "
+        f"organ contrast augmentation {result.get('organ_aug', 0.0)}, "
         f"post-processing: {result.get('postprocess', 'none')}{_pretraining_text(result.get('pretraining'))} "
         f"(load average {loads}).",
         "",
@@ -662,6 +672,12 @@ def main() -> None:
         type=float,
         default=0.0,
         help="share of training crops given a random gamma and gain, every model (0)",
+    )
+    ap.add_argument(
+        "--organ-aug",
+        type=float,
+        default=0.0,
+        help="share of training crops whose liver gets its own random gain (0.35-1.5), every model (0)",
     )
     ap.add_argument("--roi", type=int, default=32, help="crop / window edge in voxels (32)")
     ap.add_argument("--patch", type=int, default=8, help="mrfound patch size (8)")
@@ -810,6 +826,7 @@ SETTINGS = (
     "spacing",
     "foreground",
     "intensity_aug",
+    "organ_aug",
     "roi",
     "patch",
     "feature_size",
@@ -824,7 +841,7 @@ SETTINGS = (
 ``MRFOUND_SETTINGS`` only among the runs that include an mrfound model)."""
 MRFOUND_SETTINGS = ("feature_size", "skip_source")
 """Settings of the mrfound segmentation head: they do not change the MONAI models' runs."""
-SETTING_DEFAULTS = {"intensity_aug": 0.0}
+SETTING_DEFAULTS = {"intensity_aug": 0.0, "organ_aug": 0.0}
 """Values of settings added after a run was recorded (its JSON lacks the key)."""
 
 

@@ -60,6 +60,7 @@ _FLAGS = (
     "samples_per_case",
     "background_crops",
     "intensity_augment",
+    "organ_augment",
     "sw_overlap",
     "cache_dir",
     "eval_every",
@@ -141,6 +142,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--intensity-augment",
         type=float,
         help="probability of a random gamma and gain per sequence on a training crop, both tasks (0)",
+    )
+    t.add_argument(
+        "--organ-augment",
+        type=float,
+        help="probability of a random gain (0.35-1.5) on the liver of a training crop, segment (0)",
     )
     t.add_argument("--sw-overlap", type=float, help="sliding-window overlap for validation (0.25)")
     t.add_argument("--sw-batch-size", type=int, help="sliding windows per forward pass (4)")

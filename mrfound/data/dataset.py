@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mrfound.data.augment import augment_intensity
+from mrfound.data.augment import augment_intensity, augment_organ_contrast
 from mrfound.data.manifest import Manifest, as_manifest
 from mrfound.data.preprocess import (
     PreprocessConfig,
@@ -60,6 +60,10 @@ class MRDataset(Dataset):
         intensity_augment: Probability that an item gets a random gamma and gain per available
             sequence (:func:`mrfound.data.augment.augment_intensity`), any mode. Drawn from its own
             seeded stream, so the crops are the same with and without it. For training sets only.
+        organ_augment: Probability that the liver (mask label 1) of an item gets its own random gain
+            per available sequence (:func:`mrfound.data.augment.augment_organ_contrast`), applied before
+            ``intensity_augment``; items without a mask are left alone. Training sets only (it reads the
+            label).
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class MRDataset(Dataset):
         lesion_fraction: float = 0.0,
         background_fraction: float = 0.0,
         intensity_augment: float = 0.0,
+        organ_augment: float = 0.0,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown dataset mode {mode!r}; use one of {', '.join(MODES)}")
@@ -91,6 +96,9 @@ class MRDataset(Dataset):
         if not 0.0 <= float(intensity_augment) <= 1.0:
             raise ConfigError(f"intensity_augment must be in [0, 1], got {intensity_augment}")
         self.intensity_augment = float(intensity_augment)
+        if not 0.0 <= float(organ_augment) <= 1.0:
+            raise ConfigError(f"organ_augment must be in [0, 1], got {organ_augment}")
+        self.organ_augment = float(organ_augment)
         self.mode = mode
         self.lesion_fraction = float(lesion_fraction)
         self.background_fraction = float(background_fraction)
@@ -145,6 +153,14 @@ class MRDataset(Dataset):
                 arrays = random_crop(arrays, self.config.roi_size, rng, anywhere=anywhere)
         if self.cache is not None and self.mode != "full":
             arrays = expand_compact(arrays)
+        if self.organ_augment > 0 and arrays.get("mask") is not None:
+            # its own stream, so intensity_augment draws what it drew without this option
+            organ_rng = np.random.default_rng([self.seed, self.epoch, index, 2])
+            if organ_rng.random() < self.organ_augment:
+                image = augment_organ_contrast(
+                    arrays["image"], arrays["mask"], organ_rng, 1, arrays["available"]
+                )
+                arrays = {**arrays, "image": image}
         if self.intensity_augment > 0:
             aug_rng = np.random.default_rng([self.seed, self.epoch, index, 1])
             if aug_rng.random() < self.intensity_augment:

@@ -58,6 +58,10 @@ class FinetuneConfig(TrainerConfig):
             (0.8-1.25) per available sequence (:func:`mrfound.data.augment.augment_intensity`), for
             cohorts whose normalised intensities vary between subjects more than the training subjects
             show. Off by default; measured on CHAOS in the README.
+        organ_augment: Probability that the liver of a training crop gets its own random gain (0.35-1.5)
+            per available sequence (:func:`mrfound.data.augment.augment_organ_contrast`), segmentation
+            only: a liver darker or brighter than its surroundings (iron, fat) is still liver. Off by
+            default; measured on CHAOS in the README.
         sw_overlap: Sliding-window overlap for segmentation validation.
         sw_batch_size: Windows per forward pass in sliding-window inference.
         val_max_cases: Cap on the validation cases (the first ones of the held-out set); ``None`` = all.
@@ -94,6 +98,7 @@ class FinetuneConfig(TrainerConfig):
     samples_per_case: int = 2
     background_crops: float = 0.0
     intensity_augment: float = 0.0
+    organ_augment: float = 0.0
     sw_overlap: float = 0.25
     sw_batch_size: int = 4
     val_max_cases: int | None = None
@@ -195,6 +200,18 @@ class FinetuneConfig(TrainerConfig):
             "intensity_augment",
             self.intensity_augment,
             "must be in [0, 1]",
+        )
+        _check(
+            _finite(self.organ_augment) and 0 <= self.organ_augment <= 1,
+            "organ_augment",
+            self.organ_augment,
+            "must be in [0, 1]",
+        )
+        _check(
+            self.organ_augment == 0 or self.task == "segment",
+            "organ_augment",
+            self.organ_augment,
+            "applies to --task segment only (it scales the liver of the training masks)",
         )
         _check(
             "roi_size" not in self.preprocess,

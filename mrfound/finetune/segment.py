@@ -122,7 +122,12 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
     val_m = Manifest.from_cases(val_cases, manifest.root, vocab) if val_cases else None
 
     acc = make_accelerator(config)
-    common = {"cache_dir": cache_dir, "seed": config.seed, "intensity_augment": config.intensity_augment}
+    common = {
+        "cache_dir": cache_dir,
+        "seed": config.seed,
+        "intensity_augment": config.intensity_augment,
+        "organ_augment": config.organ_augment,
+    }
     dataset = ConcatWithEpoch(
         [
             MRDataset(

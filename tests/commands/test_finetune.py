@@ -49,6 +49,23 @@ def test_config_precedence(tmp_path) -> None:
     assert cfg.steps == 90 and cfg.layer_decay == 0.6 and cfg.sequence_dropout == 0.3
     assert cfg.intensity_augment == 0.5 and cfg.preprocess == {"foreground": "otsu"}
     assert Path(cfg.manifest).is_absolute() and cfg.task == "classify"
+    seg = cmd.config_from_args(
+        _parse(
+            [
+                "--task",
+                "segment",
+                "--checkpoint",
+                "random:tiny",
+                "--manifest",
+                "m.csv",
+                "--organ-augment",
+                "0.5",
+                "--out",
+                str(tmp_path / "seg"),
+            ]
+        )
+    )
+    assert seg.organ_augment == 0.5 and seg.task == "segment"
 
 
 def test_finetune_command_runs_and_rejects_bad_values(tmp_path, capsys) -> None:

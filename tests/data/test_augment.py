@@ -1,11 +1,11 @@
-"""augment_intensity: per-sequence random gamma and gain."""
+"""augment_intensity (per-sequence random gamma and gain) and augment_organ_contrast (organ gain)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mrfound.data.augment import augment_intensity
+from mrfound.data.augment import augment_intensity, augment_organ_contrast
 from mrfound.errors import ConfigError
 
 
@@ -53,3 +53,56 @@ def test_bad_range() -> None:
         augment_intensity(_image(), np.random.default_rng(0), gamma=(2.0, 0.5))
     with pytest.raises(ConfigError, match="scale range"):
         augment_intensity(_image(), np.random.default_rng(0), scale=(0.0, 1.0))
+
+
+def _labels() -> np.ndarray:
+    lab = np.zeros((8, 8, 8), np.int64)
+    lab[2:6, 2:6, 2:6] = 1  # the organ of _image
+    lab[3, 3, 3] = 2  # a lesion inside it
+    return lab
+
+
+def test_organ_gain_scales_the_organ_only() -> None:
+    x, lab = _image(), _labels()
+    y = augment_organ_contrast(x, lab, np.random.default_rng(0), available=[True, False, True], sigma=0)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    np.testing.assert_array_equal(x, _image())  # input not modified
+    np.testing.assert_array_equal(y[1], x[1])  # absent sequence untouched
+    outside = lab != 1
+    for s in (0, 2):
+        np.testing.assert_array_equal(y[s][outside], x[s][outside])  # lesion and background untouched
+        gain = y[s][lab == 1] / x[s][lab == 1]
+        np.testing.assert_allclose(gain, gain[0], rtol=1e-6)  # one gain over the organ
+        assert 0.35 - 1e-6 <= gain[0] <= 1.5 + 1e-6 and not np.isclose(gain[0], 1.0)
+    # the two sequences get their own gain; a (1, D, H, W) label map is accepted too
+    assert not np.isclose(y[0, 2, 2, 2], y[2, 2, 2, 2])
+    z = augment_organ_contrast(x, lab[None], np.random.default_rng(0), available=[True, False, True], sigma=0)
+    np.testing.assert_array_equal(y, z)
+
+
+def test_organ_gain_range_smoothing_and_no_organ() -> None:
+    x, lab = _image()[:1], _labels()
+    gains = [
+        float(augment_organ_contrast(x, lab, np.random.default_rng(seed), sigma=0)[0, 2, 2, 2] / 0.4)
+        for seed in range(200)
+    ]
+    assert min(gains) < 0.5 and max(gains) > 1.3  # darker and brighter livers
+    assert 0.35 - 1e-6 <= min(gains) and max(gains) <= 1.5 + 1e-6
+    # smoothed weight: the gain fades across the edge instead of stepping on it
+    y = augment_organ_contrast(x, lab, np.random.default_rng(3), sigma=1.0)
+    g = augment_organ_contrast(x, lab, np.random.default_rng(3), sigma=0)[0, 2, 2, 2] / 0.4
+    edge_gain = y[0, 2, 4, 4] / 0.4  # organ voxel on the face of the cube: part of its weight blurred out
+    assert min(1.0, g) < edge_gain < max(1.0, g)
+    # no organ in the crop: a copy, and no draw from the generator
+    rng = np.random.default_rng(5)
+    np.testing.assert_array_equal(augment_organ_contrast(x, np.zeros_like(lab), rng), x)
+    assert rng.random() == np.random.default_rng(5).random()
+
+
+def test_organ_gain_bad_input() -> None:
+    with pytest.raises(ConfigError, match="scale range"):
+        augment_organ_contrast(_image(), _labels(), np.random.default_rng(0), scale=(1.5, 0.35))
+    with pytest.raises(ConfigError, match="sigma"):
+        augment_organ_contrast(_image(), _labels(), np.random.default_rng(0), sigma=-1)
+    with pytest.raises(ConfigError, match="do not match"):
+        augment_organ_contrast(_image(), _labels()[:4], np.random.default_rng(0))

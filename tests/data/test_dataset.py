@@ -147,6 +147,36 @@ def test_intensity_augment_keeps_crops_and_changes_contrast(manifest, tmp_path):
     )
 
 
+def test_organ_augment_changes_the_liver_only(manifest, tmp_path):
+    from scipy.ndimage import binary_dilation
+
+    cfg = PreprocessConfig(spacing=2.0, roi_size=8)
+    kw = {"mode": "random", "cache_dir": tmp_path / "c", "samples_per_case": 6, "seed": 1}
+    plain = MRDataset(manifest, cfg, intensity_augment=0.5, **kw)
+    organ = MRDataset(manifest, cfg, intensity_augment=0.5, organ_augment=1.0, **kw)
+    only_organ = MRDataset(manifest, cfg, organ_augment=1.0, **kw)
+    changed = 0
+    for i in range(len(plain)):
+        p, o, oo = plain[i], organ[i], only_organ[i]
+        assert torch.equal(p["affine"], o["affine"])
+        if "mask" not in p:  # a case without a mask is left alone
+            assert "mask" not in o and torch.equal(p["image"], o["image"])
+            continue
+        assert torch.equal(p["mask"], o["mask"])
+        liver = p["mask"][0].numpy() == 1
+        # beyond the smoothing of the organ weight, every voxel is what it was without the option
+        far = ~binary_dilation(liver, iterations=4)
+        assert torch.equal(p["image"][:, torch.from_numpy(far)], o["image"][:, torch.from_numpy(far)])
+        if liver.any():
+            present = oo["available"]
+            plain_i = MRDataset(manifest, cfg, **kw)[i]
+            changed += not torch.allclose(oo["image"][present], plain_i["image"][present])
+        assert torch.equal(o["image"], organ[i]["image"])  # reproducible
+    assert changed > 0
+    with pytest.raises(ConfigError, match="organ_augment"):
+        MRDataset(manifest, organ_augment=1.5)
+
+
 def test_bad_arguments(manifest):
     with pytest.raises(ConfigError):
         MRDataset(manifest, mode="crop")

@@ -60,6 +60,7 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
         samples_per_case=1,
         background_crops=0.5,
         intensity_augment=0.5,
+        organ_augment=0.5,
         cache_dir=str(preprocess_cache),
         tensorboard=False,
         val_fraction=0.2,
@@ -75,6 +76,7 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
     assert cfg_json["head"]["skip_source"] == "image" and cfg_json["head"]["skip_layers"] == []
     saved_cfg = json.loads((out / "config.json").read_text())
     assert saved_cfg["background_crops"] == 0.5 and saved_cfg["intensity_augment"] == 0.5
+    assert saved_cfg["organ_augment"] == 0.5
     # reloaded weights give the same metrics
     from mrfound.data.manifest import Manifest, read_manifest
     from mrfound.finetune.common import load_encoder
@@ -105,4 +107,11 @@ def test_skip_source_is_validated(tiny_cohort, tmp_path) -> None:
     cfg.background_crops = 0.0
     cfg.intensity_augment = 2.0
     with pytest.raises(ConfigError, match="intensity_augment"):
+        cfg.validate()
+    cfg.intensity_augment = 0.0
+    cfg.organ_augment = -0.5
+    with pytest.raises(ConfigError, match="organ_augment"):
+        cfg.validate()
+    cfg.organ_augment, cfg.task = 0.5, "classify"
+    with pytest.raises(ConfigError, match="organ_augment.*segment only"):
         cfg.validate()
