@@ -9,7 +9,9 @@ Protocol (issue 5, DESIGN §7):
    0.706 with log-Otsu at commit 9e16897. ``--intensity-aug P`` gives that share of the training crops,
    for every model, a random gamma and gain (:func:`mrfound.data.augment.augment_intensity`): the two
    subjects with the darkest normalised livers (15, 36) failed without it (0.825, 0.864, 0.708 with
-   ``--intensity-aug 0.8`` at commit a5c8ae7).
+   ``--intensity-aug 0.8`` at commit a5c8ae7). ``--organ-aug P`` also gives that share of the crops
+   a random gain on the liver only (:func:`mrfound.data.augment.augment_organ_contrast`): subject 15's
+   liver is darker than the tissue around it, which no global gamma teaches.
 2. Pretraining (``mrfound.pretrain``, masked-modality autoencoder, ``tiny`` width) on a simulated phantom
    cohort plus the 15 CHAOS T2 volumes used **without their labels** (a copy of the manifest with no
    mask column). All CHAOS volumes take part, the test folds' too: self-supervised use of unlabelled

@@ -1,4 +1,5 @@
-"""Intensity augmentation for fine-tuning: a random gamma and scale per available sequence.
+"""Intensity augmentation for fine-tuning: a random gamma and scale per available sequence, and a
+random gain on one labelled organ (segmentation).
 
 Normalised intensities differ between subjects more than a small training cohort shows: in CHAOS T2
 the livers of two subjects sit at 0.18-0.20 after normalisation, those of the other 13 at 0.36-0.51,
@@ -6,6 +7,7 @@ and every segmenter trained on the 13 failed on the two. Drawing a contrast curv
 and a gain per sequence and crop shows the model the same anatomy at other brightness levels. The
 transforms are MONAI's (:class:`monai.transforms.AdjustContrast`, :class:`monai.transforms.ScaleIntensity`);
 the parameters come from the caller's numpy generator so that a seeded dataset stays reproducible.
+A global curve keeps the liver's rank among the tissues; :func:`augment_organ_contrast` changes it.
 """
 
 from __future__ import annotations
