@@ -203,6 +203,16 @@ def test_sample_batch_intensity_augmentation(chaos) -> None:
     plain_levels = {round(float(v), 4) for v in plain_x.unique()}
     assert plain_levels <= {0.1, 0.4}  # every crop shows the two original intensities
     assert not set(round(float(v), 4) for v in aug_x.unique()) <= plain_levels
+    # the liver alone gets a gain: voxels beyond its smoothed edge keep 0.1, liver voxels leave 0.4
+    from scipy.ndimage import binary_dilation
+
+    organ_x, organ_y = chaos.sample_batch([case], 8, 6, np.random.default_rng(0), organ_aug=1.0)
+    x, liver = organ_x.numpy()[:, 0], organ_y.numpy()[:, 0] == 1
+    far = np.stack([~binary_dilation(m, iterations=4) for m in liver])
+    assert far.any() and liver.any()
+    np.testing.assert_allclose(x[far], 0.1, atol=1e-3)  # (the Gaussian's tail reaches a little further)
+    assert not np.allclose(x[liver], 0.4)
+    assert 0.4 * 0.35 - 1e-3 < x[liver].min() and x[liver].max() < 0.4 * 1.5 + 1e-3
 
 
 class _NaNEveryOtherStep:
@@ -232,9 +242,14 @@ def test_train_timed_skips_non_finite_steps(chaos, monkeypatch) -> None:
     monkeypatch.setattr(
         chaos,
         "sample_batch",
-        lambda cases, roi, batch, rng, aug=0.0: (torch.ones(1, 1, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2)),
+        lambda cases, roi, batch, rng, aug=0.0, organ=0.0: (
+            torch.ones(1, 1, 2, 2, 2),
+            torch.zeros(1, 1, 2, 2, 2),
+        ),
     )
-    args = argparse.Namespace(mixed_precision="no", lr=1e-2, roi=2, batch_size=1, intensity_aug=0.0)
+    args = argparse.Namespace(
+        mixed_precision="no", lr=1e-2, roi=2, batch_size=1, intensity_aug=0.0, organ_aug=0.0
+    )
     info = chaos.train_timed(net, [], seconds=0.3, args=args, seed=0)
     assert info["steps"] >= 4 and info["skipped_nonfinite"] == info["steps"] // 2
     assert all(torch.isfinite(p).all() for p in net.module.parameters())
