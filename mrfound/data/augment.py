@@ -30,6 +30,12 @@ DEFAULT_ORGAN_SIGMA = 1.0
 """Smoothing (voxels) of the organ weight, so the gain does not paint a step exactly on the label edge."""
 
 
+def _check_range(what: str, name: str, value: tuple[float, float]) -> None:
+    lo, hi = value
+    if not 0 < lo <= hi:
+        raise ConfigError(f"{what}: {name} range must be 0 < low <= high, got {(lo, hi)}")
+
+
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
@@ -62,9 +68,8 @@ def augment_intensity(
     """
     from monai.transforms import AdjustContrast, ScaleIntensity
 
-    for name, (lo, hi) in (("gamma", gamma), ("scale", scale)):
-        if not 0 < lo <= hi:
-            raise ConfigError(f"intensity augmentation: {name} range must be 0 < low <= high, got {(lo, hi)}")
+    _check_range("intensity augmentation", "gamma", gamma)
+    _check_range("intensity augmentation", "scale", scale)
     out = np.array(image, dtype=np.float32, copy=True)
     present = np.ones(out.shape[0], dtype=bool) if available is None else np.asarray(available, dtype=bool)
     for s in np.flatnonzero(present):
@@ -113,9 +118,8 @@ def augment_organ_contrast(
     """
     from scipy.ndimage import gaussian_filter
 
+    _check_range("organ contrast augmentation", "scale", scale)
     lo, hi = scale
-    if not 0 < lo <= hi:
-        raise ConfigError(f"organ contrast augmentation: scale range must be 0 < low <= high, got {scale}")
     if not sigma >= 0:
         raise ConfigError(f"organ contrast augmentation: sigma must be >= 0, got {sigma}")
     lab = np.asarray(labels)
