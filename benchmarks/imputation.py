@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PHANTOM_FOREGROUND, choose_threads  # noqa: E402
+from _common import PHANTOM_FOREGROUND, choose_threads, resolve_autocast  # noqa: E402
 from _common import rounded_load as _load  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -653,6 +653,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     threads = choose_threads(args.threads)
+    requested_mp, args.mixed_precision = args.mixed_precision, resolve_autocast(args.mixed_precision)
 
     t0 = time.time()
     load0 = _load()
@@ -671,6 +672,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": b,
         "pretraining_mae_overrides": args.mae,
         "pretraining_mixed_precision": args.mixed_precision,
+        "pretraining_mixed_precision_requested": requested_mp,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),

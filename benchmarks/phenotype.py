@@ -29,6 +29,14 @@ Usage::
     python benchmarks/phenotype.py --budget small            # ~10-15 min on 2 idle cores
     python benchmarks/phenotype.py --budget full             # ~45-60 min on 2 idle cores
     python benchmarks/phenotype.py --budget tiny --out /tmp/r # smoke test (seconds of training)
+    # the longer recipe of README's one-off probes: 10000 steps, half the crops around the lesion
+    python benchmarks/phenotype.py --budget full \\
+        --pretrain-steps 10000 --pretrain-warmup 200 --lesion-crops 0.5
+
+``--pretrain-steps``, ``--pretrain-warmup`` and ``--lesion-crops`` apply to all three pretrainings alike.
+The ``full`` budget pretrains ours and plain MAE under bf16 autocast where the CPU computes bf16 natively
+(AVX512-BF16/AMX) or on a GPU, and in fp32 elsewhere (emulated bf16 is far slower); the JSON records both
+the request and the choice.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import PHANTOM_FOREGROUND, ChannelStackedMAE, machine_info, provenance  # noqa: E402
+from _common import PHANTOM_FOREGROUND, ChannelStackedMAE, machine_info, provenance, resolve_autocast  # noqa: E402
 
 from mrfound import demo as D  # noqa: E402
 from mrfound.data.preprocess import FOREGROUND_METHODS  # noqa: E402
@@ -79,6 +87,10 @@ class Budget:
     spacing: float = 2.0
     batch_size: int = 8
     pretrain_lr: float = 5e-4
+    pretrain_warmup_steps: int | None = None  # None: 5 % of the pretraining steps
+    # share of the pretraining crops centred on the lesion (all three pretrainings alike); the probe reads
+    # lesion-centred ROIs, which crops anywhere in the body rarely show
+    pretrain_lesion_crops: float = 0.0
     ft_lr: float = 5e-4
     sequence_dropout: float = 0.25
     test_fraction: float = 0.3
@@ -216,6 +228,21 @@ def _autocast_note(settings: dict[str, Any]) -> str:
     return "" if mp == "no" else f", {mp} autocast for ours and plain MAE, fp32 for MONAI"
 
 
+def _warmup(b: Budget) -> int:
+    """Pretraining warm-up steps of a budget (5 % of the steps unless set)."""
+    return b.pretrain_warmup_steps if b.pretrain_warmup_steps is not None else max(1, b.pretrain_steps // 20)
+
+
+def _recipe_key(b: Budget) -> list[str]:
+    """Run-folder key entries of the later pretraining options (none at defaults: old runs are reused)."""
+    extra = []
+    if b.pretrain_warmup_steps is not None:
+        extra.append(f"warmup={b.pretrain_warmup_steps}")
+    if b.pretrain_lesion_crops:
+        extra.append(f"lesion_crops={b.pretrain_lesion_crops}")
+    return extra
+
+
 def pretrain_mrfound(
     name: str, train_csv: Path, work: Path, cache: Path, b: Budget, seed: int, sequence_drop: float
 ) -> tuple[Path, float]:
@@ -240,6 +267,7 @@ def pretrain_mrfound(
         settings.append(b.pretrain_mixed_precision)
     if b.foreground != "otsu":  # runs made before the option keep their folder
         settings.append(f"foreground={b.foreground}")
+    settings += _recipe_key(b)
     run = work / f"pretrain_{name}_{_key(settings)}"
     if (run / "final" / "model.safetensors").is_file():
         return run / "final", recorded_seconds(run)
@@ -259,8 +287,9 @@ def pretrain_mrfound(
         steps=b.pretrain_steps,
         batch_size=b.batch_size,
         lr=b.pretrain_lr,
-        warmup_steps=max(1, b.pretrain_steps // 20),
+        warmup_steps=_warmup(b),
         seed=seed,
+        lesion_crops=b.pretrain_lesion_crops,
         eval_fraction=0.0,
         viz_every=0,
         viz_cases=0,
@@ -308,6 +337,7 @@ def pretrain_monai(train_m: Any, work: Path, cache: Path, pp: Any, b: Budget, se
     ]
     if b.foreground != "otsu":  # its inputs differ; runs made before the option keep their folder
         settings.append(f"foreground={b.foreground}")
+    settings += _recipe_key(b)
     run = work / f"pretrain_monai_{_key(settings)}"
     weights = run / "final.safetensors"
 
@@ -326,13 +356,15 @@ def pretrain_monai(train_m: Any, work: Path, cache: Path, pp: Any, b: Budget, se
 
         shutil.rmtree(run)
     t0 = time.time()
-    ds = MRDataset(train_m, pp, mode="random", cache_dir=cache, seed=seed)
+    ds = MRDataset(
+        train_m, pp, mode="random", cache_dir=cache, seed=seed, lesion_fraction=b.pretrain_lesion_crops
+    )
     cfg = TrainerConfig(
         out=str(run),
         steps=b.pretrain_steps,
         batch_size=b.batch_size,
         lr=b.pretrain_lr,
-        warmup_steps=max(1, b.pretrain_steps // 20),
+        warmup_steps=_warmup(b),
         seed=seed,
         tensorboard=False,
         save_every=0,
@@ -732,7 +764,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default=None,
         help=f"preprocessing foreground threshold (default {PHANTOM_FOREGROUND}, as the README tables)",
     )
+    p.add_argument("--pretrain-steps", type=int, default=None, help="override the budget's pretraining steps")
+    p.add_argument(
+        "--pretrain-warmup",
+        type=int,
+        default=None,
+        help="pretraining warm-up steps (default 5 %% of the steps)",
+    )
+    p.add_argument(
+        "--lesion-crops",
+        type=float,
+        default=None,
+        help="share of pretraining crops centred on the lesion, for all three pretrainings (default 0)",
+    )
     args = p.parse_args(argv)
+    if args.pretrain_steps is not None and args.pretrain_steps < 1:
+        p.error(f"--pretrain-steps must be >= 1, got {args.pretrain_steps}")
+    if args.pretrain_warmup is not None and args.pretrain_warmup < 0:
+        p.error(f"--pretrain-warmup must be >= 0, got {args.pretrain_warmup}")
+    if args.lesion_crops is not None and not 0.0 <= args.lesion_crops <= 1.0:
+        p.error(f"--lesion-crops must be in [0, 1], got {args.lesion_crops}")
 
     import torch
 
@@ -757,6 +808,16 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
         b.cases = args.cases
     if args.foreground:
         b.foreground = args.foreground
+    if args.pretrain_steps is not None:
+        b.pretrain_steps = args.pretrain_steps
+    if args.pretrain_warmup is not None:
+        b.pretrain_warmup_steps = args.pretrain_warmup
+    if args.lesion_crops is not None:
+        b.pretrain_lesion_crops = args.lesion_crops
+    requested_mp, b.pretrain_mixed_precision = (
+        b.pretrain_mixed_precision,
+        resolve_autocast(b.pretrain_mixed_precision),
+    )
     stem = "phenotype" if args.budget == "full" else f"phenotype_{args.budget}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -771,6 +832,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
         "machine_start": machine_info(),
         "seed": args.seed,
         "settings": dataclasses.asdict(b),
+        "pretrain_mixed_precision_requested": requested_mp,
     }
 
     from mrfound.data.manifest import read_manifest

@@ -202,6 +202,18 @@ class TrainResult:
     last_logs: dict[str, float] = field(default_factory=dict)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, as oneDNN reports it).
+
+    Without it, bf16 autocast on the CPU is emulated: a ``tiny`` pretraining step ran about 12x slower
+    than in fp32 on a 2-core AVX2-only EPYC, while on a CPU with native bf16 it ran 1.86x faster.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - a torch build without oneDNN
+        return False
+
+
 def make_accelerator(config: TrainerConfig) -> Any:
     """Create the :class:`accelerate.Accelerator` for ``config``.
 
@@ -217,6 +229,11 @@ def make_accelerator(config: TrainerConfig) -> Any:
     use_cpu = bool(config.cpu) or not torch.cuda.is_available()
     if config.mixed_precision == "fp16" and use_cpu:
         raise ConfigError("config key 'mixed_precision' = 'fp16': needs a CUDA GPU; use bf16 on CPU")
+    if config.mixed_precision == "bf16" and use_cpu and not cpu_has_native_bf16():
+        logger.warning(
+            "mixed_precision 'bf16' on a CPU without native bf16 (no AVX512-BF16/AMX): autocast is emulated "
+            "and much slower than fp32 (about 12x measured on an AVX2 CPU); 'no' is faster here"
+        )
     state = AcceleratorState._shared_state
     if (
         state

@@ -24,11 +24,33 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
     out, work = tmp_path / "results", tmp_path / "work"
     from mrfound.data.sequences import SEQUENCES
 
-    ph.main(["--budget", "tiny", "--out", str(out), "--work", str(work), "--workers", "1", "--cases", "24"])
+    recipe = ["--pretrain-steps", "4", "--pretrain-warmup", "1", "--lesion-crops", "0.5"]
+    ph.main(
+        [
+            "--budget",
+            "tiny",
+            "--out",
+            str(out),
+            "--work",
+            str(work),
+            "--workers",
+            "1",
+            "--cases",
+            "24",
+            *recipe,
+        ]
+    )
 
     saved = json.loads((out / "phenotype_tiny.json").read_text())
     # provenance of the run
-    assert saved["command"].endswith("--cases 24") and saved["date"] and "git_commit" in saved
+    assert saved["command"].endswith("--lesion-crops 0.5") and saved["date"] and "git_commit" in saved
+    st = saved["settings"]
+    assert (st["pretrain_steps"], st["pretrain_warmup_steps"], st["pretrain_lesion_crops"]) == (4, 1, 0.5)
+    # the pretraining recipe reaches mrfound's pretraining runs and the MONAI baseline's
+    for name in ("ours", "plain_mae"):
+        cfg = json.loads(next(work.glob(f"pretrain_{name}_*/config.json")).read_text())
+        assert (cfg["steps"], cfg["warmup_steps"], cfg["lesion_crops"]) == (4, 1, 0.5)
+    assert len(list(work.glob("pretrain_monai_*/final.safetensors"))) == 1
     m = saved["machine_start"]
     assert m["cpu_count"] >= 1 and m["torch_threads"] >= 1 and len(m["load_average_1_5_15min"]) == 3
     assert saved["wall_s"]["total"] > 0 and saved["seed"] == 0
@@ -70,6 +92,22 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         assert all(set(r) == set(pool.PROTOCOLS) for r in res.values())
         assert all(0.0 <= r["all"] <= 1.0 for r in res.values())
     assert json.loads((out / "pooling.json").read_text())["results"] == doc["results"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--pretrain-steps", "0", "--pretrain-steps must be >= 1, got 0"),
+        ("--pretrain-warmup", "-1", "--pretrain-warmup must be >= 0, got -1"),
+        ("--lesion-crops", "1.5", "--lesion-crops must be in [0, 1], got 1.5"),
+    ],
+)
+def test_bad_pretraining_recipe_is_refused_before_any_work(ph, tmp_path: Path, capsys, flag, value, message):
+    work, out = tmp_path / "work", tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        ph.main(["--budget", "tiny", "--work", str(work), "--out", str(out), flag, value])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not work.exists() and not out.exists()
 
 
 def test_table_importance_credits_the_contrast_phases(ph) -> None:

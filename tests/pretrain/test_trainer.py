@@ -104,6 +104,28 @@ def test_ema_grad_accum_and_bf16_train(tmp_path):
     assert rows[-1]["cases_per_s"] > 0 and all(math.isfinite(r["loss"]) for r in rows)
 
 
+@pytest.mark.parametrize(
+    ("native", "precision", "warned"), [(False, "bf16", True), (True, "bf16", False), (False, "no", False)]
+)
+def test_bf16_on_a_cpu_without_native_bf16_is_flagged(
+    tmp_path, monkeypatch, caplog, native, precision, warned
+):
+    import mrfound.pretrain.trainer as T
+
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING", logger=T.__name__):
+        T.make_accelerator(toy_config(tmp_path / "run", steps=1, mixed_precision=precision))
+    flagged = [r for r in caplog.records if "without native bf16" in r.getMessage()]
+    assert bool(flagged) is warned
+
+
+def test_cpu_has_native_bf16_answers_a_bool():
+    from mrfound.pretrain.trainer import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16() in (True, False)
+
+
 def test_default_param_groups_exempt_biases_and_norms():
     model = ToyMAE()
     groups = default_param_groups(model, weight_decay=0.05)
