@@ -1467,6 +1467,11 @@ def _imputation_rows(
     return rows, table
 
 
+def _imputation_means(table: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
+    """Mean PSNR of the synthesis and of the copy-nearest baseline over the imputation rows."""
+    return float(np.mean([r["psnr"] for r in table])), float(np.mean([r["psnr_copy_nearest"] for r in table]))
+
+
 SEQUENCE_ORDER: tuple[str, ...] = ("t2", "dwi", "t1_in", "t1_opp", "t1_pre", "t1_art", "t1_pv", "t1_del")
 
 
@@ -1617,8 +1622,7 @@ def _report(
                 + [
                     [
                         f"mean of {len(inf['imputation'])}",
-                        _f(float(np.mean([r["psnr"] for r in inf["imputation"]])), 1),
-                        _f(float(np.mean([r["psnr_copy_nearest"] for r in inf["imputation"]])), 1),
+                        *(_f(m, 1) for m in _imputation_means(inf["imputation"])),
                         "",
                     ]
                 ],
@@ -1692,12 +1696,9 @@ def print_summary(
         )
     if summary["inference"]["imputation"]:
         imp = summary["inference"]["imputation"]
+        synth, copy = _imputation_means(imp)
         rows.append(
-            (
-                "imputation",
-                f"PSNR {np.mean([r['psnr'] for r in imp]):.1f} dB vs copy-nearest "
-                f"{np.mean([r['psnr_copy_nearest'] for r in imp]):.1f} dB ({len(imp)} unseen ROIs)",
-            )
+            ("imputation", f"PSNR {synth:.1f} dB vs copy-nearest {copy:.1f} dB ({len(imp)} unseen ROIs)")
         )
     rows.append(("wall time", f"{summary['wall_s']['total'] / 60:.1f} min"))
     rows.append(("report", str(out / "report.md")))
