@@ -10,6 +10,7 @@ group by subject.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -483,14 +484,19 @@ def manifest_text(rows: Sequence[dict[str, str]]) -> str:
     return buf.getvalue()
 
 
-def _init_worker() -> None:
-    # one BLAS thread per worker process: the workers already fill the cores
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """Limit BLAS/OpenMP to one thread while the context is open (no-op without threadpoolctl)."""
     try:
         from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
     except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
-        pass
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
+def _init_worker() -> None:
+    # one BLAS thread per worker process: the workers already fill the cores, and the files stay
+    # identical to those of the in-process path
+    _one_blas_thread()
 
 
 def _generate_one(args: tuple[int, int, PhantomConfig, str]) -> tuple[int, dict[str, str], str]:
@@ -552,12 +558,15 @@ def generate_cohort(out_dir: str | os.PathLike, n_cases: int, seed: int, config:
                    disable=(None if progress is None else not progress))
         try:
             if workers == 1:
-                for t in tasks:
-                    i, row, _ = _generate_one(t)
-                    rows[i] = row
-                    bar.update(1)
-                    if callback:
-                        callback(len(rows))
+                # one BLAS thread, as in the workers: a threaded matrix product may round differently
+                # (seen on an AVX2 CPU), and the files must not depend on ``workers``
+                with _one_blas_thread():
+                    for t in tasks:
+                        i, row, _ = _generate_one(t)
+                        rows[i] = row
+                        bar.update(1)
+                        if callback:
+                            callback(len(rows))
             else:
                 import multiprocessing as mp
                 from concurrent.futures import ProcessPoolExecutor, as_completed
