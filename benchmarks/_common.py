@@ -58,7 +58,7 @@ def machine_info() -> dict[str, Any]:
 def resolve_autocast(requested: str) -> str:
     """The training autocast to use for ``requested``: ``"no"`` for ``"bf16"`` on a CPU that only emulates it.
 
-    Emulated bf16 (no AVX512-BF16/AMX) ran a ``tiny`` pretraining step about 12x slower than fp32 on an
+    Emulated bf16 (no AVX512-BF16/AMX) ran a ``tiny`` pretraining step 9.3x slower than fp32 on an
     AVX2-only CPU, so the benchmarks train in fp32 there and record both the request and the choice.
     """
     if requested == "bf16" and not torch.cuda.is_available():
