@@ -120,10 +120,18 @@ def test_bf16_on_a_cpu_without_native_bf16_is_flagged(
     assert bool(flagged) is warned
 
 
-def test_cpu_has_native_bf16_answers_a_bool():
+def test_cpu_has_native_bf16_is_false_without_avx512_or_amx():
+    from pathlib import Path
+
     from mrfound.pretrain.trainer import cpu_has_native_bf16
 
-    assert cpu_has_native_bf16() in (True, False)
+    answer = cpu_has_native_bf16()
+    assert answer in (True, False)
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.is_file() else ""
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split()}
+    if flags and not flags & {"avx512f", "amx_bf16"}:
+        assert answer is False  # an AVX2-only CPU has no bf16 arithmetic of its own
 
 
 def test_default_param_groups_exempt_biases_and_norms():
