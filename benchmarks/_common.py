@@ -61,12 +61,9 @@ def resolve_autocast(requested: str) -> str:
     Emulated bf16 (no AVX512-BF16/AMX) ran a ``tiny`` pretraining step 9.3x slower than fp32 on an
     AVX2-only CPU, so the benchmarks train in fp32 there and record both the request and the choice.
     """
-    if requested == "bf16" and not torch.cuda.is_available():
-        from mrfound.pretrain.trainer import cpu_has_native_bf16
+    from mrfound.pretrain.trainer import bf16_is_emulated
 
-        if not cpu_has_native_bf16():
-            return "no"
-    return requested
+    return "no" if bf16_is_emulated(requested, on_cpu=not torch.cuda.is_available()) else requested
 
 
 def rounded_load() -> list[float]:

@@ -244,10 +244,15 @@ class TimePlan:
 
     The fixed work of every later stage (:data:`FIXED_COSTS`) is scaled by ``slow`` = measured seconds per
     pretraining step / :data:`REFERENCE_SECONDS_PER_STEP`, so a busy machine reserves more of the budget
-    for it and trains fewer steps.
+    for it and trains fewer steps. Once stages have run, :meth:`observe` rescales the reserve of the later
+    ones by what their fixed work really took (with :attr:`MARGIN`): the step-time scaling alone left 1.9
+    of 10 minutes unused on a slower CPU, whose fixed work grew less than its step time.
     """
 
     SHARES = {"pretrain": 0.5, "classify": 0.3, "segment": 0.2}
+    MARGIN = 1.3
+    """Safety factor on the measured/planned ratio of fixed work (the later stages' work is not the same)."""
+    SCALE_BOUNDS = (0.6, 3.0)
 
     def __init__(self, budget: Budget, slow: float, segment: bool, n_volumes: int) -> None:
         self.budget, self.slow, self.segment, self.n_volumes = (
@@ -256,6 +261,26 @@ class TimePlan:
             segment,
             n_volumes,
         )
+        self.scale = 1.0
+        self.ratio: float | None = None
+        self.measured: dict[str, float] = {}
+        """Measured fixed seconds of the observed stages."""
+
+    def observe(self, stage: str, seconds: float) -> float:
+        """Record the measured fixed work of a finished ``stage`` and rescale the later reserves.
+
+        Returns:
+            The new scale of the reserves: ``MARGIN`` x measured / planned over the observed stages,
+            clamped to ``SCALE_BOUNDS`` (a busy spell raises it, a fixed cost overestimated lowers it).
+        """
+        if stage not in FIXED_COSTS:
+            raise KeyError(f"no fixed cost for stage {stage!r}; known: {sorted(FIXED_COSTS)}")
+        self.measured[stage] = max(0.0, float(seconds))
+        planned = sum(FIXED_COSTS[st] for st in self.measured) * self.slow
+        self.ratio = sum(self.measured.values()) / planned
+        lo, hi = self.SCALE_BOUNDS
+        self.scale = min(hi, max(lo, self.MARGIN * self.ratio))
+        return self.scale
 
     def fixed(self, stages: Sequence[str]) -> float:
         """Seconds of fixed work of ``stages`` on this machine."""
@@ -268,7 +293,7 @@ class TimePlan:
                 total += FIXED_COSTS["volume"] * self.n_volumes * (2 if self.segment else 1)
             if st == "segment":
                 total += FIXED_COSTS["volume"] * 2
-        return total * self.slow
+        return total * self.slow * self.scale
 
     def seconds_for(self, stage: str, later: Sequence[str]) -> float:
         """Training seconds for ``stage``: its share of what is left after the fixed work of ``later`` stages
@@ -1063,6 +1088,7 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
         "final_train_loss": pre.train.last_logs.get("loss"),
         "heldout": jsonable(rec),
     }
+    plan.observe("pretrain", log.times["pretrain"] - pre.train_wall_s)
     log.say(
         "   held-out loss (norm-pix MSE) masked patches / dropped sequences: "
         f"model {rec['model']['loss_inpaint']:.3f} / {rec['model']['loss_synth'] or float('nan'):.3f}, "
@@ -1101,6 +1127,14 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
             )
     summary["probe"] = {
         k: jsonable({kk: vv for kk, vv in v.items() if kk != "predictions"}) for k, v in probes.items()
+    }
+    scale = plan.observe("probe", log.times["probe"])
+    log.say(f"   fixed work so far took {plan.ratio:.2f}x the plan: later reserves scaled x{scale:.2f}")
+    summary["time_plan"] = {
+        "slow": round(plan.slow, 3),
+        "fixed_ratio": round(plan.ratio or 0.0, 3),
+        "reserve_scale": round(scale, 3),
+        "measured_fixed_s": {k: round(v, 1) for k, v in plan.measured.items()},
     }
 
     # 5 ------------------------------------------------------------------ fine-tune classification

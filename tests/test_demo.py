@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mrfound.demo import Budget, DemoConfig, md_table, run_demo
+from mrfound.demo import Budget, DemoConfig, TimePlan, md_table, run_demo
 
 MICRO = {
     "cases": 24,
@@ -78,6 +78,10 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
     assert saved["segment"]["test"]["n_cases"] >= 1
     assert saved["segment"]["spacing_mm"] == 6.0 and saved["segment"]["batch_size"] == 2
     assert summary["wall_s"]["total"] == pytest.approx(saved["wall_s"]["total"], abs=1.0)
+    # the plan was recalibrated from the measured fixed work of pretraining and probing
+    plan = saved["time_plan"]
+    assert set(plan["measured_fixed_s"]) == {"pretrain", "probe"} and plan["fixed_ratio"] > 0
+    assert TimePlan.SCALE_BOUNDS[0] <= plan["reserve_scale"] <= TimePlan.SCALE_BOUNDS[1]
 
     # inference outputs for the unseen case: predictions table and a synthesised sequence on its grid
     pred = (out / "predictions" / "predictions.csv").read_text().splitlines()
@@ -100,7 +104,7 @@ def test_budget_steps_fit_the_time_and_respect_the_bounds() -> None:
 
 
 def test_time_plan_reserves_scaled_fixed_work_and_shares_the_rest() -> None:
-    from mrfound.demo import FIXED_COSTS, TimePlan
+    from mrfound.demo import FIXED_COSTS
 
     budget = Budget(10.0)
     budget.left = lambda: 600.0  # type: ignore[method-assign]  # freeze the clock
@@ -165,3 +169,29 @@ def test_prepare_out_replaces_an_earlier_demo_and_refuses_other_folders(tmp_path
     with pytest.raises(ConfigError, match="not empty"):
         prepare_out(foreign)
     assert (foreign / "holiday.jpg").exists()
+
+
+def test_time_plan_observe_rescales_later_reserves_from_measured_fixed_work() -> None:
+    from mrfound.demo import FIXED_COSTS
+
+    budget = Budget(10.0)
+    budget.left = lambda: 600.0  # type: ignore[method-assign]  # freeze the clock
+    plan = TimePlan(budget, 2.0, segment=True, n_volumes=1)
+    later = ["classify", "segment", "infer"]
+    before = plan.fixed(later)
+    # the probe's fixed work took half of what was planned at this speed: later reserves shrink by
+    # MARGIN x 0.5, and the training stages get the difference
+    assert plan.observe("probe", 0.5 * FIXED_COSTS["probe"] * 2.0) == pytest.approx(TimePlan.MARGIN * 0.5)
+    assert plan.ratio == pytest.approx(0.5)
+    assert plan.fixed(later) == pytest.approx(before * TimePlan.MARGIN * 0.5)
+    assert plan.seconds_for("classify", ["segment", "infer"]) > (600.0 - before) * 0.6
+    # the ratio is over every observed stage, and a busy spell raises the reserve, up to the bound
+    plan.observe("pretrain", 0.0)
+    assert plan.ratio == pytest.approx(
+        0.5 * FIXED_COSTS["probe"] / (FIXED_COSTS["probe"] + FIXED_COSTS["pretrain"])
+    )
+    assert plan.scale == TimePlan.SCALE_BOUNDS[0]
+    plan.observe("probe", 1e6)
+    assert plan.scale == TimePlan.SCALE_BOUNDS[1]
+    with pytest.raises(KeyError, match="no fixed cost"):
+        plan.observe("lunch", 1.0)

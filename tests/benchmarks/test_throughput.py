@@ -129,3 +129,12 @@ def test_goals_summary(tp):
     assert goals["1_ratio_vs_monai_fp32"]["met"] and not goals["2_mfu_fp32_small"]["met"]
     assert goals["2_mfu_fp32_small"]["shortfall"] == "20 %"
     assert goals["3b_bf16_loss_rel_diff"]["met"] and goals["6_peak_rss_gb"]["met"]
+
+
+def test_goals_bf16_not_applicable_on_emulating_cpu(tp):
+    """On a CPU that only emulates bf16 the bf16 goals are not applicable, not missed."""
+    res = {"ratio_vs_monai": 1.2, "bf16": tp.BF16_EMULATED}
+    goals = tp._goals(res)
+    for name in ("3a_bf16_speedup", "3b_bf16_loss_rel_diff"):
+        assert goals[name]["met"] is None and goals[name]["note"] == tp.BF16_EMULATED
+    assert goals["1_ratio_vs_monai_fp32"]["met"] is True
