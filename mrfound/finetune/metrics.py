@@ -233,6 +233,77 @@ def classification_metrics(
     return out
 
 
+def paired_difference(
+    y_true: Iterable[Any],
+    proba_a: np.ndarray,
+    proba_b: np.ndarray,
+    classes: Sequence[str],
+    malignant: Iterable[str] = (),
+    metric: str = "auc_macro",
+    n_boot: int = 2000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict[str, Any]:
+    """Paired bootstrap of ``metric(a) - metric(b)`` for two models scored on the same cases.
+
+    Both models are scored on the same resample of the cases each time, so the interval reflects how
+    far apart the two models are on this cohort, not the (larger) spread of each model alone: two
+    unpaired CIs that overlap can still hide a difference whose paired CI excludes 0.
+
+    Args:
+        y_true: True class names (or indices into ``classes``), one per case.
+        proba_a: (N, K) probabilities of model A, columns in ``classes`` order.
+        proba_b: (N, K) probabilities of model B for the same cases in the same order.
+        classes: Class vocabulary.
+        malignant: Classes counted as malignant (for ``auc_benign_malignant``).
+        metric: One of :data:`SCALAR_METRICS`.
+        n_boot: Bootstrap resamples (>= 1).
+        seed: Seed of the resampling.
+        ci: Coverage of the interval.
+
+    Returns:
+        ``{"metric", "a", "b", "difference": {"value", "ci_low", "ci_high"}, "p_a_not_better",
+        "n_cases", "n_boot", "ci"}``; ``a`` and ``b`` are the point values, ``p_a_not_better`` the share
+        of resamples in which A does not beat B (a one-sided bootstrap p-value for "A > B").
+    """
+    if metric not in SCALAR_METRICS:
+        raise ConfigError(f"metric must be one of {list(SCALAR_METRICS)}, got {metric!r}")
+    if n_boot < 1:
+        raise ConfigError(f"n_boot must be >= 1, got {n_boot}")
+    classes = [str(c) for c in classes]
+    y = encode_labels(y_true, classes)
+    pa, pb = (np.asarray(p, dtype=np.float64) for p in (proba_a, proba_b))
+    for name, p in (("proba_a", pa), ("proba_b", pb)):
+        if p.shape != (len(y), len(classes)):
+            raise ConfigError(f"{name} has shape {p.shape}, expected ({len(y)}, {len(classes)})")
+        if not np.isfinite(p).all():
+            raise ConfigError(f"{name} contains NaN or infinite values")
+    malignant_mask = np.array([c in set(malignant) for c in classes])
+    n = len(y)
+    unit = np.ones((1, n))
+    a, b = (float(_weighted_scores(unit, y, p, malignant_mask)[metric][0]) for p in (pa, pb))
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    score_a, score_b = (_weighted_scores(w, y, p, malignant_mask)[metric] for p in (pa, pb))
+    diff = score_a - score_b
+    diff = diff[np.isfinite(diff)]
+    lo, hi = np.percentile(diff, [100 * (1 - ci) / 2, 100 * (1 + ci) / 2]) if len(diff) else (np.nan, np.nan)
+    return {
+        "metric": metric,
+        "a": _finite_or_none(a),
+        "b": _finite_or_none(b),
+        "difference": {
+            "value": _finite_or_none(a - b),
+            "ci_low": _finite_or_none(float(lo)),
+            "ci_high": _finite_or_none(float(hi)),
+        },
+        "p_a_not_better": float((diff <= 0).mean()) if len(diff) else None,
+        "n_cases": int(n),
+        "n_boot": int(n_boot),
+        "ci": ci,
+    }
+
+
 def roc_curves(
     y_true: Iterable[Any], proba: np.ndarray, classes: Sequence[str], malignant: Iterable[str] = ()
 ) -> dict[str, dict[str, list[float]]]:

@@ -10,6 +10,7 @@ from mrfound.errors import ConfigError
 from mrfound.finetune.metrics import (
     _weighted_scores,
     classification_metrics,
+    paired_difference,
     roc_curves,
     segmentation_metrics,
 )
@@ -133,3 +134,34 @@ def test_segmentation_metrics_empty_class_and_other_lesion_label() -> None:
     assert m["lesion"]["dice"] is None and m["lesion"]["hd95"] is None
     assert m["liver"]["dice"] == pytest.approx(1.0)
     assert m["n_cases"] == 1
+
+
+def test_paired_difference_matches_the_unpaired_values_and_brackets_the_gap() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 90)
+    good = np.eye(3)[y] * 2 + rng.random((90, 3))  # the true class scores highest most of the time
+    noise = rng.random((90, 3))
+    good, noise = good / good.sum(1, keepdims=True), noise / noise.sum(1, keepdims=True)
+    d = paired_difference(y, good, noise, CLASSES, MALIGNANT, n_boot=500, seed=1)
+    for key, proba in (("a", good), ("b", noise)):
+        ref = classification_metrics(y, proba, CLASSES, MALIGNANT, n_boot=0)["auc_macro"]["value"]
+        assert d[key] == pytest.approx(ref)
+    diff = d["difference"]
+    assert diff["value"] == pytest.approx(d["a"] - d["b"])
+    assert 0 < diff["ci_low"] < diff["value"] < diff["ci_high"]
+    assert d["p_a_not_better"] == 0.0 and d["n_cases"] == 90 and d["n_boot"] == 500
+    # the same model twice: no difference in any resample
+    same = paired_difference(y, noise, noise, CLASSES, metric="kappa", n_boot=50)
+    assert same["difference"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    assert same["p_a_not_better"] == 1.0
+
+
+def test_paired_difference_rejects_bad_input() -> None:
+    y = ["hcc", "icca", "cyst"]
+    p = np.eye(3)
+    with pytest.raises(ConfigError, match="metric must be one of"):
+        paired_difference(y, p, p, CLASSES, metric="auroc")
+    with pytest.raises(ConfigError, match=r"proba_b has shape \(2, 3\)"):
+        paired_difference(y, p, p[:2], CLASSES)
+    with pytest.raises(ConfigError, match="n_boot must be >= 1"):
+        paired_difference(y, p, p, CLASSES, n_boot=0)

@@ -1,0 +1,139 @@
+"""Is model A really ahead of model B? Paired bootstrap of two probes' (or predictors') test predictions.
+
+Reads two ``predictions.csv`` files written by ``mrfound probe`` (or ``mrfound predict``, which has no
+``protocol`` column and counts as protocol ``all``) on the same test cases, and for every protocol in
+both scores the difference ``metric(A) - metric(B)`` on the same bootstrap resamples of the cases
+(:func:`mrfound.finetune.metrics.paired_difference`). Two unpaired 95 % CIs that overlap say little:
+the paired CI of the difference is the one to read. Also reports, per protocol, how much each model
+loses from protocol ``all`` and whether A degrades less than B.
+
+Usage::
+
+    .venv/bin/python benchmarks/compare_probes.py --a OURS/predictions.csv --b RANDOM/predictions.csv \\
+        [--metric auc_macro] [--n-boot 2000] [--out compare.json]
+
+Prints the JSON (and writes it to ``--out``); exit code 2 with one line for unreadable or mismatched
+files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import provenance  # noqa: E402
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """A predictions table with a ``protocol`` column (``all`` where the file has none).
+
+    Raises:
+        ValueError: one line naming the file and the problem.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "predictions.csv"
+    if not path.is_file():
+        raise ValueError(f"{path}: no such predictions file")
+    df = pd.read_csv(path)
+    missing = [c for c in ("case", "label") if c not in df.columns]
+    if missing or not any(c.startswith("p_") for c in df.columns):
+        raise ValueError(f"{path}: needs columns case, label and p_<class>; missing {missing or ['p_*']}")
+    if "protocol" not in df.columns:
+        df = df.assign(protocol="all")
+    dup = df.duplicated(["protocol", "case"])
+    if dup.any():
+        row = df[dup].iloc[0]
+        raise ValueError(f"{path}: case {row['case']} appears twice under protocol {row['protocol']}")
+    df.attrs["path"] = str(path)
+    return df
+
+
+def compare(
+    a: pd.DataFrame, b: pd.DataFrame, metric: str = "auc_macro", n_boot: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Paired differences A - B per protocol shared by both tables (see the module docstring)."""
+    from mrfound.data.sequences import MALIGNANT
+    from mrfound.finetune.metrics import paired_difference
+
+    classes = [c[2:] for c in a.columns if c.startswith("p_")]
+    if classes != [c[2:] for c in b.columns if c.startswith("p_")]:
+        raise ValueError(f"{a.attrs.get('path')} and {b.attrs.get('path')} have different class columns")
+    cols = [f"p_{c}" for c in classes]
+    protocols = [p for p in dict.fromkeys(a["protocol"]) if p in set(b["protocol"])]
+    if not protocols:
+        raise ValueError(f"{a.attrs.get('path')} and {b.attrs.get('path')} share no protocol")
+    rows: dict[str, Any] = {}
+    for p in protocols:
+        pa = a[a["protocol"] == p].set_index("case")
+        pb = b[b["protocol"] == p].set_index("case")
+        if set(pa.index) != set(pb.index):
+            only = sorted(set(pa.index) ^ set(pb.index))[:3]
+            raise ValueError(f"protocol {p}: the two files score different cases (e.g. {only})")
+        pb = pb.loc[pa.index]
+        if (pa["label"] != pb["label"]).any():
+            case = pa.index[(pa["label"] != pb["label"]).to_numpy()][0]
+            raise ValueError(f"protocol {p}, case {case}: the two files disagree on the true label")
+        rows[p] = paired_difference(
+            pa["label"].to_numpy(),
+            pa[cols].to_numpy(np.float64),
+            pb[cols].to_numpy(np.float64),
+            classes,
+            malignant=MALIGNANT,
+            metric=metric,
+            n_boot=n_boot,
+            seed=seed,
+        )
+    if "all" in rows:
+        for p, r in rows.items():  # loss from `all`: positive = worse without the protocol's sequences
+            r["drop_a"] = rows["all"]["a"] - r["a"]
+            r["drop_b"] = rows["all"]["b"] - r["b"]
+            r["a_degrades_less"] = bool(r["drop_a"] < r["drop_b"]) if p != "all" else None
+    others = [r for p, r in rows.items() if p != "all"]
+    summary = {
+        "protocols": len(rows),
+        "a_ahead": sum(r["difference"]["value"] > 0 for r in rows.values()),
+        "a_ahead_ci_excludes_0": sum(r["difference"]["ci_low"] > 0 for r in rows.values()),
+        "b_ahead_ci_excludes_0": sum(r["difference"]["ci_high"] < 0 for r in rows.values()),
+        "mean_difference": float(np.mean([r["difference"]["value"] for r in rows.values()])),
+    }
+    if "all" in rows and others:
+        summary["a_degrades_less"] = sum(bool(r["a_degrades_less"]) for r in others)
+        summary["protocols_without_all"] = len(others)
+    return {"metric": metric, "summary": summary, "protocols": rows}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--a", required=True, help="predictions.csv (or its folder) of model A")
+    ap.add_argument("--b", required=True, help="predictions.csv (or its folder) of model B")
+    ap.add_argument("--metric", default="auc_macro", help="one of the SCALAR_METRICS (default auc_macro)")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="also write the JSON here (atomically)")
+    args = ap.parse_args(argv)
+    from mrfound.errors import ConfigError
+
+    try:
+        res = compare(read_predictions(args.a), read_predictions(args.b), args.metric, args.n_boot, args.seed)
+    except (ValueError, ConfigError) as e:
+        print(f"compare_probes: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    res = {**provenance(argv and ["benchmarks/compare_probes.py", *argv]), "a": args.a, "b": args.b, **res}
+    if args.out:
+        from mrfound.utils.io import atomic_write_json
+
+        atomic_write_json(Path(args.out), res)
+    print(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()
