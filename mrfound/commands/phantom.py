@@ -11,6 +11,8 @@ EXAMPLES = """examples:
       80 exams from the 5 built-in centres: cohort/manifest.csv, cohort/cases/<case>/<sequence>.nii.gz
   mrfound phantom --out cohort --cases 200 --seed 1 --unlabeled-fraction 0.5 --preview
       half of the cases without label (pretraining only) and a class x sequence montage cohort/preview.png
+  mrfound phantom --out extra --cases 640 --seed 101 --unlabeled-fraction 1 --id-prefix u
+      unlabeled cases with ids uph00000, usub00000, ...: pool with the first (pretrain --manifest twice)
   mrfound phantom --out cohort --cases 40 --centers uni_3t,surveillance --workers 2
       only two centres (complete protocol; abbreviated t2 + dwi + t1_pv)
   mrfound phantom --out cohort --cases 40 --anatomy ../shared/data/chaos_t2/labels
@@ -40,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="multiply every voxel size (2 = coarse, small volumes for quick tests)")
     p.add_argument("--variation", type=float, default=1.0,
                    help="multiply the per-case spread of every lesion magnitude (0 = textbook lesions)")
+    p.add_argument("--id-prefix", default="",
+                   help="prepend to every case and subject id, to pool cohorts of other seeds (default none)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     centers = tuple(c.name for c in get_centers(args.centers)) if args.centers else None
     config = PhantomConfig(centers=centers, unlabeled_fraction=args.unlabeled_fraction,
                            anatomy_dir=args.anatomy, balanced=args.balanced,
-                           spacing_scale=args.spacing_scale, variation=args.variation)
+                           spacing_scale=args.spacing_scale, variation=args.variation,
+                           id_prefix=args.id_prefix)
     t0 = time.perf_counter()
     manifest = generate_cohort(args.out, args.cases, args.seed, config, workers=args.workers,
                                preview=args.preview)

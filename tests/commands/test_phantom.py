@@ -10,11 +10,12 @@ from mrfound.cli import main
 def test_phantom_command_writes_a_cohort(tmp_path, capsys):
     out = tmp_path / "cohort"
     rc = main(["phantom", "--out", str(out), "--cases", "2", "--seed", "3", "--spacing-scale", "3",
-               "--workers", "1", "--centers", "surveillance,community_15t"])
+               "--workers", "1", "--centers", "surveillance,community_15t", "--id-prefix", "u"])
     assert rc == 0
     with open(out / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["case"] for r in rows] == ["ph00000", "ph00001"]
+    assert [r["case"] for r in rows] == ["uph00000", "uph00001"]
+    assert all(r["subject"].startswith("usub") and r["t2"].startswith(f"cases/{r['case']}/") for r in rows)
     assert {r["center"] for r in rows} <= {"surveillance", "community_15t"}
     assert "wrote 2 cases" in capsys.readouterr().out
 

@@ -16,6 +16,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class PhantomConfig:
         p_missing: Per-sequence probability of a missing sequence (``None``: each centre's value).
         diameter_range: Override of every class's (min, max) target lesion diameter (mm).
         signatures: Alternative signature table (default :data:`lesions.SIGNATURES`).
+        id_prefix: Prepended to every case and subject id (``u`` -> ``uph00000``, ``usub00000``), so
+            cohorts of other seeds can be pooled (``mrfound pretrain --manifest A --manifest B`` needs
+            unique case ids, and a subject id shared by two cohorts would be one patient to the splits).
     """
 
     centers: tuple | None = None
@@ -74,6 +78,7 @@ class PhantomConfig:
     p_missing: float | None = None
     diameter_range: tuple[float, float] | None = None
     signatures: dict | None = None
+    id_prefix: str = ""
 
     def validate(self) -> PhantomConfig:
         """Check ranges and names; returns self. Raises ConfigError."""
@@ -92,6 +97,8 @@ class PhantomConfig:
             raise ConfigError(f"spacing_scale must be in [0.25, 6], got {self.spacing_scale}")
         if self.variation < 0:
             raise ConfigError(f"variation must be >= 0, got {self.variation}")
+        if not re.fullmatch(r"[A-Za-z0-9_-]*", self.id_prefix):
+            raise ConfigError(f"--id-prefix may hold letters, digits, _ and - only, got {self.id_prefix!r}")
         if self.anatomy_dir is not None:
             anat.list_label_maps(self.anatomy_dir)
         return self
@@ -175,7 +182,8 @@ def plan_case(index: int, seed: int, config: PhantomConfig) -> CaseSpec:
         if _rng(seed, index, _CLASS, 1).random() < 0.6:
             cls = first
     labeled = _rng(seed, index, _LABEL).random() >= config.unlabeled_fraction
-    return CaseSpec(index=index, case=f"ph{index:05d}", subject=f"sub{subject_index:05d}",
+    pre = config.id_prefix
+    return CaseSpec(index=index, case=f"{pre}ph{index:05d}", subject=f"{pre}sub{subject_index:05d}",
                     exam=1 + (index - subject_index), center=center.name, cls=cls, labeled=labeled,
                     subject_key=subject_index)
 

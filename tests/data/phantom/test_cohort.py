@@ -90,6 +90,14 @@ def test_plan_is_prefix_stable_and_pairs_subjects():
             assert mate.center == spec.center and abs(mate.index - spec.index) == 1
 
 
+def test_id_prefix_renames_cases_and_subjects_only():
+    plain = plan_cohort(12, 4, PhantomConfig(p_second_exam=0.5))
+    pref = plan_cohort(12, 4, PhantomConfig(p_second_exam=0.5, id_prefix="u"))
+    for a, b in zip(plain, pref):
+        assert (b.case, b.subject) == ("u" + a.case, "u" + a.subject)
+        assert dataclasses.replace(b, case=a.case, subject=a.subject) == a  # same centre, class, pairing
+
+
 def test_centre_class_mix_and_unlabeled_fraction():
     specs = plan_cohort(400, 3, PhantomConfig(unlabeled_fraction=0.25))
     assert 0.15 < np.mean([not s.labeled for s in specs]) < 0.35
@@ -150,6 +158,7 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path):
     ({"classes": ("hcc", "lipoma")}, "no signature"),
     ({"unlabeled_fraction": 1.5}, "unlabeled"),
     ({"anatomy_dir": "/nonexistent/labels"}, "does not exist"),
+    ({"id_prefix": "../x"}, "--id-prefix may hold letters"),
 ])
 def test_bad_config_is_a_one_line_error(kwargs, match):
     with pytest.raises(ConfigError, match=match):
