@@ -59,6 +59,7 @@ from _machine import interleaved, load_average, machine_info, matmul_peak, synch
 from mrfound.models.config import EncoderConfig, MAEConfig  # noqa: E402
 from mrfound.models.mae import MaskedModalityAutoencoder  # noqa: E402
 from mrfound.models.registry import get_configs  # noqa: E402
+from mrfound.pretrain.run import git_commit  # noqa: E402
 from mrfound.pretrain.trainer import bf16_is_emulated  # noqa: E402
 
 GOALS = {
@@ -1125,6 +1126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ["python", "benchmarks/throughput.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
         ),
         "mode": "quick" if quick else "full",
+        "git_commit": git_commit(),
         "machine": machine_info(device),
         "load_avg_start": load_average(),
         "load_note": None,
