@@ -1,7 +1,8 @@
-"""Is model A really ahead of model B? Paired bootstrap of two probes' (or predictors') test predictions.
+"""Is model A really ahead of model B? Paired bootstrap of two probes' test predictions.
 
-Reads two ``predictions.csv`` files written by ``mrfound probe`` (or ``mrfound predict``, which has no
-``protocol`` column and counts as protocol ``all``) on the same test cases, and for every protocol in
+Reads two ``predictions.csv`` files written by ``mrfound probe`` on the same test cases (or any table with
+``case``, ``label`` and ``p_<class>`` columns; one without a ``protocol`` column counts as protocol
+``all``; ``mrfound predict`` writes no true label), and for every protocol in
 both scores the difference ``metric(A) - metric(B)`` on the same bootstrap resamples of the cases
 (:func:`mrfound.finetune.metrics.paired_difference`). Two unpaired 95 % CIs that overlap say little:
 the paired CI of the difference is the one to read. Also reports, per protocol, how much each model

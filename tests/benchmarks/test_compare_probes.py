@@ -60,3 +60,12 @@ def test_compare_rejects_mismatched_files(tmp_path: Path, capsys: pytest.Capture
     with pytest.raises(SystemExit):
         cp.main(["--a", str(a), "--b", str(tmp_path / "missing.csv")])
     assert "missing.csv: no such predictions file" in capsys.readouterr().err
+
+
+def test_table_without_protocol_column_counts_as_all(tmp_path: Path) -> None:
+    cp = load_module("benchmarks/compare_probes.py")
+    y = np.array([0, 1, 2, 0, 1, 2])
+    path = _write(tmp_path / "p.csv", y, {"all": np.eye(3)[y]})
+    pd.read_csv(path).drop(columns=["protocol", "fold"]).to_csv(path, index=False)
+    res = cp.compare(cp.read_predictions(path), cp.read_predictions(path), n_boot=20)
+    assert list(res["protocols"]) == ["all"] and res["protocols"]["all"]["a"] == 1.0
