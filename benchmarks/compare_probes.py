@@ -79,8 +79,9 @@ def compare(
             only = sorted(set(pa.index) ^ set(pb.index))[:3]
             raise ValueError(f"protocol {p}: the two files score different cases (e.g. {only})")
         pb = pb.loc[pa.index]
-        if (pa["label"] != pb["label"]).any():
-            case = pa.index[(pa["label"] != pb["label"]).to_numpy()][0]
+        disagree = (pa["label"] != pb["label"]).to_numpy()
+        if disagree.any():
+            case = pa.index[disagree][0]
             raise ValueError(f"protocol {p}, case {case}: the two files disagree on the true label")
         rows[p] = paired_difference(
             pa["label"].to_numpy(),

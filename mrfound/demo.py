@@ -261,25 +261,30 @@ class TimePlan:
             segment,
             n_volumes,
         )
-        self.scale = 1.0
-        self.ratio: float | None = None
         self.measured: dict[str, float] = {}
         """Measured fixed seconds of the observed stages."""
 
-    def observe(self, stage: str, seconds: float) -> float:
-        """Record the measured fixed work of a finished ``stage`` and rescale the later reserves.
+    @property
+    def ratio(self) -> float | None:
+        """Measured / planned fixed work over the observed stages (``None`` before any)."""
+        if not self.measured:
+            return None
+        return sum(self.measured.values()) / (sum(FIXED_COSTS[st] for st in self.measured) * self.slow)
 
-        Returns:
-            The new scale of the reserves: ``MARGIN`` x measured / planned over the observed stages,
-            clamped to ``SCALE_BOUNDS`` (a busy spell raises it, a fixed cost overestimated lowers it).
-        """
+    @property
+    def scale(self) -> float:
+        """Scale of the reserves: ``MARGIN`` x :attr:`ratio`, clamped to ``SCALE_BOUNDS`` (1 before any
+        observation; a busy spell raises it, a fixed cost overestimated lowers it)."""
+        if self.ratio is None:
+            return 1.0
+        lo, hi = self.SCALE_BOUNDS
+        return min(hi, max(lo, self.MARGIN * self.ratio))
+
+    def observe(self, stage: str, seconds: float) -> float:
+        """Record the measured fixed work of a finished ``stage``; returns the new :attr:`scale`."""
         if stage not in FIXED_COSTS:
             raise KeyError(f"no fixed cost for stage {stage!r}; known: {sorted(FIXED_COSTS)}")
         self.measured[stage] = max(0.0, float(seconds))
-        planned = sum(FIXED_COSTS[st] for st in self.measured) * self.slow
-        self.ratio = sum(self.measured.values()) / planned
-        lo, hi = self.SCALE_BOUNDS
-        self.scale = min(hi, max(lo, self.MARGIN * self.ratio))
         return self.scale
 
     def fixed(self, stages: Sequence[str]) -> float:

@@ -133,6 +133,28 @@ def _weighted_scores(
     return out
 
 
+def _checked_proba(proba: np.ndarray, n: int, k: int, name: str = "proba") -> np.ndarray:
+    """``proba`` as float64 (n, k), finite; ConfigError naming ``name`` otherwise."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or proba.shape != (n, k):
+        raise ConfigError(f"{name} has shape {proba.shape}, expected ({n}, {k})")
+    if not np.isfinite(proba).all():
+        raise ConfigError(f"{name} contains NaN or infinite values")
+    return proba
+
+
+def _bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) case multiplicities of ``n_boot`` resamples of ``n`` cases with replacement."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+
+
+def _percentile_ci(vals: np.ndarray, ci: float) -> tuple[float, float]:
+    """Central ``ci`` percentile interval of ``vals``."""
+    lo, hi = np.percentile(vals, [100 * (1 - ci) / 2, 100 * (1 + ci) / 2])
+    return float(lo), float(hi)
+
+
 # --------------------------------------------------------------------------- classification
 
 
@@ -167,14 +189,10 @@ def classification_metrics(
         rows truth, columns prediction), ``classes``, ``n_cases``, ``n_per_class``, ``n_boot``, ``ci``.
     """
     classes = [str(c) for c in classes]
-    proba = np.asarray(proba, dtype=np.float64)
     y = encode_labels(y_true, classes)
-    if proba.ndim != 2 or proba.shape != (len(y), len(classes)):
-        raise ConfigError(f"proba has shape {proba.shape}, expected ({len(y)}, {len(classes)})")
+    proba = _checked_proba(proba, len(y), len(classes))
     if len(y) == 0:
         raise ConfigError("no cases to score")
-    if not np.isfinite(proba).all():
-        raise ConfigError("proba contains NaN or infinite values")
     k = len(classes)
     malignant_mask = np.array([c in set(malignant) for c in classes])
     pred = proba.argmax(axis=1)
@@ -205,11 +223,7 @@ def classification_metrics(
 
     boot: dict[str, np.ndarray] = {}
     if n_boot > 0:
-        rng = np.random.default_rng(seed)
-        n = len(y)
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
-        boot = _weighted_scores(weights, y, proba, malignant_mask)
-    lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
+        boot = _weighted_scores(_bootstrap_weights(len(y), n_boot, seed), y, proba, malignant_mask)
     out: dict[str, Any] = {}
     for name in SCALAR_METRICS:
         entry: dict[str, float | None] = {
@@ -221,7 +235,7 @@ def classification_metrics(
         if vals is not None and entry["value"] is not None:
             vals = vals[np.isfinite(vals)]
             if len(vals):
-                entry["ci_low"], entry["ci_high"] = (float(v) for v in np.percentile(vals, [lo_q, hi_q]))
+                entry["ci_low"], entry["ci_high"] = _percentile_ci(vals, ci)
         out[name] = entry
     out["auc_per_class"] = per_class
     out["confusion_matrix"] = skm.confusion_matrix(y, pred, labels=list(range(k))).tolist()
@@ -272,30 +286,27 @@ def paired_difference(
         raise ConfigError(f"n_boot must be >= 1, got {n_boot}")
     classes = [str(c) for c in classes]
     y = encode_labels(y_true, classes)
-    pa, pb = (np.asarray(p, dtype=np.float64) for p in (proba_a, proba_b))
-    for name, p in (("proba_a", pa), ("proba_b", pb)):
-        if p.shape != (len(y), len(classes)):
-            raise ConfigError(f"{name} has shape {p.shape}, expected ({len(y)}, {len(classes)})")
-        if not np.isfinite(p).all():
-            raise ConfigError(f"{name} contains NaN or infinite values")
-    malignant_mask = np.array([c in set(malignant) for c in classes])
     n = len(y)
+    pa = _checked_proba(proba_a, n, len(classes), "proba_a")
+    pb = _checked_proba(proba_b, n, len(classes), "proba_b")
+    if n == 0:
+        raise ConfigError("no cases to score")
+    malignant_mask = np.array([c in set(malignant) for c in classes])
     unit = np.ones((1, n))
     a, b = (float(_weighted_scores(unit, y, p, malignant_mask)[metric][0]) for p in (pa, pb))
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    w = _bootstrap_weights(n, n_boot, seed)
     score_a, score_b = (_weighted_scores(w, y, p, malignant_mask)[metric] for p in (pa, pb))
     diff = score_a - score_b
     diff = diff[np.isfinite(diff)]
-    lo, hi = np.percentile(diff, [100 * (1 - ci) / 2, 100 * (1 + ci) / 2]) if len(diff) else (np.nan, np.nan)
+    lo, hi = _percentile_ci(diff, ci) if len(diff) else (np.nan, np.nan)
     return {
         "metric": metric,
         "a": _finite_or_none(a),
         "b": _finite_or_none(b),
         "difference": {
             "value": _finite_or_none(a - b),
-            "ci_low": _finite_or_none(float(lo)),
-            "ci_high": _finite_or_none(float(hi)),
+            "ci_low": _finite_or_none(lo),
+            "ci_high": _finite_or_none(hi),
         },
         "p_a_not_better": float((diff <= 0).mean()) if len(diff) else None,
         "n_cases": int(n),
