@@ -14,11 +14,14 @@ EXAMPLES = """examples:
   mrfound probe --checkpoint runs/pre/final --random-init --train-manifest cohort/manifest.csv \\
       --out out/probe_rand
   mrfound probe --checkpoint random:tiny --train-manifest cohort/manifest.csv --out out/probe_rand_tiny
+  mrfound probe --checkpoint runs/pre/final --absent impute --train-manifest cohort/manifest.csv \\
+      --out out/probe_imputed
   mrfound probe --features radiomics --train-manifest cohort/manifest.csv --out out/probe_radiomics
 
 The probe (standardise + class-balanced logistic regression, C chosen by inner subject-grouped CV)
 is trained on features of all available sequences and tested under each protocol with the sequences
-outside the protocol removed (cases left with none are excluded and counted). Without
+outside the protocol removed (cases left with none are excluded and counted; with --absent impute the
+removed and missing sequences are synthesised by the checkpoint's decoder before encoding). Without
 --test-manifest: stratified subject-grouped K-fold CV (folds stored in OUT/splits.csv).
 Protocols: all, no_contrast, t2_only, contrast_only, only_<seq>, without_<seq>; 'named' = the first
 four, 'full' (default) = every protocol of the design (named + each single + each leave-one-out).
@@ -58,6 +61,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "or that central mean per sequence, concatenated (centre_per_sequence; absent sequences imputed "
         "by the probe)",
     )
+    p.add_argument(
+        "--absent",
+        choices=("drop", "impute"),
+        default="drop",
+        help="sequences a case or protocol lacks: left out of the encoder's tokens (drop, default), or "
+        "synthesised first by the checkpoint's decoder from the kept ones, so the encoder sees every "
+        "sequence (impute; needs a pretraining checkpoint)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="cases per forward pass (8)")
     p.add_argument(
         "--spacing",
@@ -95,13 +106,14 @@ def run(args: argparse.Namespace) -> int:
     if args.features == "encoder":
         if not args.checkpoint:
             raise ConfigError("--checkpoint is required for --features encoder")
-        src = load_encoder(args.checkpoint, random_init=args.random_init, seed=args.seed)
+        impute = args.absent == "impute"
+        src = load_encoder(args.checkpoint, random_init=args.random_init, seed=args.seed, with_decoder=impute)
         device = (
             torch.device(args.device)
             if args.device
             else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
-        src.encoder.to(device)
+        (src.completer if impute else src.encoder).to(device)
         feature_fn = encoder_feature_fn(
             src.encoder,
             src.preprocess,
@@ -109,17 +121,20 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=device,
             pooling=args.pooling,
+            completer=src.completer,
         )
         vocab, key, source = src.vocabulary, src.key, src.description
         if args.pooling != "mean":  # other features: their own cache entries
             key, source = f"{key}-pooling-{args.pooling}", f"{source}, {args.pooling} token pooling"
+        if impute:
+            key, source = f"{key}-absent-impute", f"{source}, absent sequences imputed by its decoder"
     else:
         from mrfound.data.preprocess import PreprocessConfig
         from mrfound.data.sequences import DEFAULT_VOCABULARY
         from mrfound.finetune.radiomics import radiomics_feature_fn
 
-        if args.checkpoint or args.random_init or args.pooling != "mean":
-            raise ConfigError("--features radiomics takes no --checkpoint/--random-init/--pooling")
+        if args.checkpoint or args.random_init or args.pooling != "mean" or args.absent != "drop":
+            raise ConfigError("--features radiomics takes no --checkpoint/--random-init/--pooling/--absent")
         pre = PreprocessConfig(spacing=args.spacing) if args.spacing else PreprocessConfig()
         feature_fn = radiomics_feature_fn(pre, cache_dir=cache_dir)
         vocab = DEFAULT_VOCABULARY

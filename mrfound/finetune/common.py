@@ -34,6 +34,9 @@ class EncoderSource:
         key: A short id of the weights (hash of the weights file, or of the random-init recipe), for
             feature caches.
         description: Human-readable origin ("checkpoint X", "random init of tiny, seed 0").
+        completer: The masked-modality autoencoder whose ``encoder`` is ``encoder`` (its decoder
+            synthesises absent sequences, :meth:`~mrfound.models.mae.MaskedModalityAutoencoder.reconstruct`);
+            only loaded on request (``with_decoder``), else ``None``.
     """
 
     encoder: Any
@@ -42,6 +45,7 @@ class EncoderSource:
     vocabulary: Any
     key: str
     description: str
+    completer: Any = None
 
 
 def _file_hash(path: Path) -> str:
@@ -70,6 +74,7 @@ def load_encoder(
     random_init: bool = False,
     seed: int = 0,
     model_overrides: Mapping[str, Any] | None = None,
+    with_decoder: bool = False,
 ) -> EncoderSource:
     """The encoder of a checkpoint (pretrained MAE, bare encoder, or fine-tuned wrapper), or a random one.
 
@@ -80,21 +85,31 @@ def load_encoder(
             weights (the random-init baseline of the same architecture).
         seed: Seed of a random initialisation.
         model_overrides: Encoder fields changed for ``random:<size>`` (e.g. ``{"img_size": 32}``).
+        with_decoder: Also return the whole masked-modality autoencoder as ``completer`` (re-initialised
+            with the encoder under ``random_init``; default decoder for ``random:<size>``). The encoder's
+            weights are the same as without it: the encoder is the first module the autoencoder builds.
 
     Raises:
-        CheckpointError: unreadable checkpoint or one without an encoder.
+        CheckpointError: unreadable checkpoint, one without an encoder, or (``with_decoder``) one without
+            a decoder (a bare encoder or a fine-tuned model).
     """
     from mrfound.data.sequences import Vocabulary
     from mrfound.models.encoder import MultiSequenceViT
+    from mrfound.models.mae import MaskedModalityAutoencoder
 
     text = os.fspath(checkpoint)
+    completer = None
     if text.startswith(RANDOM_PREFIX):
         from mrfound.models.registry import get_model_config
 
         size = text[len(RANDOM_PREFIX) :]
         enc_cfg = get_model_config(size, **dict(model_overrides or {}))
         torch.manual_seed(seed)
-        encoder = MultiSequenceViT(enc_cfg)
+        if with_decoder:
+            completer = MaskedModalityAutoencoder(enc_cfg).eval()
+            encoder = completer.encoder
+        else:
+            encoder = MultiSequenceViT(enc_cfg)
         recipe = f"{size}|{seed}|{sorted(enc_cfg.to_dict().items())}"
         return EncoderSource(
             encoder,
@@ -103,6 +118,7 @@ def load_encoder(
             Vocabulary(sequences=enc_cfg.sequences),
             "random-" + hashlib.sha256(recipe.encode()).hexdigest()[:12],
             f"random init of {size}, seed {seed}",
+            completer,
         )
     from mrfound.models.checkpoint import WEIGHTS_NAME, load_model, resolve_checkpoint
 
@@ -116,6 +132,13 @@ def load_encoder(
         raise CheckpointError(
             f"{text}: architecture {cfg.get('architecture')!r} has no multi-sequence encoder"
         )
+    if with_decoder:
+        if not isinstance(model, MaskedModalityAutoencoder):
+            raise CheckpointError(
+                f"{text}: architecture {cfg.get('architecture')!r} has no decoder to synthesise absent "
+                "sequences; use a pretraining checkpoint"
+            )
+        completer = model
     vocab = (
         Vocabulary.from_dict(cfg["vocabulary"])
         if cfg.get("vocabulary")
@@ -125,11 +148,17 @@ def load_encoder(
     desc = f"checkpoint {folder}"
     if random_init:
         torch.manual_seed(seed)
-        encoder = MultiSequenceViT(encoder.config)
+        if completer is not None:
+            completer = MaskedModalityAutoencoder(completer.encoder_config, completer.config)
+            encoder = completer.encoder
+        else:
+            encoder = MultiSequenceViT(encoder.config)
         key = f"random-{key}-{seed}"
         desc = f"random init of the architecture of {folder}, seed {seed}"
     encoder.eval()
-    return EncoderSource(encoder, cfg, _preprocess_for(encoder, cfg), vocab, key, desc)
+    if completer is not None:
+        completer.eval()
+    return EncoderSource(encoder, cfg, _preprocess_for(encoder, cfg), vocab, key, desc, completer)
 
 
 def holdout_split(

@@ -215,11 +215,14 @@ def encoder_feature_fn(
     device: Any = None,
     num_workers: int = 0,
     pooling: str = "mean",
+    completer: Any = None,
 ) -> FeatureFn:
     """Frozen-encoder features: the pooled tokens (``encoder.embed``) of each lesion-centred ROI.
 
     Each case is read and cropped once; for every protocol the encoder sees only the tokens of the
-    case's sequences that the protocol keeps (the other sequences are absent, not zero-filled).
+    case's sequences that the protocol keeps (the other sequences are absent, not zero-filled). With a
+    ``completer`` the absent sequences are first synthesised from the kept ones and the encoder sees
+    all S sequences: what masked-modality pretraining learns to do, used at test time.
 
     Args:
         encoder: A :class:`mrfound.models.encoder.MultiSequenceViT`.
@@ -231,12 +234,17 @@ def encoder_feature_fn(
         pooling: Token pooling of :meth:`mrfound.models.encoder.MultiSequenceViT.embed` (``"mean"``,
             ``"centre"`` or ``"centre_per_sequence"``); encoders without a ``pooling`` argument only
             support ``"mean"``.
+        completer: A model with ``reconstruct(image, available, targets)`` (the checkpoint's
+            :class:`mrfound.models.mae.MaskedModalityAutoencoder`, ``EncoderSource.completer``) whose
+            encoder is ``encoder``; ``None`` (default) leaves absent sequences out.
 
     Returns:
         A feature function for :func:`extract_protocol_features` (columns ``f0..f{C-1}``; S * C of
-        them for ``"centre_per_sequence"``, NaN in the blocks of absent sequences).
+        them for ``"centre_per_sequence"``, NaN in the blocks of absent sequences unless completed).
     """
     embed_kw = {} if pooling == "mean" else {"pooling": pooling}
+    if completer is not None and getattr(completer, "encoder", None) is not encoder:
+        raise ConfigError("the completer must be the autoencoder whose encoder is probed")
 
     def fn(manifest: Any, keep: Mapping[str, Sequence[str]]) -> dict[str, pd.DataFrame]:
         import torch
@@ -253,8 +261,9 @@ def encoder_feature_fn(
         )
         dev = device or next(encoder.parameters()).device
         rows: dict[str, list[tuple[str, Any]]] = {p: [] for p in keep}
-        was = encoder.training
-        encoder.eval()
+        model = completer if completer is not None else encoder
+        was = model.training
+        model.eval()
         try:
             with torch.no_grad():
                 for batch in tqdm(dl, desc="features", disable=None, leave=False):
@@ -264,12 +273,17 @@ def encoder_feature_fn(
                         use = avail.any(dim=1)
                         if not bool(use.any()):
                             continue
-                        feats = encoder.embed(image[use], avail[use].to(dev), **embed_kw)
+                        img, av = image[use], avail[use].to(dev)
+                        if completer is not None and not bool(av.all()):
+                            # every absent sequence is a target; the kept ones are copied through
+                            img = completer.reconstruct(img, av, ~av).to(img.dtype)
+                            av = torch.ones_like(av)
+                        feats = encoder.embed(img, av, **embed_kw)
                         feats = feats.float().cpu().numpy()
                         names = [c for c, u in zip(batch["case"], use.tolist()) if u]
                         rows[p].extend(zip(names, feats))
         finally:
-            encoder.train(was)
+            model.train(was)
         dim = encoder.embed_dim_of(pooling) if hasattr(encoder, "embed_dim_of") else encoder.config.embed_dim
         out = {}
         for p, r in rows.items():

@@ -126,6 +126,40 @@ def test_probe_random_init_test_manifest_and_radiomics(setup) -> None:
     assert rad["protocols"]["t2_only"]["n_cases"] == 7  # c17 lacks T2
 
 
+def test_probe_with_absent_sequences_imputed(setup, capsys) -> None:
+    manifest, ckpt, root = setup
+    mae = _cohort_module().write_mae_checkpoint(root / "mae")
+    common = [
+        "--train-manifest",
+        str(manifest),
+        "--protocols",
+        "all,t2_only",
+        "--folds",
+        "3",
+        "--n-boot",
+        "20",
+        "--cache-dir",
+        str(root / "pp"),
+        "--feature-cache",
+        str(root / "fc_imp"),
+        "--absent",
+        "impute",
+    ]
+    for extra, name in (([], "imp"), (["--random-init"], "imp_rnd")):
+        assert main(["probe", "--checkpoint", str(mae), *extra, *common, "--out", str(root / name)]) == 0
+        doc = json.loads((root / name / "metrics.json").read_text())
+        assert "absent sequences imputed by its decoder" in doc["source"]
+        assert doc["protocols"]["t2_only"]["n_cases"] == 22  # a case without T2 has nothing to impute from
+        assert "--absent impute" in doc["command"]
+    names = [f.name for f in (root / "fc_imp").iterdir()]
+    assert len(names) == 4 and all("-absent-impute-" in n for n in names)
+    # a bare encoder has no decoder: one clear line, exit 2
+    capsys.readouterr()
+    assert main(["probe", "--checkpoint", str(ckpt), *common, "--out", str(root / "x")]) == 2
+    assert "no decoder to synthesise absent sequences" in capsys.readouterr().err
+    assert not (root / "x" / "metrics.json").exists()
+
+
 def test_probe_bad_input_exits_2(setup, capsys) -> None:
     manifest, _, root = setup
     assert main(["probe", "--train-manifest", str(manifest), "--out", str(root / "x")]) == 2

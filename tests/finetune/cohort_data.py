@@ -76,3 +76,21 @@ def write_checkpoint(folder: Path) -> Path:
     enc = MultiSequenceViT(EncoderConfig(**TINY_ENCODER))
     save_checkpoint(folder, enc, {"preprocessing": PreprocessConfig(spacing=2.0, roi_size=16).to_dict()})
     return folder
+
+
+def write_mae_checkpoint(folder: Path) -> Path:
+    """A random-weight masked-modality autoencoder checkpoint (the encoder of :func:`write_checkpoint`
+    plus a one-block decoder of width 32), as pretraining writes it."""
+    import torch
+
+    from mrfound.data.preprocess import PreprocessConfig
+    from mrfound.models.checkpoint import save_checkpoint
+    from mrfound.models.config import EncoderConfig, MAEConfig
+    from mrfound.models.mae import MaskedModalityAutoencoder
+
+    torch.manual_seed(0)
+    mae = MaskedModalityAutoencoder(
+        EncoderConfig(**TINY_ENCODER), MAEConfig(decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    )
+    save_checkpoint(folder, mae, {"preprocessing": PreprocessConfig(spacing=2.0, roi_size=16).to_dict()})
+    return folder

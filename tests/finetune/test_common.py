@@ -108,3 +108,33 @@ def test_checkpoint_saved_before_the_foreground_option_keeps_raw_otsu(tmp_path) 
     # a random encoder has no saved settings: today's default
     src = load_encoder("random:tiny", model_overrides={"img_size": 16, "patch_size": 8, "depth": 1})
     assert src.preprocess.foreground == "log_otsu"
+
+
+def test_load_encoder_with_decoder(tmp_path, tiny_checkpoint) -> None:
+    from testutils import load_module
+
+    from mrfound.errors import CheckpointError
+    from mrfound.models.mae import MaskedModalityAutoencoder
+
+    mae_ckpt = load_module("tests/finetune/cohort_data.py").write_mae_checkpoint(tmp_path / "mae")
+    plain = load_encoder(mae_ckpt)
+    src = load_encoder(mae_ckpt, with_decoder=True)
+    assert plain.completer is None and isinstance(src.completer, MaskedModalityAutoencoder)
+    assert src.completer.encoder is src.encoder and not src.completer.training
+    assert src.key == plain.key  # same encoder weights, same feature-cache identity
+    assert torch.equal(src.encoder.patch_embed.weight, plain.encoder.patch_embed.weight)
+    # the random-init baseline re-initialises the decoder too, and its encoder is the one without it
+    rnd = load_encoder(mae_ckpt, random_init=True, seed=3, with_decoder=True)
+    rnd_plain = load_encoder(mae_ckpt, random_init=True, seed=3)
+    assert rnd.completer.encoder is rnd.encoder and rnd.key == rnd_plain.key
+    for (name, a), (_, b) in zip(rnd.encoder.state_dict().items(), rnd_plain.encoder.state_dict().items()):
+        assert torch.equal(a, b), name
+    w_dec, w_rnd = src.completer.decoder_pred.weight, rnd.completer.decoder_pred.weight
+    assert not torch.equal(w_dec, w_rnd)
+    overrides = {"img_size": 16, "patch_size": 8, "depth": 1}
+    fresh = load_encoder("random:tiny", seed=1, model_overrides=overrides, with_decoder=True)
+    same = load_encoder("random:tiny", seed=1, model_overrides=overrides)
+    assert fresh.completer.encoder is fresh.encoder and fresh.key == same.key
+    assert torch.equal(fresh.encoder.patch_embed.weight, same.encoder.patch_embed.weight)
+    with pytest.raises(CheckpointError, match="no decoder to synthesise"):
+        load_encoder(tiny_checkpoint, with_decoder=True)

@@ -142,3 +142,37 @@ def test_unknown_label_raises() -> None:
     train.loc[0, "label"] = "tumour"
     with pytest.raises(ConfigError, match="not in the class vocabulary"):
         run_probe(train, {"all": train}, classes=CLASSES, n_boot=0, cs=(1.0,))
+
+
+def test_encoder_features_with_absent_sequences_imputed(tmp_path, preprocess_cache) -> None:
+    import torch
+    from testutils import load_module
+
+    from mrfound.data.dataset import MRDataset, collate_cases
+    from mrfound.data.guard import checked_manifest
+    from mrfound.errors import ConfigError
+    from mrfound.finetune.common import load_encoder
+    from mrfound.finetune.probe import encoder_feature_fn
+
+    mod = load_module("tests/finetune/cohort_data.py")
+    manifest = checked_manifest(mod.write_cohort(tmp_path / "cohort", n_cases=6), on_error="raise")
+    src = load_encoder(mod.write_mae_checkpoint(tmp_path / "mae"), with_decoder=True)
+    keep = {"all": src.vocabulary.sequences, "t2_only": ("t2",)}
+    kw = {"cache_dir": preprocess_cache, "batch_size": 4}
+    dropped = encoder_feature_fn(src.encoder, src.preprocess, **kw)(manifest, keep)
+    imputed = encoder_feature_fn(src.encoder, src.preprocess, completer=src.completer, **kw)(manifest, keep)
+    cols = [f"f{i}" for i in range(src.encoder.embed_dim)]
+    # the cohort has three of the eight sequences, so even `all` is completed
+    for p in keep:
+        assert dropped[p]["case"].tolist() == imputed[p]["case"].tolist()
+        assert not np.allclose(dropped[p][cols], imputed[p][cols])
+    # what the features are: the encoder on every sequence after the decoder synthesised the absent ones
+    batch = collate_cases([MRDataset(manifest, src.preprocess, mode="lesion", cache_dir=preprocess_cache)[0]])
+    t2 = torch.tensor([s == "t2" for s in src.encoder.config.sequences]).unsqueeze(0)
+    with torch.no_grad():
+        full = src.completer.reconstruct(batch["image"], t2, ~t2)
+        expected = src.encoder.embed(full, torch.ones_like(t2)).numpy()[0]
+    got = imputed["t2_only"].set_index("case").loc[batch["case"][0], cols].to_numpy(dtype=np.float32)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="completer must be the autoencoder"):
+        encoder_feature_fn(load_encoder(tmp_path / "mae").encoder, src.preprocess, completer=src.completer)
