@@ -6,7 +6,9 @@ Reads two ``predictions.csv`` files written by ``mrfound probe`` on the same tes
 both scores the difference ``metric(A) - metric(B)`` on the same bootstrap resamples of the cases
 (:func:`mrfound.finetune.metrics.paired_difference`). Two unpaired 95 % CIs that overlap say little:
 the paired CI of the difference is the one to read. Also reports, per protocol, how much each model
-loses from protocol ``all`` and whether A degrades less than B.
+loses from protocol ``all`` and whether A degrades less than B, with the paired CI of ``drop_b - drop_a``
+(``degradation``, :func:`mrfound.finetune.metrics.paired_drop_difference`: both protocols and both
+models on the same resamples of the ``all`` cases).
 
 Usage::
 
@@ -62,7 +64,7 @@ def compare(
 ) -> dict[str, Any]:
     """Paired differences A - B per protocol shared by both tables (see the module docstring)."""
     from mrfound.data.sequences import MALIGNANT
-    from mrfound.finetune.metrics import paired_difference
+    from mrfound.finetune.metrics import paired_difference, paired_drop_difference
 
     classes = [c[2:] for c in a.columns if c.startswith("p_")]
     if classes != [c[2:] for c in b.columns if c.startswith("p_")]:
@@ -94,10 +96,34 @@ def compare(
             seed=seed,
         )
     if "all" in rows:
+        ref_a = a[a["protocol"] == "all"].set_index("case")
+        ref_b = b[b["protocol"] == "all"].set_index("case").loc[ref_a.index]
+        position = {c: i for i, c in enumerate(ref_a.index)}
         for p, r in rows.items():  # loss from `all`: positive = worse without the protocol's sequences
             r["drop_a"] = rows["all"]["a"] - r["a"]
             r["drop_b"] = rows["all"]["b"] - r["b"]
             r["a_degrades_less"] = bool(r["drop_a"] < r["drop_b"]) if p != "all" else None
+            if p == "all":
+                continue
+            pa = a[a["protocol"] == p].set_index("case")
+            pb = b[b["protocol"] == p].set_index("case").loc[pa.index]
+            outside = [c for c in pa.index if c not in position]
+            if outside:
+                raise ValueError(f"protocol {p}: case {outside[0]} is not scored under protocol all")
+            # drop_b - drop_a on the same resamples of the `all` cases: > 0 = A loses less
+            r["degradation"] = paired_drop_difference(
+                ref_a["label"].to_numpy(),
+                ref_a[cols].to_numpy(np.float64),
+                ref_b[cols].to_numpy(np.float64),
+                [position[c] for c in pa.index],
+                pa[cols].to_numpy(np.float64),
+                pb[cols].to_numpy(np.float64),
+                classes,
+                malignant=MALIGNANT,
+                metric=metric,
+                n_boot=n_boot,
+                seed=seed,
+            )
     others = [r for p, r in rows.items() if p != "all"]
     summary = {
         "protocols": len(rows),
@@ -108,6 +134,12 @@ def compare(
     }
     if "all" in rows and others:
         summary["a_degrades_less"] = sum(bool(r["a_degrades_less"]) for r in others)
+        summary["a_degrades_less_ci_excludes_0"] = sum(
+            r["degradation"]["difference"]["ci_low"] > 0 for r in others
+        )
+        summary["b_degrades_less_ci_excludes_0"] = sum(
+            r["degradation"]["difference"]["ci_high"] < 0 for r in others
+        )
         summary["protocols_without_all"] = len(others)
     return {"metric": metric, "summary": summary, "protocols": rows}
 

@@ -42,8 +42,17 @@ def test_compare_reports_paired_gaps_and_degradation(tmp_path: Path) -> None:
     assert top["difference"]["ci_low"] > 0 and top["p_a_not_better"] == 0.0
     assert nc["difference"]["value"] == 0.0 and nc["a_degrades_less"] is False
     assert nc["drop_a"] == pytest.approx(top["a"] - nc["a"]) and nc["drop_b"] == pytest.approx(0.0)
+    # the paired test of the drops: A loses far more than B, in every resample
+    deg = nc["degradation"]
+    assert deg["drop_a"] == pytest.approx(nc["drop_a"]) and deg["drop_b"] == pytest.approx(nc["drop_b"])
+    assert deg["difference"]["ci_high"] < 0 and deg["p_a_not_less"] == 1.0
+    assert "degradation" not in top
     s = res["summary"]
     assert (s["protocols"], s["a_ahead"], s["a_ahead_ci_excludes_0"], s["a_degrades_less"]) == (2, 1, 1, 0)
+    assert (s["a_degrades_less_ci_excludes_0"], s["b_degrades_less_ci_excludes_0"]) == (0, 1)
+    # swapped: B's side of the same test
+    swapped = cp.compare(cp.read_predictions(b), cp.read_predictions(a), n_boot=300)
+    assert swapped["summary"]["a_degrades_less_ci_excludes_0"] == 1
 
 
 def test_compare_rejects_mismatched_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -11,6 +11,7 @@ from mrfound.finetune.metrics import (
     _weighted_scores,
     classification_metrics,
     paired_difference,
+    paired_drop_difference,
     roc_curves,
     segmentation_metrics,
 )
@@ -154,6 +155,35 @@ def test_paired_difference_matches_the_unpaired_values_and_brackets_the_gap() ->
     same = paired_difference(y, noise, noise, CLASSES, metric="kappa", n_boot=50)
     assert same["difference"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
     assert same["p_a_not_better"] == 1.0
+
+
+def test_paired_drop_difference_is_the_difference_of_the_two_drops() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 120)
+    good = np.eye(3)[y] * 2 + rng.random((120, 3))
+    good /= good.sum(1, keepdims=True)
+    subset = np.sort(rng.choice(120, 100, replace=False))  # 20 cases excluded under the protocol
+    noise = rng.random((100, 3))
+    noise /= noise.sum(1, keepdims=True)
+    # A keeps its predictions without the protocol's sequences, B falls to chance
+    d = paired_drop_difference(y, good, good, subset, good[subset], noise, CLASSES, MALIGNANT, n_boot=400)
+
+    def auc(labels, proba):
+        return classification_metrics(labels, proba, CLASSES, MALIGNANT, n_boot=0)["auc_macro"]["value"]
+
+    assert d["drop_a"] == pytest.approx(auc(y, good) - auc(y[subset], good[subset]))
+    assert d["drop_b"] == pytest.approx(auc(y, good) - auc(y[subset], noise))
+    diff = d["difference"]
+    assert diff["value"] == pytest.approx(d["drop_b"] - d["drop_a"])
+    assert 0 < diff["ci_low"] < diff["value"] < diff["ci_high"] and d["p_a_not_less"] == 0.0
+    assert d["n_cases"] == 100 and d["n_reference"] == 120 and d["n_boot"] == 400
+    # the same model twice: the drops are equal in every resample
+    same = paired_drop_difference(y, good, good, subset, noise, noise, CLASSES, metric="kappa", n_boot=30)
+    assert same["difference"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    with pytest.raises(ConfigError, match="distinct indices into the 120 reference cases"):
+        paired_drop_difference(y, good, good, [0, 0], good[:2], good[:2], CLASSES)
+    with pytest.raises(ConfigError, match=r"proba_b has shape \(99, 3\)"):
+        paired_drop_difference(y, good, good, subset, noise, noise[:99], CLASSES)
 
 
 def test_paired_difference_rejects_bad_input() -> None:
