@@ -33,7 +33,14 @@ Usage::
     python benchmarks/phenotype.py --budget full \\
         --pretrain-steps 10000 --pretrain-warmup 200 --lesion-crops 0.5
 
-``--pretrain-steps``, ``--pretrain-warmup`` and ``--lesion-crops`` apply to all three pretrainings alike.
+    # the setting of README's 853-case run: 640 more unlabeled phantom cases in every pretraining
+    python benchmarks/phenotype.py --budget full \\
+        --pretrain-steps 10000 --pretrain-warmup 200 --lesion-crops 0.5 --extra-unlabeled 640
+
+``--pretrain-steps``, ``--pretrain-warmup``, ``--lesion-crops`` and ``--extra-unlabeled`` apply to all three
+pretrainings alike. ``--extra-unlabeled N`` simulates N more phantom cases of the same centres and grid with
+seed ``--seed`` + 101 (``--extra-seed``), every label left empty and ids prefixed ``u``, and adds them to
+the pretraining data only: probes, fine-tuning and the split see the labelled cohort as before.
 The ``full`` budget pretrains ours and plain MAE under bf16 autocast where the CPU computes bf16 natively
 (AVX512-BF16/AMX) or on a GPU, and in fp32 elsewhere (emulated bf16 is far slower); the JSON records both
 the request and the choice.
@@ -63,6 +70,8 @@ from mrfound import demo as D  # noqa: E402
 from mrfound.data.preprocess import FOREGROUND_METHODS  # noqa: E402
 
 FOUR_CENTRES = ("uni_3t", "community_15t", "oncology", "surveillance")
+EXTRA_SEED_OFFSET = 101
+"""``--extra-unlabeled`` cases are simulated with seed ``--seed`` + this (101: README's 853-case run)."""
 """Default centres: complete 3 T, no DWI, no in/opposed phase, abbreviated t2 + dwi + t1_pv."""
 
 
@@ -244,9 +253,17 @@ def _recipe_key(b: Budget) -> list[str]:
 
 
 def pretrain_mrfound(
-    name: str, train_csv: Path, work: Path, cache: Path, b: Budget, seed: int, sequence_drop: float
+    name: str,
+    train_csv: Path,
+    work: Path,
+    cache: Path,
+    b: Budget,
+    seed: int,
+    sequence_drop: float,
+    extra_csv: Path | None = None,
 ) -> tuple[Path, float]:
-    """Pretrain with ``mrfound pretrain``'s program (reused if a finished run with these settings exists)."""
+    """Pretrain with ``mrfound pretrain``'s program (reused if a finished run with these settings exists);
+    ``extra_csv``: a manifest of unlabeled cases pooled with the training cases."""
     from mrfound.pretrain.config import PretrainConfig
     from mrfound.pretrain.run import pretrain
 
@@ -268,6 +285,8 @@ def pretrain_mrfound(
     if b.foreground != "otsu":  # runs made before the option keep their folder
         settings.append(f"foreground={b.foreground}")
     settings += _recipe_key(b)
+    if extra_csv is not None:  # runs without extra cases keep their folder
+        settings.append(f"extra={extra_csv}")
     run = work / f"pretrain_{name}_{_key(settings)}"
     if (run / "final" / "model.safetensors").is_file():
         return run / "final", recorded_seconds(run)
@@ -277,7 +296,7 @@ def pretrain_mrfound(
         shutil.rmtree(run)  # an interrupted run: start over
     cfg = PretrainConfig(
         out=str(run),
-        manifest=[str(train_csv)],
+        manifest=[str(train_csv), *([str(extra_csv)] if extra_csv is not None else [])],
         model="tiny",
         model_overrides=enc,
         mae=mae,
@@ -777,6 +796,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default=None,
         help="share of pretraining crops centred on the lesion, for all three pretrainings (default 0)",
     )
+    p.add_argument(
+        "--extra-unlabeled",
+        type=int,
+        default=0,
+        help="simulate this many more unlabeled phantom cases and add them to all three pretrainings (0)",
+    )
+    p.add_argument(
+        "--extra-seed",
+        type=int,
+        default=None,
+        help=f"seed of the extra cases (default --seed + {EXTRA_SEED_OFFSET})",
+    )
     args = p.parse_args(argv)
     if args.pretrain_steps is not None and args.pretrain_steps < 1:
         p.error(f"--pretrain-steps must be >= 1, got {args.pretrain_steps}")
@@ -784,6 +815,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         p.error(f"--pretrain-warmup must be >= 0, got {args.pretrain_warmup}")
     if args.lesion_crops is not None and not 0.0 <= args.lesion_crops <= 1.0:
         p.error(f"--lesion-crops must be in [0, 1], got {args.lesion_crops}")
+    if args.extra_unlabeled < 0:
+        p.error(f"--extra-unlabeled must be >= 0, got {args.extra_unlabeled}")
+    if args.extra_seed is not None and args.extra_seed == args.seed:
+        p.error("--extra-seed must differ from --seed (the extra cases would repeat the cohort's)")
 
     import torch
 
@@ -841,11 +876,11 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
 
     # cohort -----------------------------------------------------------------------------------------
     t0 = time.time()
+    centers = tuple(c.strip() for c in args.centers.split(",") if c.strip())
     if args.manifest:
         manifest_path = Path(args.manifest)
         doc["cohort"] = {"manifest": str(manifest_path)}
     else:
-        centers = tuple(c.strip() for c in args.centers.split(",") if c.strip())
         phantom = PhantomConfig(centers=centers, balanced=True, spacing_scale=b.spacing_scale)
         cohort_dir = work / f"cohort_{_key([b.cases, args.seed, centers, b.spacing_scale])}"
         manifest_path = cohort_dir / "manifest.csv"
@@ -882,15 +917,21 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
     doc["cohort"]["table"] = D.cohort_table(cohort)
     T.say(f"train {len(train_m)} / test {len(test_m)} cases")
     protocols = _resolve_protocols(b.protocols, seqs)
+    extra_csv, pretrain_m = None, train_m
+    if args.extra_unlabeled:
+        t0 = time.time()
+        extra_csv, pretrain_m = extra_unlabeled(args, b, centers, work, cache, pp, train_m, doc)
+        T.add("extra_unlabeled", time.time() - t0)
+        T.say(f"pretraining data: {len(train_m)} training + {args.extra_unlabeled} unlabeled cases")
 
     # pretraining ------------------------------------------------------------------------------------
     ckpt: dict[str, Path] = {}
     for name, sd in (("ours", 0.5), ("plain_mae", 0.0)):
         T.say(f"pretraining {name} ({b.pretrain_steps} steps, sequence_drop {sd})")
-        ckpt[name], sec = pretrain_mrfound(name, train_csv, work, cache, b, args.seed, sd)
+        ckpt[name], sec = pretrain_mrfound(name, train_csv, work, cache, b, args.seed, sd, extra_csv)
         T.add(f"pretrain_{name}", sec)
     T.say(f"pretraining MONAI channel-stacked MAE ({b.pretrain_steps} steps)")
-    monai_model, sec = pretrain_monai(train_m, work, cache, pp, b, args.seed)
+    monai_model, sec = pretrain_monai(pretrain_m, work, cache, pp, b, args.seed)
     T.add("pretrain_monai_mae", sec)
 
     # features and probes ----------------------------------------------------------------------------
@@ -1068,6 +1109,52 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
     for line in doc["claims"]["text"]:
         print("  " + line)
     return doc
+
+
+def extra_unlabeled(
+    args: argparse.Namespace,
+    b: Budget,
+    centers: Sequence[str],
+    work: Path,
+    cache: Path,
+    pp: Any,
+    train_m: Any,
+    doc: dict[str, Any],
+) -> tuple[Path, Any]:
+    """Simulate (or reuse) ``--extra-unlabeled`` cases and cache them; returns their manifest path and the
+    pretraining cohort (training + extra cases). Records them in ``doc["extra_unlabeled"]``."""
+    from mrfound.data.manifest import Manifest, read_manifest
+    from mrfound.data.phantom import PhantomConfig, generate_cohort
+
+    seed = args.seed + EXTRA_SEED_OFFSET if args.extra_seed is None else args.extra_seed
+    n = args.extra_unlabeled
+    cfg = PhantomConfig(
+        centers=tuple(centers),
+        balanced=True,
+        spacing_scale=b.spacing_scale,
+        unlabeled_fraction=1.0,
+        id_prefix="u",
+    )
+    folder = work / f"extra_{_key([n, seed, list(centers), b.spacing_scale, 'u'])}"
+    path = folder / "manifest.csv"
+    if not path.is_file():
+        print(f"simulating {n} extra unlabeled cases (seed {seed})", flush=True)
+        generate_cohort(folder, n, seed, cfg, workers=args.workers)
+    extra = read_manifest(path)
+    D.fill_cache(extra, pp, cache, args.workers)
+    clash = {c.case for c in extra.cases} & {c.case for c in train_m.cases}
+    if clash:
+        raise SystemExit(f"phenotype.py: error: extra case ids clash with the cohort's (e.g. {min(clash)})")
+    doc["extra_unlabeled"] = {
+        "cases": n,
+        "seed": seed,
+        "centers": list(centers),
+        "spacing_scale": b.spacing_scale,
+        "id_prefix": "u",
+        "used_for": "pretraining only (ours, plain MAE, MONAI MAE); labels unused",
+    }
+    pooled = Manifest.from_cases([*train_m.cases, *extra.cases], root=work, vocabulary=train_m.vocabulary)
+    return path, pooled
 
 
 def _case_table(manifest: Any) -> Any:

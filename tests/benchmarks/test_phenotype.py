@@ -25,6 +25,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
     from mrfound.data.sequences import SEQUENCES
 
     recipe = ["--pretrain-steps", "4", "--pretrain-warmup", "1", "--lesion-crops", "0.5"]
+    recipe += ["--extra-unlabeled", "6"]
     ph.main(
         [
             "--budget",
@@ -43,13 +44,23 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
 
     saved = json.loads((out / "phenotype_tiny.json").read_text())
     # provenance of the run
-    assert saved["command"].endswith("--lesion-crops 0.5") and saved["date"] and "git_commit" in saved
+    assert saved["command"].endswith("--extra-unlabeled 6") and saved["date"] and "git_commit" in saved
     st = saved["settings"]
     assert (st["pretrain_steps"], st["pretrain_warmup_steps"], st["pretrain_lesion_crops"]) == (4, 1, 0.5)
+    # the extra unlabeled cases: another seed, no label, their own ids, in pretraining only
+    extra = saved["extra_unlabeled"]
+    assert (extra["cases"], extra["seed"], extra["id_prefix"]) == (6, 101, "u")
+    extra_csv = next(work.glob("extra_*/manifest.csv"))
+    rows = extra_csv.read_text().splitlines()
+    header = rows[0].split(",")
+    assert len(rows) == 7 and all(r.split(",")[header.index("label")] == "" for r in rows[1:])
+    assert all(r.startswith("uph") for r in rows[1:])
+    assert not any(c.startswith("u") for c in saved["split"]["train"] + saved["split"]["test"])
     # the pretraining recipe reaches mrfound's pretraining runs and the MONAI baseline's
     for name in ("ours", "plain_mae"):
         cfg = json.loads(next(work.glob(f"pretrain_{name}_*/config.json")).read_text())
         assert (cfg["steps"], cfg["warmup_steps"], cfg["lesion_crops"]) == (4, 1, 0.5)
+        assert cfg["manifest"] == [str(work / "train.csv"), str(extra_csv)]
     assert len(list(work.glob("pretrain_monai_*/final.safetensors"))) == 1
     m = saved["machine_start"]
     assert m["cpu_count"] >= 1 and m["torch_threads"] >= 1 and len(m["load_average_1_5_15min"]) == 3
@@ -100,6 +111,8 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         ("--pretrain-steps", "0", "--pretrain-steps must be >= 1, got 0"),
         ("--pretrain-warmup", "-1", "--pretrain-warmup must be >= 0, got -1"),
         ("--lesion-crops", "1.5", "--lesion-crops must be in [0, 1], got 1.5"),
+        ("--extra-unlabeled", "-1", "--extra-unlabeled must be >= 0, got -1"),
+        ("--extra-seed", "0", "--extra-seed must differ from --seed"),
     ],
 )
 def test_bad_pretraining_recipe_is_refused_before_any_work(ph, tmp_path: Path, capsys, flag, value, message):
