@@ -31,6 +31,7 @@ import torch
 
 from mrfound.data.sequences import Vocabulary
 from mrfound.errors import CheckpointError, ConfigError, MrfoundError
+from mrfound.models.config import EMBED_ABSENT
 
 __all__ = ["MRFoundModel", "extract_features", "load_pretrained"]
 
@@ -188,7 +189,11 @@ class MRFoundModel:
     # -------------------------------------------------------------------------------------- features
     @torch.no_grad()
     def embed_arrays(
-        self, image: np.ndarray | torch.Tensor, available: np.ndarray | torch.Tensor, pooling: str = "mean"
+        self,
+        image: np.ndarray | torch.Tensor,
+        available: np.ndarray | torch.Tensor,
+        pooling: str = "mean",
+        absent: str = "drop",
     ) -> np.ndarray:
         """Embeddings of model-ready inputs.
 
@@ -199,18 +204,38 @@ class MRFoundModel:
                 of those in the central half of the ROI, or ``"centre_per_sequence"``: that central mean
                 of each sequence, concatenated (NaN blocks for absent sequences; see
                 ``MultiSequenceViT.embed``).
+            absent: ``"drop"``: absent sequences contribute no tokens; ``"impute"``: the model's decoder
+                synthesises them from the available ones first, so the encoder sees every sequence
+                (a pretrained masked-modality autoencoder checkpoint only).
 
         Returns:
             float32 array (C,) or (B, C); (S * C,) or (B, S * C) for ``"centre_per_sequence"``.
         """
+        complete = self._completer(absent)
         img = torch.as_tensor(image, dtype=torch.float32)
         av = torch.as_tensor(available, dtype=torch.bool)
         single = img.ndim == 4
         if single:
             img, av = img.unsqueeze(0), av.unsqueeze(0)
-        feats = self.encoder.embed(img.to(self.device), av.to(self.device), pooling=pooling)
+        img, av = img.to(self.device), av.to(self.device)
+        if complete is not None:
+            img, av = complete(img, av)
+        feats = self.encoder.embed(img, av, pooling=pooling)
         out = feats.float().cpu().numpy()
         return out[0] if single else out
+
+    def _completer(self, absent: str) -> Any:
+        """``model.complete`` for ``absent="impute"``, ``None`` for ``"drop"``; ConfigError otherwise."""
+        if absent not in EMBED_ABSENT:
+            raise ConfigError(f"absent must be one of {', '.join(EMBED_ABSENT)}, got {absent!r}")
+        if absent == "drop":
+            return None
+        if not hasattr(self.model, "complete"):
+            raise ConfigError(
+                f"absent='impute' needs a pretrained masked-modality autoencoder checkpoint; this one is "
+                f"{self.config.get('architecture')!r}"
+            )
+        return self.model.complete
 
     def embed(
         self,
@@ -219,17 +244,20 @@ class MRFoundModel:
         lesion_xyz: tuple[float, float, float] | None = None,
         mask: Any = None,
         pooling: str = "mean",
+        absent: str = "drop",
     ) -> np.ndarray:
         """Feature vector (``embed_dim``,) of one case (any subset of sequences; see the module docstring).
 
         ``pooling="centre"`` pools only the tokens of the central half of the lesion ROI;
-        ``"centre_per_sequence"`` pools them per sequence (see :meth:`embed_arrays`).
+        ``"centre_per_sequence"`` pools them per sequence; ``absent="impute"`` synthesises the case's
+        missing sequences before encoding (see :meth:`embed_arrays`).
 
         Example:
             >>> model.embed({"t2": "case1/t2.nii.gz", "pv": "case1/pv.nii.gz"})  # doctest: +SKIP
         """
+        self._completer(absent)  # a bad option fails before any file is read
         x = self.prepare(case, lesion_xyz=lesion_xyz, mask=mask)
-        return self.embed_arrays(x["image"], x["available"], pooling=pooling)
+        return self.embed_arrays(x["image"], x["available"], pooling=pooling, absent=absent)
 
     # ------------------------------------------------------------------------------ heads (inference.py)
     def predict(self, case_or_manifest: Any, **kwargs: Any) -> Any:
@@ -301,6 +329,7 @@ def extract_features(
     cache_dir: str | os.PathLike | None = None,
     num_workers: int = 0,
     pooling: str = "mean",
+    absent: str = "drop",
 ):
     """Embed every case of a manifest (lesion-centred ROI), one row per case.
 
@@ -311,6 +340,8 @@ def extract_features(
         cache_dir: Preprocessing cache folder (reused across runs); ``None`` = no cache.
         num_workers: DataLoader workers for preprocessing.
         pooling: Token pooling, ``"mean"``, ``"centre"`` or ``"centre_per_sequence"`` (see
+            :meth:`MRFoundModel.embed_arrays`).
+        absent: ``"drop"`` or ``"impute"`` (the case's missing sequences synthesised first; see
             :meth:`MRFoundModel.embed_arrays`).
 
     Returns:
@@ -328,6 +359,7 @@ def extract_features(
         model = load_pretrained(model)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    model._completer(absent)  # a bad option fails before any case is read
     man = as_manifest(manifest, model.vocabulary)
     if tuple(man.vocabulary.sequences) != model.sequences:
         raise ConfigError(
@@ -340,7 +372,7 @@ def extract_features(
     )
     feats: list[np.ndarray] = []
     for batch in tqdm(loader, total=len(loader), desc="features", unit="batch", disable=None):
-        feats.append(model.embed_arrays(batch["image"], batch["available"], pooling=pooling))
+        feats.append(model.embed_arrays(batch["image"], batch["available"], pooling=pooling, absent=absent))
     width = model.encoder.embed_dim_of(pooling)
     matrix = np.concatenate(feats, axis=0) if feats else np.zeros((0, width), dtype=np.float32)
     meta = pd.DataFrame(

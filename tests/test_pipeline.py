@@ -174,6 +174,35 @@ def test_extract_features_one_row_per_case(trained, tmp_path) -> None:
     )
 
 
+def test_embed_with_absent_sequences_imputed(trained, tmp_path) -> None:
+    model, folder = trained
+    m = load_pretrained(folder, device="cpu")
+    arrays = _arrays(2)
+    image = torch.zeros(1, 8, ROI, ROI, ROI)
+    available = torch.zeros(1, 8, dtype=torch.bool)
+    for name, arr in arrays.items():
+        image[0, mrfound.SEQUENCES.index(name)] = torch.from_numpy(arr)
+        available[0, mrfound.SEQUENCES.index(name)] = True
+    with torch.no_grad():  # the six absent sequences synthesised, then all eight encoded
+        full = model.reconstruct(image, available, ~available)
+        expected = model.encoder.embed(full, torch.ones_like(available))[0].numpy()
+    imputed = m.embed(arrays, absent="impute")
+    np.testing.assert_allclose(imputed, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(imputed, m.embed(arrays))
+    # a case with every sequence has nothing to impute
+    every = {s: arrays["t2"] for s in mrfound.SEQUENCES}
+    np.testing.assert_array_equal(m.embed(every, absent="impute"), m.embed(every))
+    manifest = _write_cohort(tmp_path)
+    table = extract_features(manifest, m, batch_size=2, absent="impute")
+    assert table.shape == (3, 4 + 32) and np.isfinite(table.loc[:, "f0":].to_numpy(dtype=np.float32)).all()
+    with pytest.raises(ConfigError, match="absent must be one of drop, impute"):
+        m.embed(arrays, absent="zero")
+    # a bare encoder has no decoder to impute with
+    bare = load_pretrained(save_checkpoint(tmp_path / "bare", model.encoder), device="cpu")
+    with pytest.raises(ConfigError, match="needs a pretrained masked-modality autoencoder"):
+        extract_features(manifest, bare, absent="impute")
+
+
 def test_load_pretrained_refuses_pickles(trained, tmp_path) -> None:
     torch.save(trained[0].state_dict(), tmp_path / "weights.pth")
     with pytest.raises(CheckpointError, match="pickle"):

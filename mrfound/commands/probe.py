@@ -31,7 +31,7 @@ Features are cached per (checkpoint, manifest, protocol) in --feature-cache.
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from mrfound.models.config import EMBED_POOLING
+    from mrfound.models.config import EMBED_ABSENT, EMBED_POOLING
 
     p.add_argument("--checkpoint", help="checkpoint folder, registry name, hf://owner/repo, or random:<size>")
     p.add_argument(
@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--absent",
-        choices=("drop", "impute"),
+        choices=EMBED_ABSENT,
         default="drop",
         help="sequences a case or protocol lacks: left out of the encoder's tokens (drop, default), or "
         "synthesised first by the checkpoint's decoder from the kept ones, so the encoder sees every "

@@ -234,7 +234,7 @@ def encoder_feature_fn(
         pooling: Token pooling of :meth:`mrfound.models.encoder.MultiSequenceViT.embed` (``"mean"``,
             ``"centre"`` or ``"centre_per_sequence"``); encoders without a ``pooling`` argument only
             support ``"mean"``.
-        completer: A model with ``reconstruct(image, available, targets)`` (the checkpoint's
+        completer: A model with ``complete(image, available)`` (the checkpoint's
             :class:`mrfound.models.mae.MaskedModalityAutoencoder`, ``EncoderSource.completer``) whose
             encoder is ``encoder``; ``None`` (default) leaves absent sequences out.
 
@@ -274,10 +274,8 @@ def encoder_feature_fn(
                         if not bool(use.any()):
                             continue
                         img, av = image[use], avail[use].to(dev)
-                        if completer is not None and not bool(av.all()):
-                            # every absent sequence is a target; the kept ones are copied through
-                            img = completer.reconstruct(img, av, ~av).to(img.dtype)
-                            av = torch.ones_like(av)
+                        if completer is not None:
+                            img, av = completer.complete(img, av)
                         feats = encoder.embed(img, av, **embed_kw)
                         feats = feats.float().cpu().numpy()
                         names = [c for c, u in zip(batch["case"], use.tolist()) if u]

@@ -564,6 +564,24 @@ class MaskedModalityAutoencoder(nn.Module):
         return torch.where(tgt, synth, torch.where(keep, image.float(), torch.zeros_like(synth)))
 
     @torch.no_grad()
+    def complete(self, image: torch.Tensor, available: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill in every absent sequence from the available ones (the test-time use of pretraining).
+
+        Args:
+            image: (B, S, D, H, W).
+            available: (B, S) bool; every case needs at least one available sequence.
+
+        Returns:
+            ``(image, available)``: the available channels unchanged (in ``image``'s dtype), the absent
+            ones synthesised by :meth:`reconstruct`, and an all-True (B, S) availability.
+        """
+        available = available.bool()
+        if bool(available.all()):
+            return image, available
+        full = self.reconstruct(image, available, ~available).to(image.dtype)
+        return full, torch.ones_like(available)
+
+    @torch.no_grad()
     def reconstruction_images(
         self,
         batch_or_image: Mapping[str, Any] | torch.Tensor,

@@ -175,6 +175,21 @@ def test_reconstruct_synthesises_targets_from_sources(model, batch) -> None:
         model.reconstruct(image, only_t2, ["t2"])
 
 
+def test_complete_fills_in_only_the_absent_sequences(model, batch) -> None:
+    model.eval()
+    image, avail = batch["image"], batch["available"]
+    assert not bool(avail.all())  # the fixture has cases with missing sequences
+    full, full_avail = model.complete(image, avail)
+    assert full.dtype == image.dtype and bool(full_avail.all()) and full_avail.shape == avail.shape
+    keep = avail.view(*avail.shape, 1, 1, 1).expand_as(image)
+    assert torch.equal(full[keep], image[keep])
+    torch.testing.assert_close(full[~keep], model.reconstruct(image, avail, ~avail)[~keep])
+    # nothing absent: returned as given
+    everything = torch.ones_like(avail)
+    same, same_avail = model.complete(image, everything)
+    assert same is image and bool(same_avail.all())
+
+
 def test_reconstruction_images_show_visible_patches(model, batch) -> None:
     from mrfound.models.layers import unpatchify
 
