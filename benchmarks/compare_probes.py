@@ -74,6 +74,7 @@ def compare(
     if not protocols:
         raise ValueError(f"{a.attrs.get('path')} and {b.attrs.get('path')} share no protocol")
     rows: dict[str, Any] = {}
+    kw = {"malignant": MALIGNANT, "metric": metric, "n_boot": n_boot, "seed": seed}
     for p in protocols:
         pa = a[a["protocol"] == p].set_index("case")
         pb = b[b["protocol"] == p].set_index("case")
@@ -90,10 +91,7 @@ def compare(
             pa[cols].to_numpy(np.float64),
             pb[cols].to_numpy(np.float64),
             classes,
-            malignant=MALIGNANT,
-            metric=metric,
-            n_boot=n_boot,
-            seed=seed,
+            **kw,
         )
     if "all" in rows:
         ref_a = a[a["protocol"] == "all"].set_index("case")
@@ -119,10 +117,7 @@ def compare(
                 pa[cols].to_numpy(np.float64),
                 pb[cols].to_numpy(np.float64),
                 classes,
-                malignant=MALIGNANT,
-                metric=metric,
-                n_boot=n_boot,
-                seed=seed,
+                **kw,
             )
     others = [r for p, r in rows.items() if p != "all"]
     summary = {

@@ -155,6 +155,22 @@ def _percentile_ci(vals: np.ndarray, ci: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _check_paired(metric: str, n_boot: int) -> None:
+    if metric not in SCALAR_METRICS:
+        raise ConfigError(f"metric must be one of {list(SCALAR_METRICS)}, got {metric!r}")
+    if n_boot < 1:
+        raise ConfigError(f"n_boot must be >= 1, got {n_boot}")
+
+
+def _paired_interval(value: float, diffs: np.ndarray, ci: float) -> tuple[dict[str, Any], float | None]:
+    """``{"value", "ci_low", "ci_high"}`` of a paired difference from its bootstrap resamples ``diffs``,
+    and the share of (finite) resamples in which it is <= 0."""
+    diffs = diffs[np.isfinite(diffs)]
+    lo, hi = _percentile_ci(diffs, ci) if len(diffs) else (np.nan, np.nan)
+    interval = {k: _finite_or_none(v) for k, v in {"value": value, "ci_low": lo, "ci_high": hi}.items()}
+    return interval, float((diffs <= 0).mean()) if len(diffs) else None
+
+
 # --------------------------------------------------------------------------- classification
 
 
@@ -280,10 +296,7 @@ def paired_difference(
         "n_cases", "n_boot", "ci"}``; ``a`` and ``b`` are the point values, ``p_a_not_better`` the share
         of resamples in which A does not beat B (a one-sided bootstrap p-value for "A > B").
     """
-    if metric not in SCALAR_METRICS:
-        raise ConfigError(f"metric must be one of {list(SCALAR_METRICS)}, got {metric!r}")
-    if n_boot < 1:
-        raise ConfigError(f"n_boot must be >= 1, got {n_boot}")
+    _check_paired(metric, n_boot)
     classes = [str(c) for c in classes]
     y = encode_labels(y_true, classes)
     n = len(y)
@@ -296,19 +309,13 @@ def paired_difference(
     a, b = (float(_weighted_scores(unit, y, p, malignant_mask)[metric][0]) for p in (pa, pb))
     w = _bootstrap_weights(n, n_boot, seed)
     score_a, score_b = (_weighted_scores(w, y, p, malignant_mask)[metric] for p in (pa, pb))
-    diff = score_a - score_b
-    diff = diff[np.isfinite(diff)]
-    lo, hi = _percentile_ci(diff, ci) if len(diff) else (np.nan, np.nan)
+    difference, p_not = _paired_interval(a - b, score_a - score_b, ci)
     return {
         "metric": metric,
         "a": _finite_or_none(a),
         "b": _finite_or_none(b),
-        "difference": {
-            "value": _finite_or_none(a - b),
-            "ci_low": _finite_or_none(lo),
-            "ci_high": _finite_or_none(hi),
-        },
-        "p_a_not_better": float((diff <= 0).mean()) if len(diff) else None,
+        "difference": difference,
+        "p_a_not_better": p_not,
         "n_cases": int(n),
         "n_boot": int(n_boot),
         "ci": ci,
@@ -352,10 +359,7 @@ def paired_drop_difference(
         "p_a_not_less", "n_cases", "n_reference", "n_boot", "ci"}``; a positive difference means A loses
         less than B; ``p_a_not_less`` is the share of resamples in which it does not.
     """
-    if metric not in SCALAR_METRICS:
-        raise ConfigError(f"metric must be one of {list(SCALAR_METRICS)}, got {metric!r}")
-    if n_boot < 1:
-        raise ConfigError(f"n_boot must be >= 1, got {n_boot}")
+    _check_paired(metric, n_boot)
     classes = [str(c) for c in classes]
     y = encode_labels(y_ref, classes)
     n, k = len(y), len(classes)
@@ -378,19 +382,13 @@ def paired_drop_difference(
 
     da, db = (float(v[0]) for v in drops(np.ones((1, n))))
     boot_a, boot_b = drops(_bootstrap_weights(n, n_boot, seed))
-    diff = boot_b - boot_a
-    diff = diff[np.isfinite(diff)]
-    lo, hi = _percentile_ci(diff, ci) if len(diff) else (np.nan, np.nan)
+    difference, p_not = _paired_interval(db - da, boot_b - boot_a, ci)
     return {
         "metric": metric,
         "drop_a": _finite_or_none(da),
         "drop_b": _finite_or_none(db),
-        "difference": {
-            "value": _finite_or_none(db - da),
-            "ci_low": _finite_or_none(lo),
-            "ci_high": _finite_or_none(hi),
-        },
-        "p_a_not_less": float((diff <= 0).mean()) if len(diff) else None,
+        "difference": difference,
+        "p_a_not_less": p_not,
         "n_cases": int(len(idx)),
         "n_reference": int(n),
         "n_boot": int(n_boot),
