@@ -37,6 +37,10 @@ Usage::
     python benchmarks/phenotype.py --budget full \\
         --pretrain-steps 10000 --pretrain-warmup 200 --lesion-crops 0.5 --extra-unlabeled 640
 
+``--probe-pooling centre_per_sequence --probe-absent impute`` probes the mrfound encoders (ours, plain MAE,
+random init) with per-sequence central pooling and every absent sequence synthesised by the model's own
+decoder first, the setting in which README finds whole-sequence dropout ahead of plain MAE.
+
 ``--pretrain-steps``, ``--pretrain-warmup``, ``--lesion-crops`` and ``--extra-unlabeled`` apply to all three
 pretrainings alike. ``--extra-unlabeled N`` simulates N more phantom cases of the same centres and grid with
 seed ``--seed`` + 101 (``--extra-seed``), every label left empty and ids prefixed ``u``, and adds them to
@@ -68,11 +72,12 @@ from _common import PHANTOM_FOREGROUND, ChannelStackedMAE, machine_info, provena
 
 from mrfound import demo as D  # noqa: E402
 from mrfound.data.preprocess import FOREGROUND_METHODS  # noqa: E402
+from mrfound.models.config import EMBED_ABSENT, EMBED_POOLING  # noqa: E402
 
 FOUR_CENTRES = ("uni_3t", "community_15t", "oncology", "surveillance")
+"""Default centres: complete 3 T, no DWI, no in/opposed phase, abbreviated t2 + dwi + t1_pv."""
 EXTRA_SEED_OFFSET = 101
 """``--extra-unlabeled`` cases are simulated with seed ``--seed`` + this (101: README's 853-case run)."""
-"""Default centres: complete 3 T, no DWI, no in/opposed phase, abbreviated t2 + dwi + t1_pv."""
 
 
 @dataclasses.dataclass
@@ -109,6 +114,10 @@ class Budget:
     # autocast of the mrfound pretraining runs ("bf16": 1.86x fp32 on this CPU, loss within 0.6 %; see
     # throughput.py); the MONAI baseline always trains in fp32 (it fails under bf16 autocast)
     pretrain_mixed_precision: str = "no"
+    # encoder probes (ours, plain MAE, random init): token pooling, and what happens to a protocol's absent
+    # sequences ("drop": no tokens; "impute": each model's own decoder synthesises them first)
+    probe_pooling: str = "mean"
+    probe_absent: str = "drop"
     # preprocessing foreground threshold: the tables in README were made with raw Otsu, the library
     # default before "log_otsu"; pinned so that their commands reproduce them
     foreground: str = PHANTOM_FOREGROUND
@@ -797,6 +806,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="share of pretraining crops centred on the lesion, for all three pretrainings (default 0)",
     )
     p.add_argument(
+        "--probe-pooling",
+        choices=EMBED_POOLING,
+        default=None,
+        help="token pooling of the mrfound encoder probes (default mean; MONAI's probe is always mean)",
+    )
+    p.add_argument(
+        "--probe-absent",
+        choices=EMBED_ABSENT,
+        default=None,
+        help="absent sequences in the mrfound encoder probes: no tokens (drop, default) or synthesised by "
+        "each model's decoder first (impute)",
+    )
+    p.add_argument(
         "--extra-unlabeled",
         type=int,
         default=0,
@@ -849,6 +871,10 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
         b.pretrain_warmup_steps = args.pretrain_warmup
     if args.lesion_crops is not None:
         b.pretrain_lesion_crops = args.lesion_crops
+    if args.probe_pooling is not None:
+        b.probe_pooling = args.probe_pooling
+    if args.probe_absent is not None:
+        b.probe_absent = args.probe_absent
     requested_mp, b.pretrain_mixed_precision = (
         b.pretrain_mixed_precision,
         resolve_autocast(b.pretrain_mixed_precision),
@@ -950,8 +976,16 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
                 str(ckpt["ours" if fs == "random_init" else fs]),
                 random_init=fs == "random_init",
                 seed=args.seed,
+                with_decoder=b.probe_absent == "impute",
             )
-            fn = encoder_feature_fn(src.encoder, src.preprocess, cache_dir=cache, batch_size=b.batch_size)
+            fn = encoder_feature_fn(
+                src.encoder,
+                src.preprocess,
+                cache_dir=cache,
+                batch_size=b.batch_size,
+                pooling=b.probe_pooling,
+                completer=src.completer,
+            )
         T.say(f"probe: {LABELS[fs]}")
         tr, te, excl = feature_tables(fn, train_m, test_m, protocols, seqs)
         probes[fs] = probe_suite(tr, te, excl, protocols, classes, malignant, b, args.seed)
@@ -1345,6 +1379,21 @@ def _ci_note(doc: Mapping[str, Any]) -> str:
     )
 
 
+def _probe_note(st: Mapping[str, Any]) -> str:
+    pooling = st.get("probe_pooling", "mean")
+    return {
+        "mean": "mean of the tokens",
+        "centre": "mean of the tokens in the central half of the ROI",
+        "centre_per_sequence": "that central mean per sequence, concatenated",
+    }.get(pooling, pooling)
+
+
+def _absent_note(st: Mapping[str, Any]) -> str:
+    if st.get("probe_absent", "drop") == "impute":
+        return "synthesised from the kept ones by each model's own decoder before encoding"
+    return "absent"
+
+
 def markdown(doc: Mapping[str, Any], stem: str, protocols: Sequence[str], seqs: Sequence[str]) -> str:
     probes, ft = doc["probes"], doc["finetune"]
     m = doc["machine_start"]
@@ -1370,10 +1419,11 @@ def markdown(doc: Mapping[str, Any], stem: str, protocols: Sequence[str], seqs: 
         "## Claims\n",
         *[f"- {t}" for t in doc["claims"]["text"]],
         "",
-        "How to read this: the probes train a logistic regression on frozen, mean-pooled encoder features"
-        " of lesion-centred ROIs with every sequence, then score the test cases with the protocol's "
-        "sequences only (the others absent for the multi-sequence encoders, zero-filled for the channel-"
-        "stacked MONAI model, replaced by training means for radiomics). Pretraining used the training "
+        "How to read this: the probes train a logistic regression on frozen encoder features"
+        f" ({_probe_note(st)}) of lesion-centred ROIs with every sequence, then score the test cases with "
+        f"the protocol's sequences only (the others {_absent_note(st)} for the multi-sequence encoders, "
+        "zero-filled for the channel-stacked MONAI model, whose tokens are mean-pooled, replaced by training"
+        " means for radiomics). Pretraining used the training "
         "cases only (no test image, no label); leave-one-centre-out probes train on the other centres' "
         f"training cases and test on the held-out centre's test cases. {_ci_note(doc)} "
         "The phantom is a simulator whose classes differ mainly in per-sequence lesion-to-"

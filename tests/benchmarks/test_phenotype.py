@@ -25,7 +25,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
     from mrfound.data.sequences import SEQUENCES
 
     recipe = ["--pretrain-steps", "4", "--pretrain-warmup", "1", "--lesion-crops", "0.5"]
-    recipe += ["--extra-unlabeled", "6"]
+    recipe += ["--extra-unlabeled", "6", "--probe-pooling", "centre_per_sequence", "--probe-absent", "impute"]
     ph.main(
         [
             "--budget",
@@ -44,9 +44,10 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
 
     saved = json.loads((out / "phenotype_tiny.json").read_text())
     # provenance of the run
-    assert saved["command"].endswith("--extra-unlabeled 6") and saved["date"] and "git_commit" in saved
+    assert saved["command"].endswith("--probe-absent impute") and saved["date"] and "git_commit" in saved
     st = saved["settings"]
     assert (st["pretrain_steps"], st["pretrain_warmup_steps"], st["pretrain_lesion_crops"]) == (4, 1, 0.5)
+    assert (st["probe_pooling"], st["probe_absent"]) == ("centre_per_sequence", "impute")
     # the extra unlabeled cases: another seed, no label, their own ids, in pretraining only
     extra = saved["extra_unlabeled"]
     assert (extra["cases"], extra["seed"], extra["id_prefix"]) == (6, 101, "u")
@@ -91,6 +92,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
     for fig in saved["figures"]:
         assert (out / fig).read_bytes()[:4] == b"\x89PNG" and fig in md
     assert "## Missing-sequence protocols" in md and "## Sequence importance" in md
+    assert "synthesised from the kept ones by each model's own decoder" in md
 
     # the pooling diagnostic reads the same work folder: every pooling x protocol, pretrained and random
     pool = load_module("benchmarks/pooling_probe.py")
