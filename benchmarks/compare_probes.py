@@ -74,6 +74,7 @@ def compare(
     if not protocols:
         raise ValueError(f"{a.attrs.get('path')} and {b.attrs.get('path')} share no protocol")
     rows: dict[str, Any] = {}
+    frames: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}  # per protocol: A and B, same case order
     kw = {"malignant": MALIGNANT, "metric": metric, "n_boot": n_boot, "seed": seed}
     for p in protocols:
         pa = a[a["protocol"] == p].set_index("case")
@@ -86,6 +87,7 @@ def compare(
         if disagree.any():
             case = pa.index[disagree][0]
             raise ValueError(f"protocol {p}, case {case}: the two files disagree on the true label")
+        frames[p] = pa, pb
         rows[p] = paired_difference(
             pa["label"].to_numpy(),
             pa[cols].to_numpy(np.float64),
@@ -94,8 +96,7 @@ def compare(
             **kw,
         )
     if "all" in rows:
-        ref_a = a[a["protocol"] == "all"].set_index("case")
-        ref_b = b[b["protocol"] == "all"].set_index("case").loc[ref_a.index]
+        ref_a, ref_b = frames["all"]
         position = {c: i for i, c in enumerate(ref_a.index)}
         for p, r in rows.items():  # loss from `all`: positive = worse without the protocol's sequences
             r["drop_a"] = rows["all"]["a"] - r["a"]
@@ -103,8 +104,7 @@ def compare(
             r["a_degrades_less"] = bool(r["drop_a"] < r["drop_b"]) if p != "all" else None
             if p == "all":
                 continue
-            pa = a[a["protocol"] == p].set_index("case")
-            pb = b[b["protocol"] == p].set_index("case").loc[pa.index]
+            pa, pb = frames[p]
             outside = [c for c in pa.index if c not in position]
             if outside:
                 raise ValueError(f"protocol {p}: case {outside[0]} is not scored under protocol all")
