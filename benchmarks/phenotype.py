@@ -945,8 +945,12 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
     protocols = _resolve_protocols(b.protocols, seqs)
     extra_csv, pretrain_m = None, train_m
     if args.extra_unlabeled:
+        from mrfound.pretrain.run import load_cohort
+
         t0 = time.time()
-        extra_csv, pretrain_m = extra_unlabeled(args, b, centers, work, cache, pp, train_m, doc)
+        extra_csv = extra_unlabeled(args, b, centers, work, cache, pp, doc)
+        # pooled as `mrfound pretrain --manifest A --manifest B` pools them (case ids unique across both)
+        pretrain_m = load_cohort([str(train_csv), str(extra_csv)], train_m.vocabulary)
         T.add("extra_unlabeled", time.time() - t0)
         T.say(f"pretraining data: {len(train_m)} training + {args.extra_unlabeled} unlabeled cases")
 
@@ -1152,12 +1156,11 @@ def extra_unlabeled(
     work: Path,
     cache: Path,
     pp: Any,
-    train_m: Any,
     doc: dict[str, Any],
-) -> tuple[Path, Any]:
-    """Simulate (or reuse) ``--extra-unlabeled`` cases and cache them; returns their manifest path and the
-    pretraining cohort (training + extra cases). Records them in ``doc["extra_unlabeled"]``."""
-    from mrfound.data.manifest import Manifest, read_manifest
+) -> Path:
+    """Simulate (or reuse) ``--extra-unlabeled`` cases and cache them; returns their manifest path.
+    Records them in ``doc["extra_unlabeled"]``."""
+    from mrfound.data.manifest import read_manifest
     from mrfound.data.phantom import PhantomConfig, generate_cohort
 
     seed = args.seed + EXTRA_SEED_OFFSET if args.extra_seed is None else args.extra_seed
@@ -1176,9 +1179,6 @@ def extra_unlabeled(
         generate_cohort(folder, n, seed, cfg, workers=args.workers)
     extra = read_manifest(path)
     D.fill_cache(extra, pp, cache, args.workers)
-    clash = {c.case for c in extra.cases} & {c.case for c in train_m.cases}
-    if clash:
-        raise SystemExit(f"phenotype.py: error: extra case ids clash with the cohort's (e.g. {min(clash)})")
     doc["extra_unlabeled"] = {
         "cases": n,
         "seed": seed,
@@ -1187,8 +1187,7 @@ def extra_unlabeled(
         "id_prefix": "u",
         "used_for": "pretraining only (ours, plain MAE, MONAI MAE); labels unused",
     }
-    pooled = Manifest.from_cases([*train_m.cases, *extra.cases], root=work, vocabulary=train_m.vocabulary)
-    return path, pooled
+    return path
 
 
 def _case_table(manifest: Any) -> Any:
