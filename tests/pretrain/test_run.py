@@ -221,3 +221,26 @@ def test_crashed_pretrain_resumes_to_the_same_weights(tiny_cohort, tmp_path, mon
     # without held-out cases the figure shows training cases and there is no eval.json
     assert (tmp_path / "killed" / "viz" / "recon_step_0000004.png").is_file()
     assert not (tmp_path / "killed" / "eval.json").exists()
+
+
+def test_pooled_manifests_need_unique_case_ids(tiny_cohort, tmp_path) -> None:
+    from mrfound.data.sequences import DEFAULT_VOCABULARY
+    from mrfound.errors import ManifestError
+    from mrfound.pretrain.run import load_cohort
+
+    single = load_cohort([str(tiny_cohort)], DEFAULT_VOCABULARY)
+    # the same cases under other ids pool; the same ids twice do not, naming the case and the file
+    renamed = tmp_path / "renamed.csv"
+    lines = tiny_cohort.read_text().splitlines()
+    root = tiny_cohort.parent
+    rows = [lines[0]] + [
+        ",".join(["u" + cells[0], *[str(root / c) if c.endswith(".nii.gz") else c for c in cells[1:]]])
+        for cells in (ln.split(",") for ln in lines[1:])
+    ]
+    renamed.write_text("\n".join(rows) + "\n")
+    pooled = load_cohort([str(tiny_cohort), str(renamed)], DEFAULT_VOCABULARY)
+    assert len(pooled) == 2 * len(single)
+    assert [c.case for c in pooled.cases[len(single) :]] == ["u" + c.case for c in single.cases]
+    with pytest.raises(ManifestError, match="unique across manifests") as e:
+        load_cohort([str(tiny_cohort), str(tiny_cohort)], DEFAULT_VOCABULARY)
+    assert single.cases[0].case in str(e.value)
