@@ -50,7 +50,8 @@ Prints one JSON object (command line, budget, machine, load average) and writes 
 
 Usage::
 
-    .venv/bin/python benchmarks/imputation.py [--budget tiny|small|full] [--skip-tristan] [--skip-phantom]
+    .venv/bin/python benchmarks/imputation.py [--budget tiny|small|full] [--cases N] [--steps N]
+        [--skip-tristan] [--skip-phantom]
 """
 
 from __future__ import annotations
@@ -638,6 +639,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--steps", type=int, default=None, help="phantom pretraining steps (default: the budget's)"
     )
     ap.add_argument(
+        "--cases",
+        type=int,
+        default=None,
+        help="phantom cohort size, training and held-out together (default: the budget's)",
+    )
+    ap.add_argument(
         "--lr", type=float, default=DEFAULT_LR, help="pretraining learning rate (phantom and TRISTAN)"
     )
     ap.add_argument(
@@ -662,6 +669,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.steps < 1:
             raise SystemExit(f"--steps must be >= 1, got {args.steps}")
         b["steps"] = args.steps
+    if args.cases is not None:
+        if args.cases < 4:
+            raise SystemExit(f"--cases must be >= 4 (some to train on, some held out), got {args.cases}")
+        b["cases"] = args.cases
     b["lr"] = args.lr
     work = Path(args.work) / args.budget
     work.mkdir(parents=True, exist_ok=True)

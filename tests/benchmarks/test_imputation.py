@@ -23,6 +23,7 @@ def imp():
 @pytest.mark.slow
 def test_tiny_budget_scores_every_method_and_records_the_recipe(imp, tmp_path: Path) -> None:
     argv = ["--budget", "tiny", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r"), "--threads", "1"]
+    argv += ["--cases", "12"]  # --cases overrides the budget's cohort size
     if not TRISTAN.is_dir():
         argv.append("--skip-tristan")
     doc = imp.main(argv)
@@ -31,6 +32,7 @@ def test_tiny_budget_scores_every_method_and_records_the_recipe(imp, tmp_path: P
     # the default pretraining is the imputation recipe, and the checkpoint was built with it
     assert saved["pretraining_mae_overrides"] == imp.IMPUTATION_MAE
     ph = doc["phantom"]
+    assert saved["settings"]["cases"] == 12 and ph["n_train_cases"] + ph["n_test_cases"] == 12
     assert ph["pretraining"]["steps"] == imp.BUDGETS["tiny"]["steps"]
     methods = ("mrfound", "copy_nearest", "mean_image", "mean_image_liver_aligned", "linear_map")
     assert ph["cases"], "held-out cases were scored"
