@@ -17,11 +17,14 @@ EXAMPLES = """examples:
   mrfound probe --checkpoint runs/pre/final --absent impute --train-manifest cohort/manifest.csv \\
       --out out/probe_imputed
   mrfound probe --features radiomics --train-manifest cohort/manifest.csv --out out/probe_radiomics
+  mrfound probe --checkpoint runs/pre/final --train-protocols each --train-manifest train.csv \
+      --test-manifest test.csv --out out/probe_protocol_augmented
 
 The probe (standardise + class-balanced logistic regression, C chosen by inner subject-grouped CV)
 is trained on features of all available sequences and tested under each protocol with the sequences
 outside the protocol removed (cases left with none are excluded and counted; with --absent impute the
-removed and missing sequences are synthesised by the checkpoint's decoder before encoding). Without
+removed and missing sequences are synthesised by the checkpoint's decoder before encoding). With
+--train-protocols each it is trained on the training cases under every protocol instead. Without
 --test-manifest: stratified subject-grouped K-fold CV (folds stored in OUT/splits.csv).
 Protocols: all, no_contrast, t2_only, contrast_only, only_<seq>, without_<seq>; 'named' = the first
 four, 'full' (default) = every protocol of the design (named + each single + each leave-one-out).
@@ -31,6 +34,7 @@ Features are cached per (checkpoint, manifest, protocol) in --feature-cache.
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mrfound.finetune.probe import TRAIN_PROTOCOLS
     from mrfound.models.config import EMBED_ABSENT, EMBED_POOLING
 
     p.add_argument("--checkpoint", help="checkpoint folder, registry name, hf://owner/repo, or random:<size>")
@@ -68,6 +72,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="sequences a case or protocol lacks: left out of the encoder's tokens (drop, default), or "
         "synthesised first by the checkpoint's decoder from the kept ones, so the encoder sees every "
         "sequence (impute; needs a pretraining checkpoint)",
+    )
+    p.add_argument(
+        "--train-protocols",
+        choices=TRAIN_PROTOCOLS,
+        default="all",
+        help="train the probe on complete exams only (all, default), or on the training cases under every "
+        "protocol of --protocols (each: protocol augmentation, so the probe has seen each protocol's "
+        "features; extracts the training cases under every protocol)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="cases per forward pass (8)")
     p.add_argument(
@@ -163,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         model_key=key,
         feature_cache=feature_cache,
         source=source,
+        train_protocols=args.train_protocols,
     )
     out = Path(args.out)
     doc = res.metrics_json(

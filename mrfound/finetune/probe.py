@@ -5,6 +5,9 @@ class-balanced weights and an inner grouped cross-validation over ``C``. It is t
 of the full protocol (every available sequence) and tested on features re-extracted with only the
 protocol's sequences, so a protocol measures how a model trained on complete exams behaves when an
 exam lacks sequences. Cases left with none of a protocol's sequences are excluded and counted.
+With ``train_protocols="each"`` the probe is instead trained on the training cases' features under every
+evaluated protocol (protocol augmentation: one row per case and protocol, all rows of a subject in one
+fold), so it has seen each protocol's feature distribution; DESIGN §7's default remains ``"all"``.
 
 Without a test cohort the training cohort is split by ``StratifiedGroupKFold`` over subjects (seed
 fixed); out-of-fold predictions of all folds are pooled and scored together, and the fold of each
@@ -43,6 +46,8 @@ from mrfound.finetune.metrics import classification_metrics
 from mrfound.utils.io import atomic_write_with
 
 META_COLUMNS = frozenset({"case", "subject", "center", "label", "fold", "protocol", "sequences_used"})
+TRAIN_PROTOCOLS = ("all", "each")
+"""Probe training data: complete exams (``all``, DESIGN §7) or the cases under every protocol (``each``)."""
 DEFAULT_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 2, 7))
 """Inverse regularisation strengths searched by the inner CV."""
 
@@ -433,6 +438,7 @@ def run_probe(
     cs: Sequence[float] = DEFAULT_CS,
     inner_folds: int = 3,
     excluded: Mapping[str, Sequence[str]] | None = None,
+    augment: Mapping[str, pd.DataFrame] | None = None,
 ) -> ProbeResult:
     """Train the probe on ``train`` and score it on each protocol's table in ``evaluate``.
 
@@ -451,6 +457,9 @@ def run_probe(
         cs: C grid of the inner search.
         inner_folds: Inner CV folds.
         excluded: Per protocol, case ids excluded because they have none of its sequences.
+        augment: Extra training rows, ``{protocol: table}`` of the training cases' features under other
+            protocols (protocol augmentation). Only rows of cases in ``train`` are used, each with its
+            case's fold, so under ``cross_validate`` a held-out case is unseen under every protocol.
 
     Returns:
         A :class:`ProbeResult`.
@@ -462,6 +471,11 @@ def run_probe(
     fcols = feature_columns(train)
     if not fcols:
         raise ConfigError("the training table has no feature columns (f0..fN or numeric)")
+    n_train = len(train)  # the full-protocol rows, one per case: the folds are drawn on these
+    if augment:
+        cases = set(train["case"])
+        extra = [_require_columns(p, _labelled(t, classes), fcols) for p, t in augment.items()]
+        train = pd.concat([train, *(t[t["case"].isin(cases)] for t in extra)], ignore_index=True)
     y = train["label"].map(classes.index).to_numpy()
     subj = train["subject"].astype(str).to_numpy()
 
@@ -469,9 +483,12 @@ def run_probe(
     chosen: dict[int, float] = {}
     models: dict[int, Any] = {}
     if cross_validate:
-        fold = stratified_group_folds(train["label"].tolist(), subj, folds, seed)
-        splits = pd.DataFrame({"case": train["case"], "subject": subj, "label": train["label"], "fold": fold})
-        case_fold = dict(zip(train["case"], fold))
+        base = train.iloc[:n_train]
+        fold0 = stratified_group_folds(base["label"].tolist(), subj[:n_train], folds, seed)
+        splits = pd.DataFrame({"case": base["case"], "subject": subj[:n_train], "label": base["label"]})
+        splits["fold"] = fold0
+        case_fold = dict(zip(base["case"], fold0))
+        fold = train["case"].map(case_fold).to_numpy()  # augmentation rows follow their case
         for f in range(folds):
             m = fold != f
             models[f] = fit_probe(
@@ -492,10 +509,7 @@ def run_probe(
     metrics: dict[str, Any] = {}
     rows = []
     for protocol, table in evaluate.items():
-        table = _labelled(table, classes)
-        missing = [c for c in fcols if c not in table.columns]
-        if missing:
-            raise ConfigError(f"protocol {protocol!r}: feature columns {missing[:3]} missing from its table")
+        table = _require_columns(protocol, _labelled(table, classes), fcols)
         if cross_validate:
             table = table[table["case"].isin(case_fold)].copy()
             table["fold"] = table["case"].map(case_fold).astype(int)
@@ -531,6 +545,14 @@ def run_probe(
         rows.append(pred)
     predictions = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     return ProbeResult(metrics=metrics, predictions=predictions, splits=splits, chosen_c=chosen)
+
+
+def _require_columns(protocol: str, table: pd.DataFrame, fcols: Sequence[str]) -> pd.DataFrame:
+    """``table`` unchanged, or ``ConfigError`` if it lacks feature columns of the training table."""
+    missing = [c for c in fcols if c not in table.columns]
+    if missing:
+        raise ConfigError(f"protocol {protocol!r}: feature columns {missing[:3]} missing from its table")
+    return table
 
 
 def _labelled(table: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
@@ -610,6 +632,7 @@ class ProbeRun:
     excluded: dict[str, list[str]]
     source: str
     cross_validated: bool
+    train_protocols: list[str] = dataclasses.field(default_factory=lambda: ["all"])
 
     def metrics_json(self, *, seed: int, command: str, folds: int | None) -> dict[str, Any]:
         """The ``metrics.json`` document of ``mrfound probe``."""
@@ -630,6 +653,7 @@ class ProbeRun:
             if self.cross_validated
             else "test manifest",
             "chosen_C": {str(k): v for k, v in self.result.chosen_c.items()},
+            "train_protocols": list(self.train_protocols),
         }
         if self.cross_validated:
             doc["folds"] = folds
@@ -652,6 +676,7 @@ def probe_cohort(
     model_key: str | None = None,
     feature_cache: str | os.PathLike | None = None,
     source: str = "",
+    train_protocols: str = "all",
 ) -> ProbeRun:
     """Extract (cached) features under every protocol and probe them (train on ``all``, test on each).
 
@@ -671,20 +696,31 @@ def probe_cohort(
         model_key: Feature-cache key of the model (``None`` = no cache).
         feature_cache: Feature-cache folder.
         source: Description of the features' origin (reported).
+        train_protocols: ``all`` (default): train on the full protocol only; ``each``: train on the
+            training cases under every protocol in ``protocols`` (see :func:`run_probe`'s ``augment``;
+            with a test cohort this extracts the training cohort's features under each protocol too).
     """
+    if train_protocols not in TRAIN_PROTOCOLS:
+        raise ConfigError(
+            f"train_protocols must be one of {', '.join(TRAIN_PROTOCOLS)}, got {train_protocols!r}"
+        )
     protos = resolve_protocols(protocols, sequences)
     keep = protocol_keep_sets(protos, sequences)
     kw = {"model_key": model_key, "cache_dir": feature_cache, "sequences": sequences}
     cv = test_manifest is None
+    each = train_protocols == "each"
     if cv:
         tables, excluded = extract_protocol_features(train_manifest, feature_fn, protos, **kw)
         eval_tables = attach_case_info(tables, train_manifest)
-        train = eval_tables["all"]
+        train_tables = eval_tables
     else:
-        train_tables, _ = extract_protocol_features(train_manifest, feature_fn, ["all"], **kw)
-        train = attach_case_info(train_tables, train_manifest)["all"]
+        train_protos = protos if each else ["all"]
+        train_raw, _ = extract_protocol_features(train_manifest, feature_fn, train_protos, **kw)
+        train_tables = attach_case_info(train_raw, train_manifest)
         tables, excluded = extract_protocol_features(test_manifest, feature_fn, protos, **kw)
         eval_tables = attach_case_info(tables, test_manifest)
+    train = train_tables["all"]
+    augment = {p: t for p, t in train_tables.items() if p != "all"} if each else None
     result = run_probe(
         train,
         eval_tables,
@@ -696,6 +732,7 @@ def probe_cohort(
         n_boot=n_boot,
         cs=cs,
         excluded=excluded,
+        augment=augment,
     )
     labelled_train = int((train["label"].notna() & (train["label"].astype(str) != "")).sum())
     test_source = train_manifest if test_manifest is None else test_manifest
@@ -709,4 +746,5 @@ def probe_cohort(
         excluded=excluded,
         source=source,
         cross_validated=cv,
+        train_protocols=protos if each else ["all"],
     )

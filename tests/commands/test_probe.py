@@ -124,6 +124,21 @@ def test_probe_random_init_test_manifest_and_radiomics(setup) -> None:
     # the radiomics baseline separates the two enhancement patterns of the synthetic cohort
     assert rad["protocols"]["all"]["auc_macro"]["value"] > 0.9
     assert rad["protocols"]["t2_only"]["n_cases"] == 7  # c17 lacks T2
+    assert rad["train_protocols"] == ["all"]
+    # protocol augmentation: the training cases are extracted (and cached) under every protocol too
+    before = {f.name for f in (root / "fc").iterdir()}
+    argv = ["probe", "--features", "radiomics", *common, "--train-protocols", "each"]
+    assert main([*argv, "--out", str(root / "rad_each")]) == 0
+    each = json.loads((root / "rad_each" / "metrics.json").read_text())
+    assert each["train_protocols"] == ["all", "t2_only"] and each["n_train"] == 16
+    assert "--train-protocols each" in each["command"]
+    added = {f.name for f in (root / "fc").iterdir()} - before
+    assert len(added) == 1 and added.pop().endswith("-t2_only.npz")  # the training manifest under t2_only
+    assert each["protocols"]["t2_only"]["n_cases"] == 7
+    # the extra T2-only training rows change the probe: same cases scored, other probabilities
+    p_all, p_each = (pd.read_csv(root / d / "predictions.csv") for d in ("rad", "rad_each"))
+    assert p_all[["case", "protocol"]].equals(p_each[["case", "protocol"]])
+    assert not np.allclose(p_all["p_hcc"], p_each["p_hcc"])
 
 
 def test_probe_with_absent_sequences_imputed(setup, capsys) -> None:

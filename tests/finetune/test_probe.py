@@ -8,6 +8,7 @@ import pytest
 
 from mrfound.data.manifest import Case, Manifest
 from mrfound.data.sequences import CLASSES, MALIGNANT, protocol_sequences
+from mrfound.errors import ConfigError
 from mrfound.finetune.probe import (
     extract_protocol_features,
     feature_columns,
@@ -79,6 +80,74 @@ def test_folds_are_deterministic_and_grouped() -> None:
     b = stratified_group_folds(labels, groups, 5, seed=3)
     assert (a == b).all() and set(a) == set(range(5))
     assert all(len(set(a[[j for j, g in enumerate(groups) if g == s]])) == 1 for s in set(groups))
+
+
+def _binary(n: int, seed: int) -> pd.DataFrame:
+    """Two classes; f0 carries the label strongly and f1 weakly (one case per subject)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    frame = pd.DataFrame(
+        {
+            "case": [f"c{i:03d}" for i in range(n)],
+            "subject": [f"s{i:03d}" for i in range(n)],
+            "label": np.array(["hcc", "cyst"])[y],
+            "f0": 3.0 * y + rng.normal(scale=0.5, size=n),
+            "f1": 1.5 * y + rng.normal(scale=0.5, size=n),
+        }
+    )
+    return frame
+
+
+def _without_f0(table: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The same cases with f0 replaced by noise: a protocol that lost f0's sequence."""
+    out = table.copy()
+    out["f0"] = np.random.default_rng(seed).normal(scale=3.0, size=len(out))
+    return out
+
+
+def test_protocol_augmentation_teaches_the_probe_a_protocol_it_would_otherwise_fail() -> None:
+    train, test = _binary(200, seed=0), _binary(200, seed=1)
+    evaluate = {"all": test, "lost_f0": _without_f0(test, seed=2)}
+    kw = {"classes": ["hcc", "cyst"], "n_boot": 0, "cs": (0.01, 0.1, 1.0, 10.0), "inner_folds": 3}
+    plain = run_probe(train, evaluate, **kw)
+    augmented = run_probe(train, evaluate, augment={"lost_f0": _without_f0(train, seed=3)}, **kw)
+    auc = {k: r.metrics["lost_f0"]["auc_macro"]["value"] for k, r in (("plain", plain), ("aug", augmented))}
+    # trained on complete rows only, the probe leans on f0, which is noise under the protocol
+    assert auc["aug"] > auc["plain"] + 0.1 and auc["aug"] > 0.85, auc
+    # on complete rows the augmented probe is still good
+    assert augmented.metrics["all"]["auc_macro"]["value"] > 0.95
+
+
+def test_protocol_augmentation_rows_follow_their_case_fold() -> None:
+    """Under CV the held-out cases are unseen under every protocol: memorising their augmentation rows
+    would predict them perfectly; kept out, their random features carry no label."""
+    rng = np.random.default_rng(0)
+    n, d = 60, 120
+    frame = pd.DataFrame(rng.normal(size=(n, d)), columns=[f"f{i}" for i in range(d)])
+    frame.insert(0, "case", [f"c{i:03d}" for i in range(n)])
+    frame["subject"] = [f"s{i:03d}" for i in range(n)]
+    frame["label"] = np.array(["hcc", "cyst"])[rng.integers(0, 2, n)]
+    noise = frame.copy()
+    noise[feature_columns(frame)] = rng.normal(size=(n, d))  # the complete-exam rows: unrelated noise
+    kw = {"classes": ["hcc", "cyst"], "n_boot": 0, "cs": (1e4,), "inner_folds": 2, "seed": 0}
+    cv = run_probe(noise, {"p": frame}, augment={"p": frame}, cross_validate=True, folds=5, **kw)
+    leaky = run_probe(noise, {"p": frame}, augment={"p": frame}, **kw)  # trained on the scored rows
+    assert leaky.metrics["p"]["auc_macro"]["value"] > 0.95  # memorisation is possible here
+    assert cv.metrics["p"]["auc_macro"]["value"] < 0.8
+    assert len(cv.splits) == n  # folds drawn on one row per case
+
+
+def test_protocol_augmentation_ignores_other_cases_and_checks_columns() -> None:
+    train = _binary(40, seed=0)
+    other = _binary(40, seed=5)
+    other["case"] = "x" + other["case"]  # not training cases: ignored
+    other["label"] = "hcc"
+    kw = {"classes": ["hcc", "cyst"], "n_boot": 0, "cs": (1.0,)}
+    a = run_probe(train, {"all": train}, **kw)
+    b = run_probe(train, {"all": train}, augment={"p": other}, **kw)
+    pd.testing.assert_frame_equal(a.predictions, b.predictions)
+    with pytest.raises(ConfigError, match="protocol 'p': feature columns"):
+        run_probe(train, {"all": train}, augment={"p": train.drop(columns="f1")}, **kw)
 
 
 def _manifest(tmp_path) -> Manifest:
