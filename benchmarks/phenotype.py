@@ -40,6 +40,8 @@ Usage::
 ``--probe-pooling centre_per_sequence --probe-absent impute`` probes the mrfound encoders (ours, plain MAE,
 random init) with per-sequence central pooling and every absent sequence synthesised by the model's own
 decoder first, the setting in which README finds whole-sequence dropout ahead of plain MAE.
+``--probe-train-protocols each`` trains every feature set's protocol probe on the training cases under
+every protocol (protocol augmentation), with which README finds that lead gone.
 
 ``--pretrain-steps``, ``--pretrain-warmup``, ``--lesion-crops`` and ``--extra-unlabeled`` apply to all three
 pretrainings alike. ``--extra-unlabeled N`` simulates N more phantom cases of the same centres and grid with
@@ -118,6 +120,9 @@ class Budget:
     # sequences ("drop": no tokens; "impute": each model's own decoder synthesises them first)
     probe_pooling: str = "mean"
     probe_absent: str = "drop"
+    # what the protocol probes are trained on: complete exams ("all", DESIGN §7) or the training cases under
+    # every protocol ("each": protocol augmentation); label-fraction, centre and LOCO probes stay on "all"
+    probe_train_protocols: str = "all"
     # preprocessing foreground threshold: the tables in README were made with raw Otsu, the library
     # default before "log_otsu"; pinned so that their commands reproduce them
     foreground: str = PHANTOM_FOREGROUND
@@ -441,16 +446,26 @@ def radiomics_protocol_fn(pp: Any, cache_dir: Path) -> Any:
 
 
 def feature_tables(
-    fn: Any, train_m: Any, test_m: Any, protocols: Sequence[str], sequences: Sequence[str]
-) -> tuple[Any, dict[str, Any], dict[str, list[str]]]:
-    """Training features (all sequences) and test features under each protocol, with case info."""
+    fn: Any,
+    train_m: Any,
+    test_m: Any,
+    protocols: Sequence[str],
+    sequences: Sequence[str],
+    augment: bool = False,
+) -> tuple[Any, dict[str, Any], dict[str, list[str]], dict[str, Any]]:
+    """Training features (all sequences), test features under each protocol, with case info, and with
+    ``augment`` the training features under every other protocol (else ``{}``)."""
     from mrfound.finetune.probe import attach_case_info, extract_protocol_features
 
-    tr, _ = extract_protocol_features(train_m, fn, ["all"], sequences=sequences)
-    tr = attach_case_info(tr, train_m)["all"]
-    tr = tr[tr["label"].notna() & (tr["label"].astype(str) != "")].reset_index(drop=True)
+    train_protocols = list(dict.fromkeys(["all", *protocols])) if augment else ["all"]
+    raw, _ = extract_protocol_features(train_m, fn, train_protocols, sequences=sequences)
+    tables = {
+        p: t[t["label"].notna() & (t["label"].astype(str) != "")].reset_index(drop=True)
+        for p, t in attach_case_info(raw, train_m).items()
+    }
     te, excluded = extract_protocol_features(test_m, fn, list(protocols), sequences=sequences)
-    return tr, attach_case_info(te, test_m), excluded
+    extra = {p: t for p, t in tables.items() if p != "all"}
+    return tables["all"], attach_case_info(te, test_m), excluded, extra
 
 
 def probe_suite(
@@ -462,8 +477,10 @@ def probe_suite(
     malignant: Sequence[str],
     b: Budget,
     seed: int,
+    augment: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Protocols, label fractions, per centre and leave-one-centre-out for one feature set."""
+    """Protocols, label fractions, per centre and leave-one-centre-out for one feature set (``augment``:
+    extra training rows of the protocol probe, see :func:`mrfound.finetune.probe.run_probe`)."""
     import pandas as pd
 
     from mrfound.finetune.common import labels_fraction_subset
@@ -479,6 +496,7 @@ def probe_suite(
         n_boot=b.n_boot,
         seed=seed,
         excluded=excluded,
+        augment=augment or None,
         **cs,
     )
     out: dict[str, Any] = {"protocols": res.metrics, "fractions": {}, "n_train": int(len(tr))}
@@ -774,6 +792,8 @@ def plot_centers(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from mrfound.finetune.probe import TRAIN_PROTOCOLS
+
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -817,6 +837,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default=None,
         help="absent sequences in the mrfound encoder probes: no tokens (drop, default) or synthesised by "
         "each model's decoder first (impute)",
+    )
+    p.add_argument(
+        "--probe-train-protocols",
+        choices=TRAIN_PROTOCOLS,
+        default=None,
+        help="train every protocol probe on complete exams (all, default) or on the training cases under "
+        "every protocol (each: protocol augmentation; label-fraction, centre and LOCO probes stay on all)",
     )
     p.add_argument(
         "--extra-unlabeled",
@@ -875,6 +902,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
         b.probe_pooling = args.probe_pooling
     if args.probe_absent is not None:
         b.probe_absent = args.probe_absent
+    if args.probe_train_protocols is not None:
+        b.probe_train_protocols = args.probe_train_protocols
     requested_mp, b.pretrain_mixed_precision = (
         b.pretrain_mixed_precision,
         resolve_autocast(b.pretrain_mixed_precision),
@@ -991,8 +1020,10 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
                 completer=src.completer,
             )
         T.say(f"probe: {LABELS[fs]}")
-        tr, te, excl = feature_tables(fn, train_m, test_m, protocols, seqs)
-        probes[fs] = probe_suite(tr, te, excl, protocols, classes, malignant, b, args.seed)
+        tr, te, excl, aug = feature_tables(
+            fn, train_m, test_m, protocols, seqs, augment=b.probe_train_protocols == "each"
+        )
+        probes[fs] = probe_suite(tr, te, excl, protocols, classes, malignant, b, args.seed, augment=aug)
         T.add(f"probe_{fs}", time.time() - t0)
         T.say(
             "   macro AUC "
@@ -1387,6 +1418,16 @@ def _probe_note(st: Mapping[str, Any]) -> str:
     }.get(pooling, pooling)
 
 
+def _train_note(st: Mapping[str, Any]) -> str:
+    if st.get("probe_train_protocols", "all") == "each":
+        return (
+            "The protocol probes are trained on the training cases under every protocol (protocol "
+            "augmentation), the label-fraction, per-centre and leave-one-centre-out probes on complete "
+            "exams. "
+        )
+    return ""
+
+
 def _absent_note(st: Mapping[str, Any]) -> str:
     if st.get("probe_absent", "drop") == "impute":
         return "synthesised from the kept ones by each model's own decoder before encoding"
@@ -1424,7 +1465,7 @@ def markdown(doc: Mapping[str, Any], stem: str, protocols: Sequence[str], seqs: 
         "zero-filled for the channel-stacked MONAI model, whose tokens are mean-pooled, replaced by training"
         " means for radiomics). Pretraining used the training "
         "cases only (no test image, no label); leave-one-centre-out probes train on the other centres' "
-        f"training cases and test on the held-out centre's test cases. {_ci_note(doc)} "
+        f"training cases and test on the held-out centre's test cases. {_train_note(st)}{_ci_note(doc)} "
         "The phantom is a simulator whose classes differ mainly in per-sequence lesion-to-"
         "liver contrast and enhancement pattern, which hand-crafted intensity statistics capture "
         "directly; it says nothing about real anatomy, scanners or pathology beyond what the signature "

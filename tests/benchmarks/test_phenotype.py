@@ -26,6 +26,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
 
     recipe = ["--pretrain-steps", "4", "--pretrain-warmup", "1", "--lesion-crops", "0.5"]
     recipe += ["--extra-unlabeled", "6", "--probe-pooling", "centre_per_sequence", "--probe-absent", "impute"]
+    recipe += ["--probe-train-protocols", "each"]
     ph.main(
         [
             "--budget",
@@ -44,10 +45,12 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
 
     saved = json.loads((out / "phenotype_tiny.json").read_text())
     # provenance of the run
-    assert saved["command"].endswith("--probe-absent impute") and saved["date"] and "git_commit" in saved
+    assert saved["command"].endswith("--probe-train-protocols each")
+    assert saved["date"] and "git_commit" in saved
     st = saved["settings"]
     assert (st["pretrain_steps"], st["pretrain_warmup_steps"], st["pretrain_lesion_crops"]) == (4, 1, 0.5)
     assert (st["probe_pooling"], st["probe_absent"]) == ("centre_per_sequence", "impute")
+    assert st["probe_train_protocols"] == "each"
     # the extra unlabeled cases: another seed, no label, their own ids, in pretraining only
     extra = saved["extra_unlabeled"]
     assert (extra["cases"], extra["seed"], extra["id_prefix"]) == (6, 101, "u")
@@ -93,6 +96,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         assert (out / fig).read_bytes()[:4] == b"\x89PNG" and fig in md
     assert "## Missing-sequence protocols" in md and "## Sequence importance" in md
     assert "synthesised from the kept ones by each model's own decoder" in md
+    assert "trained on the training cases under every protocol (protocol augmentation)" in md
 
     # the pooling diagnostic reads the same work folder: every pooling x protocol, pretrained and random
     pool = load_module("benchmarks/pooling_probe.py")
@@ -209,3 +213,9 @@ def test_probe_suite_handles_one_labelled_case_per_class(ph) -> None:
     out = ph.probe_suite(tr, {"all": te}, {}, ["all"], CLASSES, MALIGNANT, budget, seed=0)
     assert out["fractions"]["0.05"]["n_train"] == len(CLASSES)
     assert 0.0 <= out["fractions"]["0.05"]["auc_macro"]["value"] <= 1.0
+    # protocol augmentation reaches the protocol probe only; the label-fraction probe stays on complete exams
+    shifted = tr.assign(**{f"f{i}": tr[f"f{i}"] + rng.normal(size=len(tr)) for i in range(6)})
+    args = (tr, {"all": te}, {}, ["all"], CLASSES, MALIGNANT, budget)
+    aug = ph.probe_suite(*args, seed=0, augment={"p": shifted})
+    assert aug["protocols"]["all"]["auc_macro"] != out["protocols"]["all"]["auc_macro"]
+    assert aug["fractions"]["0.05"] == out["fractions"]["0.05"]
