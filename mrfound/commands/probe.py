@@ -17,7 +17,7 @@ EXAMPLES = """examples:
   mrfound probe --checkpoint runs/pre/final --absent impute --train-manifest cohort/manifest.csv \\
       --out out/probe_imputed
   mrfound probe --features radiomics --train-manifest cohort/manifest.csv --out out/probe_radiomics
-  mrfound probe --checkpoint runs/pre/final --train-protocols each --train-manifest train.csv \
+  mrfound probe --checkpoint runs/pre/final --train-protocols each --train-manifest train.csv \\
       --test-manifest test.csv --out out/probe_protocol_augmented
 
 The probe (standardise + class-balanced logistic regression, C chosen by inner subject-grouped CV)
