@@ -47,6 +47,11 @@ def test_tiny_budget_scores_every_method_and_records_the_recipe(imp, tmp_path: P
     assert ph["sequences_beating_linear_map_psnr"] == [
         seq for seq, e in ph["per_sequence"].items() if e["psnr_mrfound"] > e["psnr_linear_map"]
     ]
+    for entry in ph["per_sequence"].values():  # the paired gain's mean is the difference of the means
+        gain = entry["psnr_gain_vs"]["mean_image"]
+        assert math.isclose(gain["value"], entry["psnr_mrfound"] - entry["psnr_mean_image"], abs_tol=1e-9)
+        assert gain["ci_low"] <= gain["value"] <= gain["ci_high"] and gain["n"] == entry["n_cases"]
+    assert set(ph["sequences_ahead_of_both_ci_excludes_0"]) <= set(ph["per_sequence"])
     assert ph["all_sequences_beat_both_baselines_psnr"] == all(
         e["beats_both_psnr"] for e in ph["per_sequence"].values()
     )
@@ -73,3 +78,12 @@ def test_linear_map_recovers_a_linear_contrast_and_drops_unseen_sources(imp) -> 
     lm2 = imp.LinearMap(never, alpha=1e-6)
     np.testing.assert_allclose(lm2.predict(image, 3, [0, 1, 2]), truth, atol=1e-3)  # source 2 dropped
     assert lm2._fits[(3, (0, 1, 2))][1] == (0, 1)
+
+
+def test_paired_gain_interval_and_wins(imp) -> None:
+    g = imp.paired_gain([20.0, 21.0, 22.0, 23.0], [19.0, 20.0, 21.0, 22.5])
+    assert math.isclose(g["value"], 0.875) and g["wins"] == 4 and g["n"] == 4
+    assert 0.5 <= g["ci_low"] <= g["value"] <= g["ci_high"] <= 1.0
+    mixed = imp.paired_gain([20.0, 18.0, float("nan")], [19.0, 19.0, 19.0])
+    assert mixed["n"] == 2 and mixed["wins"] == 1 and mixed["ci_low"] < 0 < mixed["ci_high"]
+    assert imp.paired_gain([], [])["value"] is None
