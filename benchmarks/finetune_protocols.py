@@ -56,6 +56,8 @@ def _named_checkpoints(specs: list[str]) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from mrfound.models.config import HEAD_POOLING
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", action="append", default=[], help="NAME=PATH of a pretraining checkpoint")
     ap.add_argument("--train-manifest", required=True, help="labelled training manifest CSV")
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--labels-fraction", type=float, default=1.0, help="share of the labelled cases (1.0)")
     ap.add_argument("--seeds", default="0", help="comma list of fine-tuning seeds (0)")
     ap.add_argument("--budget", default="full", help="phenotype budget whose fine-tuning recipe is used")
+    ap.add_argument("--pooling", choices=HEAD_POOLING, default="mean", help="head token pooling (mean)")
     ap.add_argument("--protocols", default="full", help="protocols scored ('full', 'named' or a comma list)")
     ap.add_argument("--cache-dir", default=None, help="preprocessing cache (default: WORK/cache)")
     ap.add_argument("--work", required=True, help="folder of the fine-tuned runs (reused by a rerun)")
@@ -110,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {
             "budget": args.budget,
             "labels_fraction": args.labels_fraction,
+            "pooling": args.pooling,
             "seeds": seeds,
             "protocols": protocols,
             "n_boot": n_boot,
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"fine-tuning {tag} ...", flush=True)
             model, info, sec = ph.finetune_run(
                 name, ckpt, Path(args.train_manifest), work, cache, b, seed, args.labels_fraction,
-                scratch=False, n_train_cases=n_lab,
+                scratch=False, n_train_cases=n_lab, pooling=args.pooling,
             )
             config = json.loads((Path(info["run"]) / "final" / "config.json").read_text())
             pp = MRFoundModel(model, config, device="cpu").preprocessing  # the checkpoint's own

@@ -571,10 +571,12 @@ def finetune_run(
     scratch: bool,
     n_train_cases: int,
     max_steps: int | None = None,
+    pooling: str = "mean",
 ) -> tuple[Any, dict[str, Any], float]:
     """Fine-tune (or train from scratch) the classifier; a finished run with these settings is reused.
 
     Steps: ``ft_epochs`` passes over the labelled cases used, within ``[ft_min_steps, max_steps]``.
+    ``pooling``: the classification head's token pooling (``mrfound finetune --pooling``).
     """
     from mrfound.finetune.classify import finetune_classifier
     from mrfound.finetune.config import FinetuneConfig
@@ -594,6 +596,7 @@ def finetune_run(
         b.sequence_dropout,
         seed,
         *(["layer_decay=1"] if scratch else []),
+        *([f"pooling={pooling}"] if pooling != "mean" else []),  # runs at the default keep their folder
     ]
     run = work / f"ft_{name}_{_key(settings)}"
     info = {
@@ -604,6 +607,7 @@ def finetune_run(
         "layer_decay": 1.0 if scratch else 0.75,
         "lr": b.ft_lr,
         "sequence_dropout": b.sequence_dropout,
+        "pooling": pooling,
     }
     t0 = time.time()
     reused = (run / "final" / "model.safetensors").is_file()
@@ -623,6 +627,7 @@ def finetune_run(
             steps=steps,
             batch_size=b.batch_size,
             lr=b.ft_lr,
+            pooling=pooling,
             # layer-wise LR decay suits a pretrained encoder; from scratch every layer learns at full rate
             layer_decay=1.0 if scratch else 0.75,
             sequence_dropout=b.sequence_dropout,

@@ -48,6 +48,13 @@ def test_fine_tunes_each_checkpoint_scores_protocols_and_compares(setup) -> None
     runs = sorted(p.name for p in (root / "work").glob("ft_*"))
     fp.main(argv)
     assert sorted(p.name for p in (root / "work").glob("ft_*")) == runs
+    # another head pooling: new runs, and the checkpoints know their pooling
+    doc = fp.main([*argv[:-2], "--out", str(root / "out_centre"), "--pooling", "centre"])
+    assert doc["settings"]["pooling"] == "centre" and doc["runs"]["first_seed0"]["pooling"] == "centre"
+    new = sorted(p.name for p in (root / "work").glob("ft_*") if p.name not in runs)
+    assert len(new) == 2
+    cfg = json.loads((root / "work" / new[0] / "final" / "config.json").read_text())
+    assert "centre" in json.dumps(cfg.get("head", cfg))
 
 
 @pytest.mark.parametrize(
