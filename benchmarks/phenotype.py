@@ -890,6 +890,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             os.environ.pop(MEMORY_ENV, None)
 
 
+BUDGET_OVERRIDES: dict[str, str] = {
+    "pretrain_steps": "pretrain_steps",
+    "pretrain_warmup": "pretrain_warmup_steps",
+    "lesion_crops": "pretrain_lesion_crops",
+    "probe_pooling": "probe_pooling",
+    "probe_absent": "probe_absent",
+    "probe_train_protocols": "probe_train_protocols",
+}
+"""Command-line option (argparse dest) -> the :class:`Budget` field it overrides when given."""
+
+
 def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
     """The benchmark (see the module docstring) for parsed arguments."""
     b = dataclasses.replace(BUDGETS[args.budget])
@@ -897,18 +908,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
         b.cases = args.cases
     if args.foreground:
         b.foreground = args.foreground
-    if args.pretrain_steps is not None:
-        b.pretrain_steps = args.pretrain_steps
-    if args.pretrain_warmup is not None:
-        b.pretrain_warmup_steps = args.pretrain_warmup
-    if args.lesion_crops is not None:
-        b.pretrain_lesion_crops = args.lesion_crops
-    if args.probe_pooling is not None:
-        b.probe_pooling = args.probe_pooling
-    if args.probe_absent is not None:
-        b.probe_absent = args.probe_absent
-    if args.probe_train_protocols is not None:
-        b.probe_train_protocols = args.probe_train_protocols
+    for arg, field in BUDGET_OVERRIDES.items():  # options given on the command line replace the budget's
+        if getattr(args, arg) is not None:
+            setattr(b, field, getattr(args, arg))
     requested_mp, b.pretrain_mixed_precision = (
         b.pretrain_mixed_precision,
         resolve_autocast(b.pretrain_mixed_precision),
