@@ -120,8 +120,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--pooling",
         choices=HEAD_POOLING,
-        help="classification pooling: mean of all tokens (default), of the central half of the lesion ROI, "
-        "or attention",
+        help="classification pooling: mean of all tokens (default), of the central half of the lesion ROI "
+        "(centre), that central mean per sequence, concatenated (centre_per_sequence), or attention",
     )
     t.add_argument("--head-dropout", type=float, help="dropout before the classification layer (0)")
     t.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (0)")

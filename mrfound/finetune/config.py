@@ -37,8 +37,8 @@ class FinetuneConfig(TrainerConfig):
         sequence_dropout: Probability of removing each available sequence during training (>= 1 kept).
         balance: Class balancing: ``loss`` (inverse-frequency CE weights), ``sampler`` (class-balanced
             resampling) or ``none``.
-        pooling: Classification pooling, ``mean``, ``centre`` (central half of the lesion ROI) or
-            ``attention``.
+        pooling: Classification pooling, ``mean``, ``centre`` (central half of the lesion ROI),
+            ``centre_per_sequence`` (that central mean per sequence, concatenated) or ``attention``.
         head_dropout: Dropout before the classification layer.
         label_smoothing: Cross-entropy label smoothing.
         feature_size: Width of the segmentation decoder's full-resolution stage.

@@ -23,7 +23,7 @@ EMBED_POOLING = ("mean", "centre", "centre_per_sequence")
 EMBED_ABSENT = ("drop", "impute")
 """What feature extraction does with a case's absent sequences: no tokens (``drop``), or synthesised by
 the autoencoder's decoder first (``impute``; ``MaskedModalityAutoencoder.complete``)."""
-HEAD_POOLING = ("mean", "centre", "attention")
+HEAD_POOLING = ("mean", "centre", "centre_per_sequence", "attention")
 """Token poolings of the fine-tuned ``ClassificationHead``. The options live here, torch-free, for the CLI."""
 SKIP_SOURCES = ("tokens", "image")
 """Sources of the ``SegmentationHead``'s intermediate skips: encoder blocks (UNETR) or a conv pyramid."""

@@ -1,7 +1,7 @@
 """Downstream heads on the multi-sequence encoder (DESIGN §4 "Heads") and their trainable wrappers.
 
-* :class:`ClassificationHead`: mean over the valid tokens (or attention pooling with a learned query)
-  -> LayerNorm -> dropout -> Linear.
+* :class:`ClassificationHead`: mean over the valid tokens (or over the central ones, per sequence or all
+  together, or attention pooling with a learned query) -> LayerNorm -> dropout -> Linear.
 * :class:`SegmentationHead`: a light UNETR-style decoder. Tokens of every available sequence are
   fused per patch position (masked mean over the sequences present at that position) into a 3D
   feature grid at 1/p resolution, for the final layer and for ``log2(p) - 1`` intermediate encoder
@@ -76,10 +76,14 @@ class ClassificationHead(nn.Module):
         num_classes: Output classes.
         pooling: ``"mean"`` (masked mean over valid tokens), ``"centre"`` (masked mean over the valid
             tokens in the central half of the patch grid, where the lesion of a lesion-centred ROI is;
-            :class:`Classifier` restricts the mask) or ``"attention"`` (a learned query attends over the
-            valid tokens, ``num_heads`` heads).
+            :class:`Classifier` restricts the mask), ``"centre_per_sequence"`` (that central mean for each
+            sequence separately, concatenated: S * C features, so the linear layer weighs each
+            sequence's lesion signal instead of their average, as the per-sequence probe does; an absent
+            sequence's block is a learned "missing" vector of that sequence) or ``"attention"`` (a
+            learned query attends over the valid tokens, ``num_heads`` heads).
         dropout: Dropout before the linear layer.
         num_heads: Heads of the attention pooling.
+        num_sequences: Sequence vocabulary size S (required by ``"centre_per_sequence"``).
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class ClassificationHead(nn.Module):
         pooling: str = "mean",
         dropout: float = 0.0,
         num_heads: int = 1,
+        num_sequences: int | None = None,
     ) -> None:
         super().__init__()
         if pooling not in HEAD_POOLING:
@@ -97,21 +102,32 @@ class ClassificationHead(nn.Module):
             )
         if num_classes < 2:
             raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+        per_sequence = pooling == "centre_per_sequence"
+        if per_sequence and (num_sequences is None or num_sequences < 1):
+            raise ConfigError(
+                f"pooling 'centre_per_sequence' needs num_sequences >= 1, got {num_sequences!r}"
+            )
         self.embed_dim, self.num_classes, self.pooling = embed_dim, num_classes, pooling
         self.dropout_p, self.num_heads = float(dropout), int(num_heads)
+        self.num_sequences = int(num_sequences) if per_sequence else None
         if pooling == "attention":
             self.query = nn.Parameter(torch.zeros(1, 1, embed_dim))
             nn.init.trunc_normal_(self.query, std=0.02)
             self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+        if per_sequence:
+            # stands in for an absent sequence's block; learnt under sequence-dropout augmentation
+            self.missing = nn.Parameter(torch.zeros(self.num_sequences, embed_dim))
+            nn.init.trunc_normal_(self.missing, std=0.02)
+        # per sequence: one LayerNorm over each C-wide block (shared), so blocks stay on one scale
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(embed_dim, num_classes)
+        self.fc = nn.Linear(embed_dim * (self.num_sequences or 1), num_classes)
         nn.init.trunc_normal_(self.fc.weight, std=0.01)  # MAE fine-tuning: small head init
         nn.init.zeros_(self.fc.bias)
 
     def config(self) -> dict[str, Any]:
         """JSON-ready constructor arguments (stored in checkpoints)."""
-        return {
+        cfg = {
             "type": "classification",
             "embed_dim": self.embed_dim,
             "num_classes": self.num_classes,
@@ -119,18 +135,33 @@ class ClassificationHead(nn.Module):
             "dropout": self.dropout_p,
             "num_heads": self.num_heads,
         }
+        if self.num_sequences is not None:  # configs of the other poolings keep their old shape
+            cfg["num_sequences"] = self.num_sequences
+        return cfg
 
-    def pool(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, N, C), (B, N) -> (B, C) pooled features."""
+    def pool(
+        self, tokens: torch.Tensor, valid: torch.Tensor, seq_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, N, C), (B, N) -> (B, C) pooled features; (B, S, C) for ``"centre_per_sequence"``, which
+        needs each token's sequence index ``seq_idx`` (B, N)."""
         if self.pooling in ("mean", "centre"):
             return masked_mean(tokens, valid)
+        if self.pooling == "centre_per_sequence":
+            if seq_idx is None:
+                raise ValueError("pooling 'centre_per_sequence' needs the tokens' sequence indices")
+            w = F.one_hot(seq_idx, self.num_sequences).to(tokens.dtype) * valid.unsqueeze(-1).to(tokens.dtype)
+            counts = w.sum(dim=1).unsqueeze(-1)  # (B, S, 1)
+            means = torch.einsum("bns,bnc->bsc", w, tokens) / counts.clamp_min(1.0)
+            return torch.where(counts > 0, means, self.missing.to(tokens.dtype).unsqueeze(0))
         q = self.query.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
         out, _ = self.attn(q, tokens, tokens, key_padding_mask=~valid, need_weights=False)
         return out[:, 0]
 
-    def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, valid: torch.Tensor, seq_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits (B, num_classes)."""
-        return self.fc(self.drop(self.norm(self.pool(tokens, valid))))
+        return self.fc(self.drop(self.norm(self.pool(tokens, valid, seq_idx)).flatten(1)))
 
 
 def _skip_layers(depth: int, n_skips: int) -> list[int]:
@@ -416,9 +447,9 @@ class Classifier(nn.Module):
         """Class logits (B, K)."""
         out = self.encoder(image, available)
         valid = out["valid"]
-        if self.head.pooling == "centre":
+        if self.head.pooling in ("centre", "centre_per_sequence"):
             valid = valid & self.encoder.centre_tokens(out["pos_idx"])
-        return self.head(out["tokens"], valid)
+        return self.head(out["tokens"], valid, out["seq_idx"])
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Training protocol: ``loss`` (weighted CE over labelled samples), ``acc``, ``logits``.
@@ -615,7 +646,9 @@ def make_segmentation_head(
 
 
 def make_classification_head(encoder: nn.Module, num_classes: int, **kwargs: Any) -> ClassificationHead:
-    """A :class:`ClassificationHead` matching an encoder's width."""
+    """A :class:`ClassificationHead` matching an encoder's width (and sequence vocabulary)."""
+    if kwargs.get("pooling") == "centre_per_sequence":
+        kwargs.setdefault("num_sequences", encoder.config.num_sequences)
     return ClassificationHead(encoder.config.embed_dim, num_classes, **kwargs)
 
 

@@ -51,7 +51,7 @@ def test_fuse_tokens_averages_sequences_per_position() -> None:
     assert grid.flatten().tolist() == [2.0, 5.0]
 
 
-@pytest.mark.parametrize("pooling", ["mean", "centre", "attention"])
+@pytest.mark.parametrize("pooling", ["mean", "centre", "centre_per_sequence", "attention"])
 def test_classifier_shapes_and_probabilities(encoder, pooling) -> None:
     clf = Classifier(encoder, make_classification_head(encoder, 8, pooling=pooling, num_heads=2), CLASSES)
     batch = _batch(3, with_mask=False)
@@ -184,3 +184,46 @@ def test_centre_pooling_classifies_from_the_central_tokens_only(encoder, tmp_pat
         assert torch.equal(loaded.logits(batch["image"], batch["available"]), ref)
     with pytest.raises(ConfigError, match="classification pooling"):
         ClassificationHead(32, 8, pooling="max")
+
+
+def test_per_sequence_pooling_keeps_each_sequence_apart_and_fills_absent_ones() -> None:
+    torch.manual_seed(0)
+    head = ClassificationHead(2, 3, pooling="centre_per_sequence", num_sequences=3)
+    # case 0: sequence 0 has tokens 1 and 3, sequence 2 has 10, one padding token; sequence 1 absent
+    tokens = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [10.0, 10.0], [99.0, 99.0]]], requires_grad=True)
+    valid = torch.tensor([[True, True, True, False]])
+    seq_idx = torch.tensor([[0, 0, 2, 1]])
+    pooled = head.pool(tokens, valid, seq_idx)
+    assert pooled.shape == (1, 3, 2)
+    assert pooled[0, 0].tolist() == [2.0, 1.0] and pooled[0, 2].tolist() == [10.0, 10.0]
+    assert torch.equal(pooled[0, 1], head.missing[1])  # absent (its only token is padding): learnt vector
+    head(tokens, valid, seq_idx).sum().backward()
+    # the missing vector of the absent sequence learns; those of present sequences get no gradient
+    assert head.missing.grad[1].abs().sum() > 0 and head.missing.grad[[0, 2]].abs().sum() == 0
+    assert head.fc.in_features == 6
+    with pytest.raises(ValueError, match="sequence indices"):
+        head.pool(tokens, valid)
+    with pytest.raises(ConfigError, match="num_sequences"):
+        ClassificationHead(2, 3, pooling="centre_per_sequence")
+
+
+def test_per_sequence_classifier_pools_central_tokens_per_sequence_and_round_trips(encoder, tmp_path) -> None:
+    clf = Classifier(encoder, make_classification_head(encoder, 8, pooling="centre_per_sequence"), CLASSES)
+    clf.eval()
+    assert clf.head.num_sequences == encoder.config.num_sequences
+    batch = _batch(2, with_mask=False)
+    with torch.no_grad():
+        out = encoder(batch["image"], batch["available"])
+        keep = out["valid"] & encoder.centre_tokens(out["pos_idx"])
+        pooled = clf.head.pool(out["tokens"], keep, out["seq_idx"])
+        # present sequences: the encoder's own per-sequence central features; absent: the learnt vectors
+        ref = encoder.pool_per_sequence(out["tokens"], keep, out["seq_idx"]).reshape(pooled.shape)
+        present = batch["available"]
+        assert torch.allclose(pooled[present], ref[present])
+        assert torch.equal(pooled[~present], clf.head.missing.expand(2, -1, -1)[~present])
+        logits = clf.logits(batch["image"], batch["available"])
+    save_checkpoint(tmp_path / "ck", clf, {"provenance": {"test": True}})
+    loaded, cfg = load_model(tmp_path / "ck")
+    assert cfg["head"]["pooling"] == "centre_per_sequence" and cfg["head"]["num_sequences"] == 8
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(batch["image"], batch["available"]), logits)
