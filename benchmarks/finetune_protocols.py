@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seeds", default="0", help="comma list of fine-tuning seeds (0)")
     ap.add_argument("--budget", default="full", help="phenotype budget whose fine-tuning recipe is used")
     ap.add_argument("--pooling", choices=HEAD_POOLING, default="mean", help="head token pooling (mean)")
+    ap.add_argument(
+        "--head-only-steps",
+        type=int,
+        default=0,
+        help="of each run's steps, how many train the head alone first (linear-probe-then-fine-tune; 0)",
+    )
     ap.add_argument("--protocols", default="full", help="protocols scored ('full', 'named' or a comma list)")
     ap.add_argument("--cache-dir", default=None, help="preprocessing cache (default: WORK/cache)")
     ap.add_argument("--work", required=True, help="folder of the fine-tuned runs (reused by a rerun)")
@@ -80,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--seeds must be a comma list of integers, got {args.seeds!r}") from None
     if not seeds:
         raise SystemExit("--seeds is empty")
+    if args.head_only_steps < 0:
+        raise SystemExit(f"--head-only-steps must be >= 0, got {args.head_only_steps}")
     if not 0 < args.labels_fraction <= 1:
         raise SystemExit(f"--labels-fraction must be in (0, 1], got {args.labels_fraction}")
 
@@ -114,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "budget": args.budget,
             "labels_fraction": args.labels_fraction,
             "pooling": args.pooling,
+            "head_only_steps": args.head_only_steps,
             "seeds": seeds,
             "protocols": protocols,
             "n_boot": n_boot,
@@ -132,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             model, info, sec = ph.finetune_run(
                 name, ckpt, Path(args.train_manifest), work, cache, b, seed, args.labels_fraction,
                 scratch=False, n_train_cases=n_lab, pooling=args.pooling,
+                head_only_steps=args.head_only_steps,
             )
             config = json.loads((Path(info["run"]) / "final" / "config.json").read_text())
             pp = MRFoundModel(model, config, device="cpu").preprocessing  # the checkpoint's own

@@ -572,11 +572,13 @@ def finetune_run(
     n_train_cases: int,
     max_steps: int | None = None,
     pooling: str = "mean",
+    head_only_steps: int = 0,
 ) -> tuple[Any, dict[str, Any], float]:
     """Fine-tune (or train from scratch) the classifier; a finished run with these settings is reused.
 
     Steps: ``ft_epochs`` passes over the labelled cases used, within ``[ft_min_steps, max_steps]``.
-    ``pooling``: the classification head's token pooling (``mrfound finetune --pooling``).
+    ``pooling``: the classification head's token pooling (``mrfound finetune --pooling``);
+    ``head_only_steps``: of those steps, how many train the head alone first (``--head-only-steps``).
     """
     from mrfound.finetune.classify import finetune_classifier
     from mrfound.finetune.config import FinetuneConfig
@@ -597,6 +599,7 @@ def finetune_run(
         seed,
         *(["layer_decay=1"] if scratch else []),
         *([f"pooling={pooling}"] if pooling != "mean" else []),  # runs at the default keep their folder
+        *([f"head_only_steps={head_only_steps}"] if head_only_steps else []),
     ]
     run = work / f"ft_{name}_{_key(settings)}"
     info = {
@@ -608,6 +611,7 @@ def finetune_run(
         "lr": b.ft_lr,
         "sequence_dropout": b.sequence_dropout,
         "pooling": pooling,
+        "head_only_steps": head_only_steps,
     }
     t0 = time.time()
     reused = (run / "final" / "model.safetensors").is_file()
@@ -628,6 +632,7 @@ def finetune_run(
             batch_size=b.batch_size,
             lr=b.ft_lr,
             pooling=pooling,
+            head_only_steps=head_only_steps,
             # layer-wise LR decay suits a pretrained encoder; from scratch every layer learns at full rate
             layer_decay=1.0 if scratch else 0.75,
             sequence_dropout=b.sequence_dropout,

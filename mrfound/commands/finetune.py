@@ -47,6 +47,7 @@ _FLAGS = (
     "warmup_steps",
     "layer_decay",
     "freeze_encoder",
+    "head_only_steps",
     "sequence_dropout",
     "balance",
     "pooling",
@@ -115,6 +116,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--warmup-steps", type=int, help="linear warm-up steps (5%% of steps)")
     t.add_argument("--layer-decay", type=float, help="layer-wise LR decay, 1 = off (0.75)")
     t.add_argument("--freeze-encoder", action="store_true", default=None, help="train the head only")
+    t.add_argument(
+        "--head-only-steps",
+        type=int,
+        help="train only the head for the first N steps, then the whole model "
+        "(linear-probe-then-fine-tune; 0)",
+    )
     t.add_argument("--sequence-dropout", type=float, help="training-time sequence removal probability (0)")
     t.add_argument("--balance", choices=("loss", "sampler", "none"), help="class balancing (loss)")
     t.add_argument(

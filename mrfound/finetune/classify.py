@@ -31,6 +31,7 @@ from mrfound.finetune.common import (
     BalancedDataset,
     EncoderSource,
     class_weights,
+    hold_encoder,
     holdout_split,
     labels_fraction_subset,
     load_encoder,
@@ -281,6 +282,8 @@ def finetune_classifier(config: FinetuneConfig) -> dict[str, Any]:
     if config.freeze_encoder:
         model.encoder.requires_grad_(False)
     groups = param_groups_layer_decay(model, config.weight_decay, config.layer_decay)
+    if not config.freeze_encoder:
+        groups = hold_encoder(groups, model, config.head_only_steps, config.steps)
 
     history: list[dict[str, Any]] = []
 

@@ -276,3 +276,32 @@ def resolve_steps(steps: int, epochs: float | None, n_items: int, batch_size: in
     if epochs is None:
         return int(steps)
     return max(1, math.ceil(epochs * n_items / (batch_size * processes)))
+
+
+def hold_encoder(
+    groups: list[dict[str, Any]], model: torch.nn.Module, steps: int, total_steps: int
+) -> list[dict[str, Any]]:
+    """Parameter groups in which everything outside ``model.head`` stays at learning rate 0 for the first
+    ``steps`` of ``total_steps`` (the Trainer's ``hold_steps``: linear-probe-then-fine-tune).
+
+    A group mixing head and encoder parameters (layer-wise decay puts the encoder's final norm beside
+    the head) is split in two with the same settings.
+
+    Raises:
+        ConfigError: ``steps`` would leave the encoder no step to train.
+    """
+    if steps <= 0:
+        return groups
+    if steps >= total_steps:
+        raise ConfigError(f"head_only_steps ({steps}) must be below the training steps ({total_steps})")
+    head = {id(p) for p in model.head.parameters()}
+    out = []
+    for g in groups:
+        params = list(g["params"])
+        trained = [p for p in params if id(p) in head]
+        held = [p for p in params if id(p) not in head]
+        if trained:
+            out.append({**g, "params": trained})
+        if held:
+            out.append({**g, "params": held, "hold_steps": int(steps)})
+    return out

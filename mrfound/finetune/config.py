@@ -34,6 +34,10 @@ class FinetuneConfig(TrainerConfig):
         epochs: If set, ``steps = ceil(epochs * training items / batch_size)``.
         layer_decay: Layer-wise LR decay (1 = off).
         freeze_encoder: Train the head only.
+        head_only_steps: Linear-probe-then-fine-tune (LP-FT, Kumar et al. 2022): for the first this many
+            steps only the head trains (the encoder's learning rate is 0), then the whole model, the
+            encoder with its own warm-up and cosine over the remaining steps. A head fitted first on
+            frozen features changes the pretrained features less than a random head's gradients do.
         sequence_dropout: Probability of removing each available sequence during training (>= 1 kept).
         balance: Class balancing: ``loss`` (inverse-frequency CE weights), ``sampler`` (class-balanced
             resampling) or ``none``.
@@ -88,6 +92,7 @@ class FinetuneConfig(TrainerConfig):
     epochs: float | None = None
     layer_decay: float = 0.75
     freeze_encoder: bool = False
+    head_only_steps: int = 0
     sequence_dropout: float = 0.0
     balance: str = "loss"
     pooling: str = "mean"
@@ -153,6 +158,12 @@ class FinetuneConfig(TrainerConfig):
             "must be in [0, 1)",
         )
         _check(self.balance in BALANCE, "balance", self.balance, f"must be one of {', '.join(BALANCE)}")
+        _check(
+            _is_int(self.head_only_steps) and self.head_only_steps >= 0,
+            "head_only_steps",
+            self.head_only_steps,
+            "must be an integer >= 0",
+        )
         _check(
             self.pooling in HEAD_POOLING,
             "pooling",

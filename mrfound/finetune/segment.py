@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from mrfound.finetune.classify import source_for, split_cases
-from mrfound.finetune.common import ConcatWithEpoch, resolve_steps
+from mrfound.finetune.common import ConcatWithEpoch, hold_encoder, resolve_steps
 from mrfound.finetune.config import FinetuneConfig
 from mrfound.utils.io import atomic_write_json, atomic_write_text
 
@@ -157,6 +157,8 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
     if config.freeze_encoder:
         model.encoder.requires_grad_(False)
     groups = param_groups_layer_decay(model, config.weight_decay, config.layer_decay)
+    if not config.freeze_encoder:
+        groups = hold_encoder(groups, model, config.head_only_steps, config.steps)
 
     history: list[dict[str, Any]] = []
 

@@ -353,7 +353,9 @@ class Trainer:
         config: A :class:`TrainerConfig` (or subclass); ``config.out`` is the run folder.
         collate_fn: Batch collation (e.g. :func:`mrfound.data.dataset.collate_cases`).
         param_groups: AdamW parameter groups; a group may carry ``lr`` (absolute) or ``lr_scale``
-            (times ``config.lr``) and ``weight_decay``. Default: :func:`default_param_groups`.
+            (times ``config.lr``), ``weight_decay``, and ``hold_steps``: the group's learning rate is 0
+            for that many steps, then follows its own warm-up + cosine over the remaining steps (the
+            encoder's groups in linear-probe-then-fine-tune). Default: :func:`default_param_groups`.
         callbacks: :class:`Callback` objects (evaluation, figures, early stopping...).
         accelerator: An existing Accelerator (default: :func:`make_accelerator`).
         save_config: Write ``config.to_dict()`` to ``RUN/config.json`` at the start (main process).
@@ -422,10 +424,21 @@ class Trainer:
         warm = config.resolved_warmup_steps
         min_ratio = config.min_lr / config.lr
 
-        def lr_lambda(s: int) -> float:
-            return warmup_cosine(s, warmup_steps=warm, total_steps=config.steps, min_ratio=min_ratio)
+        def group_lambda(hold: int) -> Callable[[int], float]:
+            def lr_lambda(s: int) -> float:
+                if s < hold:
+                    return 0.0
+                return warmup_cosine(
+                    s - hold, warmup_steps=warm, total_steps=config.steps - hold, min_ratio=min_ratio
+                )
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+            return lr_lambda
+
+        holds = [int(g.get("hold_steps", 0)) for g in optimizer.param_groups]
+        for h in holds:
+            if not 0 <= h < config.steps:
+                raise ConfigError(f"hold_steps must be in [0, steps={config.steps}), got {h}")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [group_lambda(h) for h in holds])
         self.model, self.optimizer, self.dataloader, self.scheduler = acc.prepare(
             model, optimizer, loader, scheduler
         )
@@ -699,6 +712,7 @@ class Trainer:
                                 sums[k] = sums[k] + t if k in sums else t
                 if acc.sync_gradients:
                     if not bad:
+                        self._drop_held_grads()
                         max_norm = cfg.clip_grad if cfg.clip_grad else float("inf")
                         gn = acc.clip_grad_norm_(self.model.parameters(), max_norm)
                         grad_norm = float(gn) if gn is not None else float("nan")
@@ -715,6 +729,14 @@ class Trainer:
         if self.ema is not None and not bad:
             self.ema.update(self.unwrapped_model(), step=self.step + 1)
         return grad_norm
+
+    def _drop_held_grads(self) -> None:
+        """Clear the gradients of groups still held at LR 0 (``hold_steps``): they must neither shrink
+        the clipped update of the trained groups nor fill AdamW's moments before their phase starts."""
+        for g in self.optimizer.param_groups:
+            if self.step < int(g.get("hold_steps", 0)):
+                for p in g["params"]:
+                    p.grad = None
 
     def _any_nonfinite(self, t: torch.Tensor) -> bool:
         flag = (~torch.isfinite(t.detach().float())).any().float().reshape(1)

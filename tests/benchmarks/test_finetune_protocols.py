@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -55,6 +56,15 @@ def test_fine_tunes_each_checkpoint_scores_protocols_and_compares(setup) -> None
     assert len(new) == 2
     cfg = json.loads((root / "work" / new[0] / "final" / "config.json").read_text())
     assert "centre" in json.dumps(cfg.get("head", cfg))
+    # per-sequence head, linear-probe-then-fine-tune: new runs that record both
+    lpft = [*argv[:-2], "--out", str(root / "out_lpft"), "--pooling", "centre_per_sequence"]
+    doc = fp.main([*lpft, "--head-only-steps", "1"])
+    assert doc["settings"]["head_only_steps"] == 1 and doc["runs"]["first_seed0"]["head_only_steps"] == 1
+    run = Path(doc["runs"]["first_seed0"]["run"])
+    assert run.name not in runs + new
+    assert json.loads((run / "config.json").read_text())["head_only_steps"] == 1
+    with pytest.raises(SystemExit, match="head-only-steps"):
+        fp.main([*lpft, "--head-only-steps", "-1"])
 
 
 @pytest.mark.parametrize(

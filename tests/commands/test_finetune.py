@@ -39,6 +39,10 @@ def test_config_precedence(tmp_path) -> None:
             "90",
             "--intensity-augment",
             "0.5",
+            "--head-only-steps",
+            "20",
+            "--pooling",
+            "centre_per_sequence",
             "--set",
             "preprocess.foreground=otsu",
             "--out",
@@ -48,6 +52,7 @@ def test_config_precedence(tmp_path) -> None:
     cfg = cmd.config_from_args(args)
     assert cfg.steps == 90 and cfg.layer_decay == 0.6 and cfg.sequence_dropout == 0.3
     assert cfg.intensity_augment == 0.5 and cfg.preprocess == {"foreground": "otsu"}
+    assert cfg.head_only_steps == 20 and cfg.pooling == "centre_per_sequence"
     assert Path(cfg.manifest).is_absolute() and cfg.task == "classify"
     seg = cmd.config_from_args(
         _parse(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -101,7 +102,10 @@ def test_labels_fraction_and_from_scratch(tiny_cohort, preprocess_cache, tmp_pat
         tensorboard=False,
         balance="sampler",
     )
-    summary = finetune_classifier(cfg)
+    with pytest.raises(ConfigError, match="head_only_steps"):  # would leave the encoder no step
+        finetune_classifier(dataclasses.replace(cfg, out=str(tmp_path / "lpft"), head_only_steps=2))
+    summary = finetune_classifier(dataclasses.replace(cfg, head_only_steps=1))
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["head_only_steps"] == 1
     split = pd.read_csv(tmp_path / "r" / "split.csv")
     used = split[split["role"] == "train"]
     assert summary["n_train"] == len(used) == 6  # round(0.25 * 12) per class

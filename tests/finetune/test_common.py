@@ -12,6 +12,7 @@ from mrfound.errors import ConfigError
 from mrfound.finetune.common import (
     BalancedDataset,
     class_weights,
+    hold_encoder,
     holdout_split,
     labels_fraction_subset,
     load_encoder,
@@ -138,3 +139,23 @@ def test_load_encoder_with_decoder(tmp_path, tiny_checkpoint) -> None:
     assert torch.equal(fresh.encoder.patch_embed.weight, same.encoder.patch_embed.weight)
     with pytest.raises(CheckpointError, match="no decoder to synthesise"):
         load_encoder(tiny_checkpoint, with_decoder=True)
+
+
+def test_hold_encoder_marks_every_group_outside_the_head() -> None:
+    from mrfound.models.config import EncoderConfig
+    from mrfound.models.encoder import MultiSequenceViT
+    from mrfound.models.heads import Classifier, make_classification_head, param_groups_layer_decay
+
+    enc = MultiSequenceViT(EncoderConfig(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2))
+    model = Classifier(enc, make_classification_head(enc, 2), ("a", "b"))
+    groups = hold_encoder(param_groups_layer_decay(model, 0.05, 0.75), model, 5, 20)
+    head = {id(p) for p in model.head.parameters()}
+    held = [g for g in groups if "hold_steps" in g]
+    assert held and all(g["hold_steps"] == 5 for g in held)
+    # the held groups hold exactly the encoder; the head's groups train from the first step
+    assert {id(p) for g in held for p in g["params"]} == {id(p) for p in enc.parameters()}
+    assert all(id(p) in head for g in groups if "hold_steps" not in g for p in g["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert hold_encoder(param_groups_layer_decay(model, 0.05), model, 0, 20)[0].get("hold_steps") is None
+    with pytest.raises(ConfigError, match="head_only_steps"):
+        hold_encoder(groups, model, 20, 20)

@@ -179,6 +179,39 @@ def test_param_groups_with_lr_scale_and_callbacks(tmp_path):
     assert calls == ["start", "end"] and every == [2, 4, 5]
 
 
+def test_hold_steps_keep_a_group_still_then_train_it_on_its_own_schedule(tmp_path):
+    torch.manual_seed(0)
+    model = ToyMAE()
+    groups = [{"params": model.enc.parameters(), "hold_steps": 3}, {"params": model.dec.parameters()}]
+    seen = []
+
+    def snap(t):
+        enc, dec = t.unwrapped_model().enc.weight, t.unwrapped_model().dec.weight
+        lrs = [g["lr"] for g in t.optimizer.param_groups]
+        seen.append((t.step, enc.detach().clone(), dec.detach().clone(), lrs))
+
+    cfg = toy_config(tmp_path / "run", steps=6, warmup_steps=2, min_lr=0.0)
+    trainer = Trainer(
+        model, ToyCases(), cfg, collate_fn=toy_collate, param_groups=groups, callbacks=[EveryN(1, snap)]
+    )
+    enc0, dec0 = model.enc.weight.detach().clone(), model.dec.weight.detach().clone()
+    trainer.fit()
+    by_step = {s: (e, d, lr) for s, e, d, lr in seen}
+    # steps 1-3: the held group has not moved (LR 0, gradient dropped), the other has
+    assert torch.equal(by_step[3][0], enc0) and not torch.equal(by_step[1][1], dec0)
+    assert not torch.equal(by_step[4][0], enc0)
+    # its own warm-up after the hold: step 4 (index 3) runs at lr/2, as the other group's first step
+    assert by_step[3][2][0] == pytest.approx(cfg.lr * 0.5)
+    with pytest.raises(ConfigError, match="hold_steps"):
+        Trainer(
+            ToyMAE(),
+            ToyCases(),
+            toy_config(tmp_path / "run2", steps=3),
+            collate_fn=toy_collate,
+            param_groups=[{"params": model.enc.parameters(), "hold_steps": 3}],
+        )
+
+
 def test_nonfinite_loss_stops_before_the_update_and_names_step_and_cases(tmp_path):
     torch.manual_seed(3)
     cfg = toy_config(tmp_path / "run", steps=6, save_every=1)
