@@ -43,6 +43,13 @@ decoder first, the setting in which README finds whole-sequence dropout ahead of
 ``--probe-train-protocols each`` trains every feature set's protocol probe on the training cases under
 every protocol (protocol augmentation), with which README finds that lead gone.
 
+``--pretrained ours=RUN/final --pretrained plain_mae=RUN/final`` uses checkpoints made beforehand by ``mrfound
+pretrain`` (e.g. on another machine) instead of pretraining those variants: each checkpoint's recorded
+config must be the recipe this run would train (every field that changes training), its manifests
+unchanged (sha256) and holding exactly this run's pretraining cases, and no test subject, else the run
+stops with one line naming the difference. ``--extra-manifest CSV`` adds an existing manifest of unlabeled
+cases to the pretraining data, as ``--extra-unlabeled`` adds simulated ones.
+
 ``--pretrain-steps``, ``--pretrain-warmup``, ``--lesion-crops`` and ``--extra-unlabeled`` apply to all three
 pretrainings alike. ``--extra-unlabeled N`` simulates N more phantom cases of the same centres and grid with
 seed ``--seed`` + 101 (``--extra-seed``), every label left empty and ids prefixed ``u``, and adds them to
@@ -74,7 +81,7 @@ from _common import PHANTOM_FOREGROUND, ChannelStackedMAE, machine_info, provena
 
 from mrfound import demo as D  # noqa: E402
 from mrfound.data.preprocess import FOREGROUND_METHODS  # noqa: E402
-from mrfound.models.config import EMBED_ABSENT, EMBED_POOLING  # noqa: E402
+from mrfound.models.config import EMBED_ABSENT, EMBED_POOLING, HEAD_POOLING  # noqa: E402
 
 FOUR_CENTRES = ("uni_3t", "community_15t", "oncology", "surveillance")
 """Default centres: complete 3 T, no DWI, no in/opposed phase, abbreviated t2 + dwi + t1_pv."""
@@ -109,6 +116,8 @@ class Budget:
     pretrain_lesion_crops: float = 0.0
     ft_lr: float = 5e-4
     sequence_dropout: float = 0.25
+    # token pooling of the fine-tuned classification head (ours and from scratch alike)
+    ft_pooling: str = "mean"
     test_fraction: float = 0.3
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     mae_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -278,7 +287,6 @@ def pretrain_mrfound(
 ) -> tuple[Path, float]:
     """Pretrain with ``mrfound pretrain``'s program (reused if a finished run with these settings exists);
     ``extra_csv``: a manifest of unlabeled cases pooled with the training cases."""
-    from mrfound.pretrain.config import PretrainConfig
     from mrfound.pretrain.run import pretrain
 
     mae = {**b.mae_overrides, "sequence_drop": sequence_drop}
@@ -308,12 +316,30 @@ def pretrain_mrfound(
         import shutil
 
         shutil.rmtree(run)  # an interrupted run: start over
-    cfg = PretrainConfig(
+    cfg = _pretrain_config(run, train_csv, extra_csv, cache, b, seed, sequence_drop)
+    t0 = time.time()
+    res = pretrain(cfg, command=f"benchmarks/phenotype.py ({name})")
+    return res.final_dir, record_seconds(run, time.time() - t0)
+
+
+def _pretrain_config(
+    run: Path,
+    train_csv: Path,
+    extra_csv: Path | None,
+    cache: Path,
+    b: Budget,
+    seed: int,
+    sequence_drop: float,
+) -> Any:
+    """The ``PretrainConfig`` of a mrfound pretraining variant of budget ``b``."""
+    from mrfound.pretrain.config import PretrainConfig
+
+    return PretrainConfig(
         out=str(run),
         manifest=[str(train_csv), *([str(extra_csv)] if extra_csv is not None else [])],
         model="tiny",
-        model_overrides=enc,
-        mae=mae,
+        model_overrides={"patch_size": b.patch_size, **b.model_overrides},
+        mae={**b.mae_overrides, "sequence_drop": sequence_drop},
         roi_size=b.roi_size,
         spacing=b.spacing,
         cache_dir=str(cache),
@@ -332,9 +358,87 @@ def pretrain_mrfound(
         mixed_precision=b.pretrain_mixed_precision,
         preprocess={"foreground": b.foreground},
     )
-    t0 = time.time()
-    res = pretrain(cfg, command=f"benchmarks/phenotype.py ({name})")
-    return res.final_dir, record_seconds(run, time.time() - t0)
+
+
+RECIPE_IGNORED = frozenset(
+    {
+        "out", "manifest", "cache_dir", "log_every", "save_every", "keep_checkpoints", "tensorboard",
+        "viz_every", "viz_cases", "resume", "num_workers", "eval_every", "eval_max_cases", "cpu",
+        "skip_nonfinite",
+    }
+)  # fmt: skip
+"""``PretrainConfig`` fields that do not change what a pretraining learns (bookkeeping, paths, logging)."""
+
+
+def reuse_pretrained(
+    name: str,
+    path: Path,
+    expected: Any,
+    pretrain_cases: set[str],
+    test_subjects: set[str],
+) -> tuple[Path, dict[str, Any]]:
+    """Check that a checkpoint made by ``mrfound pretrain`` is the variant this run would pretrain.
+
+    The checkpoint's recorded pretraining config must equal ``expected`` (the variant's
+    ``PretrainConfig``) in every field that changes the training (all but :data:`RECIPE_IGNORED`), its
+    manifests must be unchanged since (sha256) and hold exactly ``pretrain_cases``, and no test subject.
+
+    Returns:
+        The checkpoint folder and what to record about it (command, manifests, run folder).
+
+    Raises:
+        SystemExit: one line naming the variant, the checkpoint and the first problem.
+    """
+    import pandas as pd
+
+    where = f"--pretrained {name}: {path}"
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+        prov = cfg["provenance"]
+        got = prov["pretrain_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SystemExit(
+            f"{where}: not a mrfound pretraining checkpoint (no config.json with its config)"
+        ) from None
+    if cfg.get("architecture") != "masked_modality_autoencoder":
+        raise SystemExit(f"{where}: architecture {cfg.get('architecture')!r}, not a pretraining checkpoint")
+    want = expected.to_dict()
+    diff = [
+        f"{k} {got.get(k)!r} (this run: {want[k]!r})"
+        for k in sorted(want)
+        if k not in RECIPE_IGNORED and got.get(k) != want[k]
+    ]
+    if diff:
+        raise SystemExit(f"{where}: another recipe: {'; '.join(diff)}")
+    cases: set[str] = set()
+    subjects: set[str] = set()
+    for item in prov.get("data", []):
+        mpath = Path(item["manifest"])
+        try:
+            digest = hashlib.sha256(mpath.read_bytes()).hexdigest()
+        except OSError as e:
+            raise SystemExit(f"{where}: cannot read its pretraining manifest {mpath}: {e.strerror}") from None
+        if digest != item.get("sha256"):
+            raise SystemExit(f"{where}: its pretraining manifest {mpath} changed since (sha256 differs)")
+        frame = pd.read_csv(mpath, dtype=str, keep_default_na=False)
+        cases |= set(frame["case"])
+        subjects |= set(frame["subject"])
+    leaked = sorted(subjects & test_subjects)
+    if leaked:
+        raise SystemExit(f"{where}: pretrained on {len(leaked)} test subjects (e.g. {leaked[0]})")
+    if cases != pretrain_cases:
+        missing, extra = sorted(pretrain_cases - cases), sorted(cases - pretrain_cases)
+        raise SystemExit(
+            f"{where}: pretrained on other cases than this run's pretraining data "
+            f"({len(missing)} missing, e.g. {missing[:1]}; {len(extra)} others, e.g. {extra[:1]})"
+        )
+    return path, {
+        "checkpoint": str(path),
+        "command": prov.get("command"),
+        "data": prov.get("data"),
+        "train_cases": prov.get("train_cases"),
+        "final_train_loss": prov.get("final_train_loss"),
+    }
 
 
 def pretrain_monai(train_m: Any, work: Path, cache: Path, pp: Any, b: Budget, seed: int) -> tuple[Any, float]:
@@ -867,7 +971,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default=None,
         help=f"seed of the extra cases (default --seed + {EXTRA_SEED_OFFSET})",
     )
+    p.add_argument(
+        "--ft-pooling",
+        choices=HEAD_POOLING,
+        default=None,
+        help="token pooling of the fine-tuned classification head, ours and from scratch (default mean)",
+    )
+    p.add_argument(
+        "--extra-manifest",
+        default=None,
+        help="a manifest of unlabeled cases to add to all three pretrainings (instead of --extra-unlabeled)",
+    )
+    p.add_argument(
+        "--pretrained",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="use this `mrfound pretrain` checkpoint for variant NAME (ours or plain_mae) instead of "
+        "pretraining it; its recorded recipe and data must be this run's (checked); repeatable",
+    )
     args = p.parse_args(argv)
+    if args.extra_manifest and args.extra_unlabeled:
+        p.error("give --extra-unlabeled or --extra-manifest, not both")
+    args.pretrained = _pretrained_specs(p, args.pretrained)
     if args.pretrain_steps is not None and args.pretrain_steps < 1:
         p.error(f"--pretrain-steps must be >= 1, got {args.pretrain_steps}")
     if args.pretrain_warmup is not None and args.pretrain_warmup < 0:
@@ -895,6 +1021,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             os.environ.pop(MEMORY_ENV, None)
 
 
+PRETRAINED_VARIANTS = {"ours": 0.5, "plain_mae": 0.0}
+"""The mrfound pretraining variants and their whole-sequence dropout."""
+
+
+def _pretrained_specs(p: argparse.ArgumentParser, specs: Sequence[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or name not in PRETRAINED_VARIANTS or not path:
+            p.error(f"--pretrained must be NAME=CHECKPOINT with NAME in {', '.join(PRETRAINED_VARIANTS)}, "
+                    f"got {spec!r}")
+        if name in out:
+            p.error(f"--pretrained {name} given twice")
+        out[name] = Path(path)
+    return out
+
+
 BUDGET_OVERRIDES: dict[str, str] = {
     "pretrain_steps": "pretrain_steps",
     "pretrain_warmup": "pretrain_warmup_steps",
@@ -902,6 +1045,7 @@ BUDGET_OVERRIDES: dict[str, str] = {
     "probe_pooling": "probe_pooling",
     "probe_absent": "probe_absent",
     "probe_train_protocols": "probe_train_protocols",
+    "ft_pooling": "ft_pooling",
 }
 """Command-line option (argparse dest) -> the :class:`Budget` field it overrides when given."""
 
@@ -985,19 +1129,45 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
     T.say(f"train {len(train_m)} / test {len(test_m)} cases")
     protocols = _resolve_protocols(b.protocols, seqs)
     extra_csv, pretrain_m = None, train_m
-    if args.extra_unlabeled:
+    if args.extra_unlabeled or args.extra_manifest:
         from mrfound.pretrain.run import load_cohort
 
         t0 = time.time()
-        extra_csv = extra_unlabeled(args, b, centers, work, cache, pp, doc)
+        if args.extra_manifest:
+            extra_csv = Path(args.extra_manifest).resolve()
+            extra = read_manifest(extra_csv)
+            D.fill_cache(extra, pp, cache, args.workers)
+            doc["extra_unlabeled"] = {
+                "manifest": str(extra_csv),
+                "cases": len(extra),
+                "used_for": "pretraining only (ours, plain MAE, MONAI MAE); labels unused",
+            }
+        else:
+            extra_csv = extra_unlabeled(args, b, centers, work, cache, pp, doc)
         # pooled as `mrfound pretrain --manifest A --manifest B` pools them (case ids unique across both)
         pretrain_m = load_cohort([str(train_csv), str(extra_csv)], train_m.vocabulary)
         T.add("extra_unlabeled", time.time() - t0)
-        T.say(f"pretraining data: {len(train_m)} training + {args.extra_unlabeled} unlabeled cases")
+        T.say(f"pretraining data: {len(train_m)} training + {len(pretrain_m) - len(train_m)} unlabeled cases")
 
     # pretraining ------------------------------------------------------------------------------------
     ckpt: dict[str, Path] = {}
-    for name, sd in (("ours", 0.5), ("plain_mae", 0.0)):
+    if args.pretrained:
+        doc["pretrained_checkpoints"] = {}
+    for name, sd in PRETRAINED_VARIANTS.items():
+        if name in args.pretrained:
+            expected = _pretrain_config(work / "unused", train_csv, extra_csv, cache, b, args.seed, sd)
+            ckpt[name], info = reuse_pretrained(
+                name,
+                args.pretrained[name],
+                expected,
+                {c.case for c in pretrain_m.cases},
+                {c.subject for c in test_m.cases},
+            )
+            doc["pretrained_checkpoints"][name] = info
+            run_dir = Path(ckpt[name]).parent
+            T.say(f"{name}: checkpoint {ckpt[name]} (recipe and data checked)")
+            T.add(f"pretrain_{name}", recorded_seconds(run_dir))
+            continue
         T.say(f"pretraining {name} ({b.pretrain_steps} steps, sequence_drop {sd})")
         ckpt[name], sec = pretrain_mrfound(name, train_csv, work, cache, b, args.seed, sd, extra_csv)
         T.add(f"pretrain_{name}", sec)
@@ -1063,6 +1233,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
                 f,
                 variant == "ft_scratch",
                 n_train_lab,
+                pooling=b.ft_pooling,
             )
             t1 = time.time()
             evp = list(
@@ -1136,6 +1307,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
                     variant == "ft_scratch",
                     n_lab,
                     max_steps=b.loco_ft_max_steps,
+                    pooling=b.ft_pooling,
                 )
                 m, pred = D.classifier_protocol_metrics(
                     model,
@@ -1466,6 +1638,7 @@ def markdown(doc: Mapping[str, Any], stem: str, protocols: Sequence[str], seqs: 
         ") for every pretrained variant. Fine-tuning (ours and "
         f"from scratch alike): {st['ft_epochs']:g} epochs over the labels used, {st['ft_min_steps']}-"
         f"{st['ft_max_steps']} steps, lr {st['ft_lr']}, sequence dropout {st['sequence_dropout']}, "
+        f"head pooling {st.get('ft_pooling', 'mean')}, "
         "class-balanced loss; layer-wise LR decay 0.75 for the pretrained encoder, none from scratch. "
         "Metrics: macro one-vs-rest AUC on the test cases with 95 % bootstrap CI.\n",
         "## Claims\n",
@@ -1594,6 +1767,11 @@ def markdown(doc: Mapping[str, Any], stem: str, protocols: Sequence[str], seqs: 
         lines.append(
             f"\nRuns reused from an earlier invocation with identical settings (their recorded training "
             f"times are listed; 'total' is this invocation's wall time): {', '.join(doc['reused_runs'])}.\n"
+        )
+    for name, info in doc.get("pretrained_checkpoints", {}).items():
+        lines.append(
+            f"\n{name} was pretrained beforehand (`--pretrained`; recipe, data and test-subject exclusion "
+            f"checked) by: `{info.get('command')}`\n"
         )
     return "\n".join(lines)
 

@@ -26,7 +26,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
 
     recipe = ["--pretrain-steps", "4", "--pretrain-warmup", "1", "--lesion-crops", "0.5"]
     recipe += ["--extra-unlabeled", "6", "--probe-pooling", "centre_per_sequence", "--probe-absent", "impute"]
-    recipe += ["--probe-train-protocols", "each"]
+    recipe += ["--probe-train-protocols", "each", "--ft-pooling", "centre_per_sequence"]
     ph.main(
         [
             "--budget",
@@ -45,7 +45,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
 
     saved = json.loads((out / "phenotype_tiny.json").read_text())
     # provenance of the run
-    assert saved["command"].endswith("--probe-train-protocols each")
+    assert saved["command"].endswith("--ft-pooling centre_per_sequence")
     assert saved["date"] and "git_commit" in saved
     st = saved["settings"]
     assert (st["pretrain_steps"], st["pretrain_warmup_steps"], st["pretrain_lesion_crops"]) == (4, 1, 0.5)
@@ -78,8 +78,10 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         assert 0.0 <= auc <= 1.0
         assert set(p["fractions"]) == {"0.5", "1.0"}
         assert p["centers"] and "pooled" in p["loco"]
+    assert st["ft_pooling"] == "centre_per_sequence"
     for v in ("ft_ours", "ft_scratch"):
         assert set(saved["finetune"][v]) == {"0.5", "1.0"}
+        assert saved["finetune"][v]["1.0"]["pooling"] == "centre_per_sequence"
         assert saved["finetune"][v]["1.0"]["from_scratch"] is (v == "ft_scratch")
     assert set(saved["loco_finetune"]) == {"ft_ours", "ft_scratch"}
     # the split never puts a subject on both sides
@@ -96,7 +98,44 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         assert (out / fig).read_bytes()[:4] == b"\x89PNG" and fig in md
     assert "## Missing-sequence protocols" in md and "## Sequence importance" in md
     assert "synthesised from the kept ones by each model's own decoder" in md
+    assert "head pooling centre_per_sequence" in md
     assert "trained on the training cases under every protocol (protocol augmentation)" in md
+
+    # a checkpoint pretrained beforehand is accepted only with this run's recipe, data and no test subject
+    import pandas as pd
+
+    final = next(work.glob("pretrain_ours_*")) / "final"
+    b = ph.dataclasses.replace(
+        ph.BUDGETS["tiny"], pretrain_steps=4, pretrain_warmup_steps=1, pretrain_lesion_crops=0.5
+    )
+
+    def recipe_of(budget, sequence_drop=0.5):
+        train = work / "train.csv"
+        return ph._pretrain_config(work / "x", train, extra_csv, work / "cache", budget, 0, sequence_drop)
+
+    cases = set(saved["split"]["train"]) | {r.split(",")[0] for r in rows[1:]}
+    nobody = {"no-such-subject"}
+    path, info = ph.reuse_pretrained("ours", final, recipe_of(b), cases, nobody)
+    assert path == final and info["checkpoint"] == str(final) and len(info["data"]) == 2
+    with pytest.raises(SystemExit, match=r"--pretrained ours: .*another recipe: mae .*sequence_drop"):
+        ph.reuse_pretrained("ours", final, recipe_of(b, 0.0), cases, nobody)
+    with pytest.raises(SystemExit, match="another recipe: steps 4 "):
+        longer = ph.dataclasses.replace(b, pretrain_steps=5)
+        ph.reuse_pretrained("ours", final, recipe_of(longer), cases, nobody)
+    seen = pd.read_csv(work / "train.csv", dtype=str)["subject"].iloc[0]
+    with pytest.raises(SystemExit, match=f"pretrained on 1 test subjects \\(e.g. {seen}\\)"):
+        ph.reuse_pretrained("ours", final, recipe_of(b), cases, {seen})
+    with pytest.raises(SystemExit, match="other cases than this run's pretraining data"):
+        ph.reuse_pretrained("ours", final, recipe_of(b), cases | {"ph99999"}, nobody)
+    # ... and used by the benchmark in place of pretraining that variant
+    plain = next(work.glob("pretrain_plain_mae_*")) / "final"
+    again = tmp_path / "again"
+    redo = ph.main(
+        ["--budget", "tiny", "--out", str(again), "--work", str(work), "--workers", "1", "--cases", "24",
+         *recipe, "--pretrained", f"plain_mae={plain}"]
+    )  # fmt: skip
+    assert set(redo["pretrained_checkpoints"]) == {"plain_mae"}
+    assert "plain_mae was pretrained beforehand" in (again / "phenotype_tiny.md").read_text()
 
     # the pooling diagnostic reads the same work folder: every pooling x protocol, pretrained and random
     pool = load_module("benchmarks/pooling_probe.py")
@@ -119,12 +158,14 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         ("--lesion-crops", "1.5", "--lesion-crops must be in [0, 1], got 1.5"),
         ("--extra-unlabeled", "-1", "--extra-unlabeled must be >= 0, got -1"),
         ("--extra-seed", "0", "--extra-seed must differ from --seed"),
+        ("--pretrained", "mine=/x", "--pretrained must be NAME=CHECKPOINT with NAME in ours, plain_mae"),
+        ("--extra-manifest", "x.csv --extra-unlabeled 3", "give --extra-unlabeled or --extra-manifest"),
     ],
 )
 def test_bad_pretraining_recipe_is_refused_before_any_work(ph, tmp_path: Path, capsys, flag, value, message):
     work, out = tmp_path / "work", tmp_path / "out"
     with pytest.raises(SystemExit) as e:
-        ph.main(["--budget", "tiny", "--work", str(work), "--out", str(out), flag, value])
+        ph.main(["--budget", "tiny", "--work", str(work), "--out", str(out), flag, *value.split()])
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not work.exists() and not out.exists()
 
