@@ -61,6 +61,7 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
         background_crops=0.5,
         intensity_augment=0.5,
         organ_augment=0.5,
+        head_only_steps=2,  # the decoder alone first, then the whole model
         cache_dir=str(preprocess_cache),
         tensorboard=False,
         val_fraction=0.2,
@@ -76,7 +77,7 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
     assert cfg_json["head"]["skip_source"] == "image" and cfg_json["head"]["skip_layers"] == []
     saved_cfg = json.loads((out / "config.json").read_text())
     assert saved_cfg["background_crops"] == 0.5 and saved_cfg["intensity_augment"] == 0.5
-    assert saved_cfg["organ_augment"] == 0.5
+    assert saved_cfg["organ_augment"] == 0.5 and saved_cfg["head_only_steps"] == 2
     # reloaded weights give the same metrics
     from mrfound.data.manifest import Manifest, read_manifest
     from mrfound.finetune.common import load_encoder
