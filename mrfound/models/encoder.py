@@ -29,7 +29,13 @@ from torch import nn
 
 from mrfound.errors import ConfigError, MrfoundError
 from mrfound.models.config import EMBED_POOLING, EncoderConfig
-from mrfound.models.layers import attention_mask, gather_patches, pack_tokens, sincos_pos_embed_3d
+from mrfound.models.layers import (
+    attention_mask,
+    gather_patches,
+    pack_tokens,
+    per_sequence_mean,
+    sincos_pos_embed_3d,
+)
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -370,13 +376,8 @@ class MultiSequenceViT(nn.Module):
         Returns:
             (B, S * C); the block of a sequence without kept tokens is NaN (absent, not zero).
         """
-        s = self.config.num_sequences
-        w = F.one_hot(seq_idx, s).to(tokens.dtype) * keep.unsqueeze(-1).to(tokens.dtype)  # (B, N, S)
-        sums = torch.einsum("bns,bnc->bsc", w, tokens)
-        counts = w.sum(dim=1).unsqueeze(-1)  # (B, S, 1)
-        means = sums / counts.clamp_min(1.0)
-        means = means.masked_fill(counts == 0, float("nan"))
-        return means.reshape(tokens.shape[0], -1)
+        means, counts = per_sequence_mean(tokens, keep, seq_idx, self.config.num_sequences)
+        return means.masked_fill(counts == 0, float("nan")).reshape(tokens.shape[0], -1)
 
     def embed_dim_of(self, pooling: str) -> int:
         """Width of the vector :meth:`embed` returns with ``pooling``."""

@@ -34,6 +34,7 @@ from torch import nn
 
 from mrfound.errors import ConfigError
 from mrfound.models.config import HEAD_POOLING, SKIP_SOURCES
+from mrfound.models.layers import per_sequence_mean
 
 SEGMENTATION_LABELS: tuple[str, ...] = ("background", "liver", "lesion")
 """Output classes of :class:`SegmentationHead` (label index = position)."""
@@ -149,9 +150,7 @@ class ClassificationHead(nn.Module):
         if self.pooling == "centre_per_sequence":
             if seq_idx is None:
                 raise ValueError("pooling 'centre_per_sequence' needs the tokens' sequence indices")
-            w = F.one_hot(seq_idx, self.num_sequences).to(tokens.dtype) * valid.unsqueeze(-1).to(tokens.dtype)
-            counts = w.sum(dim=1).unsqueeze(-1)  # (B, S, 1)
-            means = torch.einsum("bns,bnc->bsc", w, tokens) / counts.clamp_min(1.0)
+            means, counts = per_sequence_mean(tokens, valid, seq_idx, self.num_sequences)
             return torch.where(counts > 0, means, self.missing.to(tokens.dtype).unsqueeze(0))
         q = self.query.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
         out, _ = self.attn(q, tokens, tokens, key_padding_mask=~valid, need_weights=False)

@@ -145,3 +145,23 @@ def scatter_tokens(
     idx = torch.where(valid, index, torch.full_like(index, total))
     full = values.new_zeros(b, total + 1, k)
     return set_at_index(full, idx, values)[:, :total]
+
+
+def per_sequence_mean(
+    tokens: torch.Tensor, keep: torch.Tensor, seq_idx: torch.Tensor, num_sequences: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of the kept tokens of each sequence.
+
+    Args:
+        tokens: (B, N, C).
+        keep: (B, N) bool, the tokens to pool.
+        seq_idx: (B, N) vocabulary index of each token's sequence.
+        num_sequences: Vocabulary size S.
+
+    Returns:
+        (B, S, C) means (zero where a sequence has no kept token) and (B, S, 1) kept-token counts.
+    """
+    w = torch.nn.functional.one_hot(seq_idx, num_sequences).to(tokens.dtype)
+    w = w * keep.unsqueeze(-1).to(tokens.dtype)  # (B, N, S)
+    counts = w.sum(dim=1).unsqueeze(-1)
+    return torch.einsum("bns,bnc->bsc", w, tokens) / counts.clamp_min(1.0), counts
