@@ -289,8 +289,7 @@ def pretrain_mrfound(
     ``extra_csv``: a manifest of unlabeled cases pooled with the training cases."""
     from mrfound.pretrain.run import pretrain
 
-    mae = {**b.mae_overrides, "sequence_drop": sequence_drop}
-    enc = {"patch_size": b.patch_size, **b.model_overrides}
+    cfg = _pretrain_config(train_csv, extra_csv, cache, b, seed, sequence_drop)
     settings = [
         str(train_csv),
         b.pretrain_steps,
@@ -298,8 +297,8 @@ def pretrain_mrfound(
         b.pretrain_lr,
         b.roi_size,
         b.spacing,
-        enc,
-        mae,
+        cfg.model_overrides,
+        cfg.mae,
         seed,
     ]
     if b.pretrain_mixed_precision != "no":
@@ -316,14 +315,13 @@ def pretrain_mrfound(
         import shutil
 
         shutil.rmtree(run)  # an interrupted run: start over
-    cfg = _pretrain_config(run, train_csv, extra_csv, cache, b, seed, sequence_drop)
+    cfg.out = str(run)
     t0 = time.time()
     res = pretrain(cfg, command=f"benchmarks/phenotype.py ({name})")
     return res.final_dir, record_seconds(run, time.time() - t0)
 
 
 def _pretrain_config(
-    run: Path,
     train_csv: Path,
     extra_csv: Path | None,
     cache: Path,
@@ -331,11 +329,10 @@ def _pretrain_config(
     seed: int,
     sequence_drop: float,
 ) -> Any:
-    """The ``PretrainConfig`` of a mrfound pretraining variant of budget ``b``."""
+    """The ``PretrainConfig`` of a mrfound pretraining variant of budget ``b`` (its ``out`` left unset)."""
     from mrfound.pretrain.config import PretrainConfig
 
     return PretrainConfig(
-        out=str(run),
         manifest=[str(train_csv), *([str(extra_csv)] if extra_csv is not None else [])],
         model="tiny",
         model_overrides={"patch_size": b.patch_size, **b.model_overrides},
@@ -1155,7 +1152,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
         doc["pretrained_checkpoints"] = {}
     for name, sd in PRETRAINED_VARIANTS.items():
         if name in args.pretrained:
-            expected = _pretrain_config(work / "unused", train_csv, extra_csv, cache, b, args.seed, sd)
+            expected = _pretrain_config(train_csv, extra_csv, cache, b, args.seed, sd)
             ckpt[name], info = reuse_pretrained(
                 name,
                 args.pretrained[name],

@@ -111,7 +111,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
 
     def recipe_of(budget, sequence_drop=0.5):
         train = work / "train.csv"
-        return ph._pretrain_config(work / "x", train, extra_csv, work / "cache", budget, 0, sequence_drop)
+        return ph._pretrain_config(train, extra_csv, work / "cache", budget, 0, sequence_drop)
 
     cases = set(saved["split"]["train"]) | {r.split(",")[0] for r in rows[1:]}
     nobody = {"no-such-subject"}
