@@ -20,7 +20,9 @@ EXAMPLES = """examples:
 
 Classification trains on lesion-centred ROIs with class-balanced cross-entropy (--balance sampler for
 class-balanced resampling) and layer-wise LR decay; --sequence-dropout p removes each available sequence
-with probability p during training (at least one kept). Segmentation trains on random body crops plus a
+with probability p during training (at least one kept; 0.25 for classification by default, which also
+trains the per-sequence head's stand-ins for absent sequences). The classification head pools the central
+tokens of the lesion ROI per sequence (--pooling). Segmentation trains on random body crops plus a
 lesion-centred crop per case with MONAI DiceCE on {background, liver, lesion} (mask label 3 "other
 lesions" counts as lesion) and validates by sliding-window inference (Dice, HD95 in mm).
 Validation: --val-manifest, or --val-fraction of the subjects held out (stratified; default 0.2; 0 = none).
@@ -122,13 +124,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="train only the head for the first N steps, then the whole model "
         "(linear-probe-then-fine-tune; 0)",
     )
-    t.add_argument("--sequence-dropout", type=float, help="training-time sequence removal probability (0)")
+    t.add_argument(
+        "--sequence-dropout",
+        type=float,
+        help="training-time sequence removal probability (classify 0.25, segment 0)",
+    )
     t.add_argument("--balance", choices=("loss", "sampler", "none"), help="class balancing (loss)")
     t.add_argument(
         "--pooling",
         choices=HEAD_POOLING,
-        help="classification pooling: mean of all tokens (default), of the central half of the lesion ROI "
-        "(centre), that central mean per sequence, concatenated (centre_per_sequence), or attention",
+        help="classification pooling: the central half of the lesion ROI averaged per sequence, concatenated "
+        "(centre_per_sequence, default), mean of all tokens (mean), that central mean over all sequences "
+        "(centre), or attention",
     )
     t.add_argument("--head-dropout", type=float, help="dropout before the classification layer (0)")
     t.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (0)")

@@ -644,9 +644,13 @@ def make_segmentation_head(
     )
 
 
-def make_classification_head(encoder: nn.Module, num_classes: int, **kwargs: Any) -> ClassificationHead:
-    """A :class:`ClassificationHead` matching an encoder's width (and sequence vocabulary)."""
-    if kwargs.get("pooling") == "centre_per_sequence":
+def make_classification_head(
+    encoder: nn.Module, num_classes: int, pooling: str = "centre_per_sequence", **kwargs: Any
+) -> ClassificationHead:
+    """A :class:`ClassificationHead` matching an encoder's width (and sequence vocabulary); per-sequence
+    central pooling unless ``pooling`` says otherwise (the default of ``mrfound finetune``)."""
+    kwargs["pooling"] = pooling
+    if pooling == "centre_per_sequence":
         kwargs.setdefault("num_sequences", encoder.config.num_sequences)
     return ClassificationHead(encoder.config.embed_dim, num_classes, **kwargs)
 

@@ -61,6 +61,8 @@ def test_finetune_loss_decreases_and_writes_outputs(cls_run) -> None:
     cfg = json.loads((out / "final/config.json").read_text())
     assert cfg["architecture"] == "classifier" and cfg["classes"][0] == "hcc"
     assert cfg["provenance"]["task"] == "classify" and cfg["preprocessing"]["spacing"] == 2.0
+    # no pooling given: the per-sequence head, one block per vocabulary sequence
+    assert cfg["head"]["pooling"] == "centre_per_sequence" and cfg["head"]["num_sequences"] == 8
 
 
 def test_finetuned_checkpoint_reloads_with_identical_outputs(cls_run, tiny_cohort, preprocess_cache) -> None:
@@ -138,3 +140,13 @@ def test_preprocess_overrides_change_the_checkpoints_settings(tiny_checkpoint, t
     cfg = FinetuneConfig(checkpoint=str(tiny_checkpoint), preprocess={"roi_size": 32}, **base)
     with pytest.raises(ConfigError, match="preprocess.roi_size"):
         cfg.validate()
+
+
+@pytest.mark.parametrize(
+    ("task", "given", "expected"),
+    [("classify", None, 0.25), ("segment", None, 0.0), ("classify", 0.0, 0.0), ("segment", 0.3, 0.3)],
+)
+def test_sequence_dropout_default_depends_on_task(task, given, expected) -> None:
+    cfg = FinetuneConfig(task=task, manifest="m.csv", out="run", from_scratch=True, sequence_dropout=given)
+    cfg.validate()  # resolves the default into the recorded number
+    assert cfg.sequence_dropout == expected and FinetuneConfig().pooling == "centre_per_sequence"
