@@ -87,6 +87,8 @@ FOUR_CENTRES = ("uni_3t", "community_15t", "oncology", "surveillance")
 """Default centres: complete 3 T, no DWI, no in/opposed phase, abbreviated t2 + dwi + t1_pv."""
 EXTRA_SEED_OFFSET = 101
 """``--extra-unlabeled`` cases are simulated with seed ``--seed`` + this (101: README's 853-case run)."""
+PRETRAINED_VARIANTS = {"ours": 0.5, "plain_mae": 0.0}
+"""The mrfound pretraining variants and their whole-sequence dropout (ours': ``--ours-sequence-drop``)."""
 
 
 @dataclasses.dataclass
@@ -118,6 +120,8 @@ class Budget:
     sequence_dropout: float = 0.25
     # token pooling of the fine-tuned classification head (ours and from scratch alike)
     ft_pooling: str = "mean"
+    # ours' whole-sequence dropout (``mae.sequence_drop``; plain MAE is the same recipe with 0)
+    ours_sequence_drop: float = PRETRAINED_VARIANTS["ours"]
     test_fraction: float = 0.3
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     mae_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -975,6 +979,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="token pooling of the fine-tuned classification head, ours and from scratch (default mean)",
     )
     p.add_argument(
+        "--ours-sequence-drop",
+        type=float,
+        default=None,
+        help=f"ours' whole-sequence dropout, mae.sequence_drop (default {PRETRAINED_VARIANTS['ours']})",
+    )
+    p.add_argument(
         "--extra-manifest",
         default=None,
         help="a manifest of unlabeled cases to add to all three pretrainings (instead of --extra-unlabeled)",
@@ -995,6 +1005,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         p.error(f"--pretrain-steps must be >= 1, got {args.pretrain_steps}")
     if args.pretrain_warmup is not None and args.pretrain_warmup < 0:
         p.error(f"--pretrain-warmup must be >= 0, got {args.pretrain_warmup}")
+    if args.ours_sequence_drop is not None and not 0.0 < args.ours_sequence_drop <= 1.0:
+        p.error(f"--ours-sequence-drop must be in (0, 1], got {args.ours_sequence_drop}")
     if args.lesion_crops is not None and not 0.0 <= args.lesion_crops <= 1.0:
         p.error(f"--lesion-crops must be in [0, 1], got {args.lesion_crops}")
     if args.extra_unlabeled < 0:
@@ -1018,10 +1030,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             os.environ.pop(MEMORY_ENV, None)
 
 
-PRETRAINED_VARIANTS = {"ours": 0.5, "plain_mae": 0.0}
-"""The mrfound pretraining variants and their whole-sequence dropout."""
-
-
 def _pretrained_specs(p: argparse.ArgumentParser, specs: Sequence[str]) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for spec in specs:
@@ -1043,6 +1051,7 @@ BUDGET_OVERRIDES: dict[str, str] = {
     "probe_absent": "probe_absent",
     "probe_train_protocols": "probe_train_protocols",
     "ft_pooling": "ft_pooling",
+    "ours_sequence_drop": "ours_sequence_drop",
 }
 """Command-line option (argparse dest) -> the :class:`Budget` field it overrides when given."""
 
@@ -1151,6 +1160,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
     if args.pretrained:
         doc["pretrained_checkpoints"] = {}
     for name, sd in PRETRAINED_VARIANTS.items():
+        sd = b.ours_sequence_drop if name == "ours" else sd
         if name in args.pretrained:
             expected = _pretrain_config(train_csv, extra_csv, cache, b, args.seed, sd)
             ckpt[name], info = reuse_pretrained(
@@ -1632,7 +1642,8 @@ def markdown(doc: Mapping[str, Any], stem: str, protocols: Sequence[str], seqs: 
         f"{st['spacing']} mm, patch {st['patch_size']}; pretraining {st['pretrain_steps']} steps of batch "
         f"{st['batch_size']} (lr {st['pretrain_lr']}"
         f"{_autocast_note(st)}"
-        ") for every pretrained variant. Fine-tuning (ours and "
+        f") for every pretrained variant; ours drops up to {st.get('ours_sequence_drop', 0.5):g} of a case's "
+        "sequences whole, plain MAE none. Fine-tuning (ours and "
         f"from scratch alike): {st['ft_epochs']:g} epochs over the labels used, {st['ft_min_steps']}-"
         f"{st['ft_max_steps']} steps, lr {st['ft_lr']}, sequence dropout {st['sequence_dropout']}, "
         f"head pooling {st.get('ft_pooling', 'mean')}, "

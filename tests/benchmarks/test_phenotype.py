@@ -26,7 +26,8 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
 
     recipe = ["--pretrain-steps", "4", "--pretrain-warmup", "1", "--lesion-crops", "0.5"]
     recipe += ["--extra-unlabeled", "6", "--probe-pooling", "centre_per_sequence", "--probe-absent", "impute"]
-    recipe += ["--probe-train-protocols", "each", "--ft-pooling", "centre_per_sequence"]
+    recipe += ["--probe-train-protocols", "each", "--ours-sequence-drop", "0.75"]
+    recipe += ["--ft-pooling", "centre_per_sequence"]
     ph.main(
         [
             "--budget",
@@ -65,6 +66,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         cfg = json.loads(next(work.glob(f"pretrain_{name}_*/config.json")).read_text())
         assert (cfg["steps"], cfg["warmup_steps"], cfg["lesion_crops"]) == (4, 1, 0.5)
         assert cfg["manifest"] == [str(work / "train.csv"), str(extra_csv)]
+        assert cfg["mae"]["sequence_drop"] == {"ours": 0.75, "plain_mae": 0.0}[name]
     assert len(list(work.glob("pretrain_monai_*/final.safetensors"))) == 1
     m = saved["machine_start"]
     assert m["cpu_count"] >= 1 and m["torch_threads"] >= 1 and len(m["load_average_1_5_15min"]) == 3
@@ -98,7 +100,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         assert (out / fig).read_bytes()[:4] == b"\x89PNG" and fig in md
     assert "## Missing-sequence protocols" in md and "## Sequence importance" in md
     assert "synthesised from the kept ones by each model's own decoder" in md
-    assert "head pooling centre_per_sequence" in md
+    assert "head pooling centre_per_sequence" in md and "ours drops up to 0.75 of a case" in md
     assert "trained on the training cases under every protocol (protocol augmentation)" in md
 
     # a checkpoint pretrained beforehand is accepted only with this run's recipe, data and no test subject
@@ -109,7 +111,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         ph.BUDGETS["tiny"], pretrain_steps=4, pretrain_warmup_steps=1, pretrain_lesion_crops=0.5
     )
 
-    def recipe_of(budget, sequence_drop=0.5):
+    def recipe_of(budget, sequence_drop=0.75):
         train = work / "train.csv"
         return ph._pretrain_config(train, extra_csv, work / "cache", budget, 0, sequence_drop)
 
@@ -156,6 +158,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         ("--pretrain-steps", "0", "--pretrain-steps must be >= 1, got 0"),
         ("--pretrain-warmup", "-1", "--pretrain-warmup must be >= 0, got -1"),
         ("--lesion-crops", "1.5", "--lesion-crops must be in [0, 1], got 1.5"),
+        ("--ours-sequence-drop", "0", "--ours-sequence-drop must be in (0, 1], got 0.0"),
         ("--extra-unlabeled", "-1", "--extra-unlabeled must be >= 0, got -1"),
         ("--extra-seed", "0", "--extra-seed must differ from --seed"),
         ("--pretrained", "mine=/x", "--pretrained must be NAME=CHECKPOINT with NAME in ours, plain_mae"),
