@@ -100,7 +100,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         assert (out / fig).read_bytes()[:4] == b"\x89PNG" and fig in md
     assert "## Missing-sequence protocols" in md and "## Sequence importance" in md
     assert "synthesised from the kept ones by each model's own decoder" in md
-    assert "head pooling centre_per_sequence" in md and "ours drops up to 0.75 of a case" in md
+    assert "head pooling centre_per_sequence" in md and "(`mae.sequence_drop`) 0.75 for ours" in md
     assert "trained on the training cases under every protocol (protocol augmentation)" in md
 
     # a checkpoint pretrained beforehand is accepted only with this run's recipe, data and no test subject
