@@ -223,6 +223,12 @@ class MAEConfig(_ConfigBase):
             token bottleneck then carries the contrast mapping, not every voxel, so syntheses keep the
             sources' anatomy (see ``mrfound.models.mae``). Costs one (targets x S x p^3) gather per
             step. Needs ``norm_pix_loss=False``.
+        consistency_weight: Weight of the cross-view consistency term (0 = off, the design's objective):
+            the mean-pooled encoder features of the training view (sequences dropped, patches masked)
+            regress on a stop-gradient *full view* of the same case (every available sequence, patches
+            masked at the same ratio), both standardised by the full view's batch statistics, so that
+            a case's features move less when sequences are missing. Costs one extra gradient-free
+            encoder pass per step. See ``mrfound.models.mae``.
     """
 
     decoder_dim: int = 128
@@ -237,6 +243,7 @@ class MAEConfig(_ConfigBase):
     max_decoded: int | None = None
     decoder_seq_embed_std: float = 0.02
     source_mixing: bool = False
+    consistency_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("decoder_dim", "decoder_depth", "decoder_heads"):
@@ -254,6 +261,7 @@ class MAEConfig(_ConfigBase):
         _check_float(self, "stats_loss_weight", 0.0, 1e6)
         _check_float(self, "decoder_seq_embed_std", 0.0, 10.0, low_open=True)
         _check_bool(self, "source_mixing")
+        _check_float(self, "consistency_weight", 0.0, 1e6)
         if self.source_mixing and self.norm_pix_loss:
             raise ConfigError(
                 "MAEConfig.source_mixing needs norm_pix_loss=false (it mixes raw source voxels)"

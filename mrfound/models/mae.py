@@ -38,6 +38,16 @@ token that adapts it to the context (both zero-initialised, so training starts f
 The sources' hidden patches are readable by this head, as they are at imputation time when every source
 voxel is known; the encoder still sees only the visible tokens.
 
+**Cross-view consistency (option, ``consistency_weight > 0``).** The reconstruction loss asks the encoder
+to carry what a *decoder* needs to fill in dropped sequences, not that a case's *features* stay put when
+sequences go missing, which is what a probe fitted on complete exams needs at test time. So the mean of the
+encoded training-view tokens (sequences dropped, patches masked) regresses on the mean of a second,
+gradient-free *full view* of the same case: every available sequence, a fresh patch mask at the same ratio
+(so it costs one extra forward pass of about as many tokens, no backward). Both are standardised per feature
+by the full view's batch mean and std (a single std over features for a batch of one), so the term is
+scale-free and a shift or a constant feature cannot satisfy it; the reconstruction loss keeps the tokens
+informative (data2vec / BYOL use the same stop-gradient target, here from the current weights).
+
 Lightly's masking helpers were read and judged: ``random_token_mask`` draws one fixed ``num_keep`` for
 the whole batch from the global RNG, over a fixed-length token axis, so it cannot express per-sample
 sequence availability, whole-sequence dropout or an explicit generator; the masks here are therefore
@@ -170,7 +180,8 @@ class MaskedModalityAutoencoder(nn.Module):
     ``available`` (B, S) bool) returns a dict of scalar tensors: ``loss`` (to backpropagate),
     ``loss_recon`` (pixel MSE over all hidden patches), ``loss_inpaint`` (masked patches of kept
     sequences), ``loss_synth`` (patches of dropped sequences), ``loss_stats`` (patch mean/std
-    regression, norm-pix only), ``n_inpaint`` and ``n_synth`` (how many patches each partial loss
+    regression, norm-pix only), ``loss_consistency`` (cross-view consistency, only with
+    ``consistency_weight > 0``), ``n_inpaint`` and ``n_synth`` (how many patches each partial loss
     averages; a partial loss is 0 when its count is 0).
     """
 
@@ -294,6 +305,24 @@ class MaskedModalityAutoencoder(nn.Module):
             rank = _ranks(t_noise.reshape(b, s * n)).reshape(b, s, n)
             target = target & (rank < cfg.max_decoded)
         return {"dropped": dropped, "visible": visible, "target": target}
+
+    def full_view_mask(
+        self, available: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Visible tokens of the consistency term's full view: a random ``1 - mask_ratio`` of the tokens of
+        every available sequence (no sequence dropped), at least one per sample. Returns (B, S, L) bool."""
+        b, s = available.shape
+        n = self.num_patches
+        dev = available.device
+        tok = available.bool().unsqueeze(-1).expand(b, s, n)
+        total = tok.sum(dim=(1, 2))
+        n_visible = torch.floor((1.0 - self.config.mask_ratio) * total.double() + 0.5).long()
+        n_visible = torch.minimum(n_visible.clamp_min(1), total)
+        noise = torch.where(
+            tok, torch.rand(b, s, n, generator=generator, device=dev), torch.full((b, s, n), 2.0, device=dev)
+        )
+        rank = _ranks(noise.reshape(b, s * n)).reshape(b, s, n)
+        return (rank < n_visible.view(b, 1, 1)) & tok
 
     # ------------------------------------------------------------------ model
     def forward_encoder(
@@ -441,6 +470,36 @@ class MaskedModalityAutoencoder(nn.Module):
         out["loss"] = loss
         return out
 
+    def forward_consistency(
+        self,
+        image: torch.Tensor,
+        available: torch.Tensor,
+        encoded: Mapping[str, torch.Tensor],
+        full_visible: torch.Tensor,
+    ) -> torch.Tensor:
+        """Cross-view consistency loss (see the module docstring).
+
+        Args:
+            image: (B, S, D, H, W).
+            available: (B, S) bool.
+            encoded: :meth:`forward_encoder` output of the training view (carries the gradient).
+            full_visible: (B, S, L) visible tokens of the full view (:meth:`full_view_mask`).
+
+        Returns:
+            Scalar: mean squared difference of the standardised pooled features.
+        """
+        with torch.no_grad():
+            full = self.encoder(image, available, token_mask=full_visible)
+            target = MultiSequenceViT.pool(full["tokens"], full["valid"]).float()
+            centre = target.mean(dim=0, keepdim=True)
+            if target.shape[0] > 1:
+                scale = target.var(dim=0, unbiased=False, keepdim=True)
+            else:  # no batch statistics: one scale over the features
+                scale = target.var(unbiased=False).reshape(1, 1)
+            scale = torch.sqrt(scale + NORM_EPS)
+        pooled = MultiSequenceViT.pool(encoded["tokens"], encoded["valid"]).float()
+        return F.mse_loss((pooled - centre) / scale, (target - centre) / scale)
+
     def forward(
         self,
         batch_or_image: Mapping[str, Any] | torch.Tensor,
@@ -468,6 +527,12 @@ class MaskedModalityAutoencoder(nn.Module):
         kept = available & ~masks["dropped"]
         decoded = self.forward_decoder(encoded, masks["target"], (image, kept))
         out = self.forward_loss(image, decoded, masks["dropped"])
+        if self.config.consistency_weight > 0:
+            # drawn after the training view's masks, so those stay the same draws as without the term
+            full_visible = self.full_view_mask(available, generator)
+            consistency = self.forward_consistency(image, available, encoded, full_visible)
+            out["loss_consistency"] = consistency.detach()
+            out["loss"] = out["loss"] + self.config.consistency_weight * consistency
         out = {"loss": out.pop("loss"), **out}
         if return_details:
             out.update(

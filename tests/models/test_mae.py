@@ -279,3 +279,51 @@ def test_source_mixing_learns_a_voxelwise_copy_the_plain_decoder_cannot(enc_cfg,
     # noise variance of t1_del is 4/12 = 0.33: the plain decoder stays near it, the mixing head copies
     assert losses[False] > 0.2
     assert losses[True] < 0.2 * losses[False]
+
+
+def test_consistency_off_by_default_and_on_adds_a_finite_term(enc_cfg, mae_cfg, batch) -> None:
+    torch.manual_seed(0)
+    plain = MaskedModalityAutoencoder(enc_cfg, mae_cfg)
+    assert mae_cfg.consistency_weight == 0 and "loss_consistency" not in plain(batch)
+    torch.manual_seed(0)
+    model = MaskedModalityAutoencoder(enc_cfg, mae_cfg.replace(consistency_weight=0.5))
+    out = model(batch, generator=torch.Generator().manual_seed(0))
+    base = plain(batch, generator=torch.Generator().manual_seed(0))
+    # same weights, same training-view masks (the full view is drawn after them): only the term is added
+    torch.testing.assert_close(out["loss_recon"], base["loss_recon"])
+    assert out["loss_consistency"] > 0
+    torch.testing.assert_close(out["loss"], base["loss"] + 0.5 * out["loss_consistency"])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
+
+
+def test_full_view_keeps_every_available_sequence_at_the_mask_ratio(model) -> None:
+    avail = _random_available(16, 8, 3)
+    vis = model.full_view_mask(avail, torch.Generator().manual_seed(0))
+    assert not (vis & ~avail.unsqueeze(-1)).any()
+    want = torch.floor(0.25 * avail.sum(1).double() * L + 0.5).long()
+    assert torch.equal(vis.sum((1, 2)), want)
+    # every available sequence shows up (~16 of 64 tokens each, none dropped whole)
+    assert torch.equal(vis.any(-1), avail)
+
+
+def test_consistency_is_zero_for_identical_views_and_scale_free(enc_cfg, mae_cfg, batch) -> None:
+    model = MaskedModalityAutoencoder(enc_cfg, mae_cfg.replace(consistency_weight=1.0))
+    avail = batch["available"]
+    full = avail.unsqueeze(-1).expand(-1, -1, L)
+    enc = model.forward_encoder(batch["image"], avail, full)
+    # the training view equal to the full view: nothing to regress
+    assert model.forward_consistency(batch["image"], avail, enc, full).item() == pytest.approx(0, abs=1e-8)
+    # a view that lost sequences is penalised
+    one = torch.zeros_like(avail)
+    one[:, 0] = True
+    part = model.forward_encoder(batch["image"], one, one.unsqueeze(-1).expand(-1, -1, L))
+    loss = model.forward_consistency(batch["image"], avail, part, full)
+    assert loss > 0.01
+    single = {k: v[:1] for k, v in part.items()}  # a batch of one: one scale over the features
+    assert torch.isfinite(model.forward_consistency(batch["image"][:1], avail[:1], single, full[:1]))
+
+
+def test_consistency_weight_is_validated(mae_cfg) -> None:
+    with pytest.raises(ConfigError, match="consistency_weight"):
+        mae_cfg.replace(consistency_weight=-1.0)
