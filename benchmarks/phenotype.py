@@ -122,6 +122,8 @@ class Budget:
     ft_pooling: str = "mean"
     # ours' whole-sequence dropout (``mae.sequence_drop``; plain MAE is the same recipe with 0)
     ours_sequence_drop: float = PRETRAINED_VARIANTS["ours"]
+    # ours' cross-view consistency term (``mae.consistency_weight``; 0 = off, the design's objective)
+    ours_consistency_weight: float = 0.0
     test_fraction: float = 0.3
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     mae_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -264,6 +266,12 @@ def _autocast_note(settings: dict[str, Any]) -> str:
     return "" if mp == "no" else f", {mp} autocast for ours and plain MAE, fp32 for MONAI"
 
 
+def _consistency_note(settings: dict[str, Any]) -> str:
+    """The markdown's note on ours' cross-view consistency term (``""`` when off)."""
+    w = settings.get("ours_consistency_weight", 0.0)
+    return "" if not w else f"; ours adds the cross-view consistency term (`mae.consistency_weight` {w:g})"
+
+
 def _warmup(b: Budget) -> int:
     """Pretraining warm-up steps of a budget (5 % of the steps unless set)."""
     return b.pretrain_warmup_steps if b.pretrain_warmup_steps is not None else max(1, b.pretrain_steps // 20)
@@ -288,12 +296,13 @@ def pretrain_mrfound(
     seed: int,
     sequence_drop: float,
     extra_csv: Path | None = None,
+    consistency_weight: float = 0.0,
 ) -> tuple[Path, float]:
     """Pretrain with ``mrfound pretrain``'s program (reused if a finished run with these settings exists);
     ``extra_csv``: a manifest of unlabeled cases pooled with the training cases."""
     from mrfound.pretrain.run import pretrain
 
-    cfg = _pretrain_config(train_csv, extra_csv, cache, b, seed, sequence_drop)
+    cfg = _pretrain_config(train_csv, extra_csv, cache, b, seed, sequence_drop, consistency_weight)
     settings = [
         str(train_csv),
         b.pretrain_steps,
@@ -332,15 +341,22 @@ def _pretrain_config(
     b: Budget,
     seed: int,
     sequence_drop: float,
+    consistency_weight: float = 0.0,
 ) -> Any:
-    """The ``PretrainConfig`` of a mrfound pretraining variant of budget ``b`` (its ``out`` left unset)."""
+    """The ``PretrainConfig`` of a mrfound pretraining variant of budget ``b`` (its ``out`` left unset).
+
+    ``consistency_weight`` enters the recipe only when positive, so runs made before it existed still match.
+    """
+    mae = {**b.mae_overrides, "sequence_drop": sequence_drop}
+    if consistency_weight > 0:
+        mae["consistency_weight"] = consistency_weight
     from mrfound.pretrain.config import PretrainConfig
 
     return PretrainConfig(
         manifest=[str(train_csv), *([str(extra_csv)] if extra_csv is not None else [])],
         model="tiny",
         model_overrides={"patch_size": b.patch_size, **b.model_overrides},
-        mae={**b.mae_overrides, "sequence_drop": sequence_drop},
+        mae=mae,
         roi_size=b.roi_size,
         spacing=b.spacing,
         cache_dir=str(cache),
@@ -985,6 +1001,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help=f"ours' whole-sequence dropout, mae.sequence_drop (default {PRETRAINED_VARIANTS['ours']})",
     )
     p.add_argument(
+        "--ours-consistency-weight",
+        type=float,
+        default=None,
+        help="ours' cross-view consistency term, mae.consistency_weight (default 0: off)",
+    )
+    p.add_argument(
+        "--ft-min-steps",
+        type=int,
+        default=None,
+        help="fewest fine-tuning steps of any run, every method alike (full budget 60; small label "
+        "fractions get this many instead of ft_epochs passes)",
+    )
+    p.add_argument(
         "--extra-manifest",
         default=None,
         help="a manifest of unlabeled cases to add to all three pretrainings (instead of --extra-unlabeled)",
@@ -1007,6 +1036,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         p.error(f"--pretrain-warmup must be >= 0, got {args.pretrain_warmup}")
     if args.ours_sequence_drop is not None and not 0.0 < args.ours_sequence_drop <= 1.0:
         p.error(f"--ours-sequence-drop must be in (0, 1], got {args.ours_sequence_drop}")
+    if args.ours_consistency_weight is not None and not (
+        math.isfinite(args.ours_consistency_weight) and args.ours_consistency_weight >= 0
+    ):
+        p.error(f"--ours-consistency-weight must be >= 0, got {args.ours_consistency_weight}")
+    if args.ft_min_steps is not None and args.ft_min_steps < 1:
+        p.error(f"--ft-min-steps must be >= 1, got {args.ft_min_steps}")
     if args.lesion_crops is not None and not 0.0 <= args.lesion_crops <= 1.0:
         p.error(f"--lesion-crops must be in [0, 1], got {args.lesion_crops}")
     if args.extra_unlabeled < 0:
@@ -1052,6 +1087,8 @@ BUDGET_OVERRIDES: dict[str, str] = {
     "probe_train_protocols": "probe_train_protocols",
     "ft_pooling": "ft_pooling",
     "ours_sequence_drop": "ours_sequence_drop",
+    "ours_consistency_weight": "ours_consistency_weight",
+    "ft_min_steps": "ft_min_steps",
 }
 """Command-line option (argparse dest) -> the :class:`Budget` field it overrides when given."""
 
@@ -1161,8 +1198,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
         doc["pretrained_checkpoints"] = {}
     for name, sd in PRETRAINED_VARIANTS.items():
         sd = b.ours_sequence_drop if name == "ours" else sd
+        cw = b.ours_consistency_weight if name == "ours" else 0.0
         if name in args.pretrained:
-            expected = _pretrain_config(train_csv, extra_csv, cache, b, args.seed, sd)
+            expected = _pretrain_config(train_csv, extra_csv, cache, b, args.seed, sd, cw)
             ckpt[name], info = reuse_pretrained(
                 name,
                 args.pretrained[name],
@@ -1176,7 +1214,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
             T.add(f"pretrain_{name}", recorded_seconds(run_dir))
             continue
         T.say(f"pretraining {name} ({b.pretrain_steps} steps, sequence_drop {sd})")
-        ckpt[name], sec = pretrain_mrfound(name, train_csv, work, cache, b, args.seed, sd, extra_csv)
+        ckpt[name], sec = pretrain_mrfound(name, train_csv, work, cache, b, args.seed, sd, extra_csv, cw)
         T.add(f"pretrain_{name}", sec)
     T.say(f"pretraining MONAI channel-stacked MAE ({b.pretrain_steps} steps)")
     monai_model, sec = pretrain_monai(pretrain_m, work, cache, pp, b, args.seed)
@@ -1643,7 +1681,8 @@ def markdown(doc: Mapping[str, Any], stem: str, protocols: Sequence[str], seqs: 
         f"{st['batch_size']} (lr {st['pretrain_lr']}"
         f"{_autocast_note(st)}"
         f") for every pretrained variant; whole-sequence dropout (`mae.sequence_drop`) "
-        f"{st.get('ours_sequence_drop', PRETRAINED_VARIANTS['ours']):g} for ours, 0 for plain MAE. "
+        f"{st.get('ours_sequence_drop', PRETRAINED_VARIANTS['ours']):g} for ours, 0 for plain MAE"
+        f"{_consistency_note(st)}. "
         "Fine-tuning (ours and "
         f"from scratch alike): {st['ft_epochs']:g} epochs over the labels used, {st['ft_min_steps']}-"
         f"{st['ft_max_steps']} steps, lr {st['ft_lr']}, sequence dropout {st['sequence_dropout']}, "

@@ -28,6 +28,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
     recipe += ["--extra-unlabeled", "6", "--probe-pooling", "centre_per_sequence", "--probe-absent", "impute"]
     recipe += ["--probe-train-protocols", "each", "--ours-sequence-drop", "0.75"]
     recipe += ["--ft-pooling", "centre_per_sequence"]
+    recipe += ["--ours-consistency-weight", "0.1", "--ft-min-steps", "3"]
     ph.main(
         [
             "--budget",
@@ -46,12 +47,13 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
 
     saved = json.loads((out / "phenotype_tiny.json").read_text())
     # provenance of the run
-    assert saved["command"].endswith("--ft-pooling centre_per_sequence")
+    assert saved["command"].endswith("centre_per_sequence --ours-consistency-weight 0.1 --ft-min-steps 3")
     assert saved["date"] and "git_commit" in saved
     st = saved["settings"]
     assert (st["pretrain_steps"], st["pretrain_warmup_steps"], st["pretrain_lesion_crops"]) == (4, 1, 0.5)
     assert (st["probe_pooling"], st["probe_absent"]) == ("centre_per_sequence", "impute")
     assert st["probe_train_protocols"] == "each"
+    assert (st["ours_consistency_weight"], st["ft_min_steps"]) == (0.1, 3)
     # the extra unlabeled cases: another seed, no label, their own ids, in pretraining only
     extra = saved["extra_unlabeled"]
     assert (extra["cases"], extra["seed"], extra["id_prefix"]) == (6, 101, "u")
@@ -67,6 +69,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         assert (cfg["steps"], cfg["warmup_steps"], cfg["lesion_crops"]) == (4, 1, 0.5)
         assert cfg["manifest"] == [str(work / "train.csv"), str(extra_csv)]
         assert cfg["mae"]["sequence_drop"] == {"ours": 0.75, "plain_mae": 0.0}[name]
+        assert cfg["mae"].get("consistency_weight") == {"ours": 0.1, "plain_mae": None}[name]
     assert len(list(work.glob("pretrain_monai_*/final.safetensors"))) == 1
     m = saved["machine_start"]
     assert m["cpu_count"] >= 1 and m["torch_threads"] >= 1 and len(m["load_average_1_5_15min"]) == 3
@@ -101,6 +104,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
     assert "## Missing-sequence protocols" in md and "## Sequence importance" in md
     assert "synthesised from the kept ones by each model's own decoder" in md
     assert "head pooling centre_per_sequence" in md and "(`mae.sequence_drop`) 0.75 for ours" in md
+    assert "ours adds the cross-view consistency term (`mae.consistency_weight` 0.1)" in md
     assert "trained on the training cases under every protocol (protocol augmentation)" in md
 
     # a checkpoint pretrained beforehand is accepted only with this run's recipe, data and no test subject
@@ -111,9 +115,9 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         ph.BUDGETS["tiny"], pretrain_steps=4, pretrain_warmup_steps=1, pretrain_lesion_crops=0.5
     )
 
-    def recipe_of(budget, sequence_drop=0.75):
-        train = work / "train.csv"
-        return ph._pretrain_config(train, extra_csv, work / "cache", budget, 0, sequence_drop)
+    def recipe_of(budget, sequence_drop=0.75, consistency_weight=0.1):
+        train, cache = work / "train.csv", work / "cache"
+        return ph._pretrain_config(train, extra_csv, cache, budget, 0, sequence_drop, consistency_weight)
 
     cases = set(saved["split"]["train"]) | {r.split(",")[0] for r in rows[1:]}
     nobody = {"no-such-subject"}
@@ -121,6 +125,8 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
     assert path == final and info["checkpoint"] == str(final) and len(info["data"]) == 2
     with pytest.raises(SystemExit, match=r"--pretrained ours: .*another recipe: mae .*sequence_drop"):
         ph.reuse_pretrained("ours", final, recipe_of(b, 0.0), cases, nobody)
+    with pytest.raises(SystemExit, match=r"another recipe: mae .*consistency_weight"):
+        ph.reuse_pretrained("ours", final, recipe_of(b, consistency_weight=0.0), cases, nobody)
     with pytest.raises(SystemExit, match="another recipe: steps 4 "):
         longer = ph.dataclasses.replace(b, pretrain_steps=5)
         ph.reuse_pretrained("ours", final, recipe_of(longer), cases, nobody)
@@ -159,6 +165,8 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         ("--pretrain-warmup", "-1", "--pretrain-warmup must be >= 0, got -1"),
         ("--lesion-crops", "1.5", "--lesion-crops must be in [0, 1], got 1.5"),
         ("--ours-sequence-drop", "0", "--ours-sequence-drop must be in (0, 1], got 0.0"),
+        ("--ours-consistency-weight", "-1", "--ours-consistency-weight must be >= 0, got -1.0"),
+        ("--ft-min-steps", "0", "--ft-min-steps must be >= 1, got 0"),
         ("--extra-unlabeled", "-1", "--extra-unlabeled must be >= 0, got -1"),
         ("--extra-seed", "0", "--extra-seed must differ from --seed"),
         ("--pretrained", "mine=/x", "--pretrained must be NAME=CHECKPOINT with NAME in ours, plain_mae"),
