@@ -226,8 +226,8 @@ class MAEConfig(_ConfigBase):
         consistency_weight: Weight of the cross-view consistency term (0 = off, the design's objective):
             the mean-pooled encoder features of the training view (sequences dropped, patches masked)
             regress on a stop-gradient *full view* of the same case (every available sequence, patches
-            masked at the same ratio), both standardised by the full view's batch statistics, so that
-            a case's features move less when sequences are missing. Costs one extra gradient-free
+            masked at the same ratio), each view's batch centred and scaled by its own spread between
+            cases, so that a case's features move less when sequences are missing. Costs one extra gradient-free
             encoder pass per step. See ``mrfound.models.mae``.
     """
 

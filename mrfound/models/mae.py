@@ -43,10 +43,13 @@ to carry what a *decoder* needs to fill in dropped sequences, not that a case's 
 sequences go missing, which is what a probe fitted on complete exams needs at test time. So the mean of the
 encoded training-view tokens (sequences dropped, patches masked) regresses on the mean of a second,
 gradient-free *full view* of the same case: every available sequence, a fresh patch mask at the same ratio
-(so it costs one extra forward pass of about as many tokens, no backward). Both are standardised per feature
-by the full view's batch mean and std (a single std over features for a batch of one), so the term is
-scale-free and a shift or a constant feature cannot satisfy it; the reconstruction loss keeps the tokens
-informative (data2vec / BYOL use the same stop-gradient target, here from the current weights).
+(so it costs one extra forward pass of about as many tokens, no backward). Each view's batch of pooled
+features is centred and divided by its own RMS spread between cases, the training view's with the gradient,
+so the term compares how the cases lie relative to one another and cannot be lowered by shrinking that
+spread. (Dividing both by the full view's spread, a constant to the gradient, did exactly that on the
+phantom: from step 300 the term rose and the reconstruction loss stalled at weight 0.01 and 0.001, while
+with a negligible weight the reconstruction followed the plain run.) Stop-gradient target from the
+current weights, as in data2vec / BYOL but without their EMA teacher and predictor.
 
 Lightly's masking helpers were read and judged: ``random_token_mask`` draws one fixed ``num_keep`` for
 the whole batch from the global RNG, over a fixed-length token axis, so it cannot express per-sample
@@ -79,6 +82,13 @@ from mrfound.models.layers import gather_patches, pack_tokens, scatter_tokens, s
 
 NORM_EPS = 1e-6
 """Added to the patch variance before the square root (MAE's norm-pix epsilon)."""
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    """(B, C) features centred on the batch mean and divided by one scale, their RMS spread between cases
+    (for a batch of one: centred and scaled over the features)."""
+    x = x - (x.mean(dim=0, keepdim=True) if x.shape[0] > 1 else x.mean())
+    return x / torch.sqrt(x.square().mean() + NORM_EPS)
 
 
 def _ranks(noise: torch.Tensor) -> torch.Tensor:
@@ -490,15 +500,11 @@ class MaskedModalityAutoencoder(nn.Module):
         """
         with torch.no_grad():
             full = self.encoder(image, available, token_mask=full_visible)
-            target = MultiSequenceViT.pool(full["tokens"], full["valid"]).float()
-            centre = target.mean(dim=0, keepdim=True)
-            # one scale for all features: the full view's spread between cases (over the features for a
-            # batch of one). A scale per feature would blow up the gradients of near-constant features
-            # (at weight 0.01 it stalled the reconstruction loss on the phantom from step 300 on)
-            spread = target - centre if target.shape[0] > 1 else target - target.mean()
-            scale = torch.sqrt(spread.square().mean() + NORM_EPS)
-        pooled = MultiSequenceViT.pool(encoded["tokens"], encoded["valid"]).float()
-        return F.mse_loss((pooled - centre) / scale, (target - centre) / scale)
+            target = _standardise(MultiSequenceViT.pool(full["tokens"], full["valid"]).float())
+        # the training view by its own statistics, with the gradient: scaled by the target's spread
+        # instead, shrinking the spread between cases lowered the loss and the encoder collapsed
+        pooled = _standardise(MultiSequenceViT.pool(encoded["tokens"], encoded["valid"]).float())
+        return F.mse_loss(pooled, target)
 
     def forward(
         self,
