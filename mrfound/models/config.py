@@ -228,7 +228,8 @@ class MAEConfig(_ConfigBase):
             regress on a stop-gradient *full view* of the same case (every available sequence, patches
             masked at the same ratio), each view's batch centred and scaled by its own spread between
             cases, so that a case's features move less when sequences are missing. Costs one extra
-            gradient-free encoder pass per step. See ``mrfound.models.mae``.
+            gradient-free encoder pass per step. 0.01 was measured on the phantom (0.1 stalls the
+            reconstruction loss). See ``mrfound.models.mae``.
     """
 
     decoder_dim: int = 128

@@ -46,10 +46,12 @@ gradient-free *full view* of the same case: every available sequence, a fresh pa
 (so it costs one extra forward pass of about as many tokens, no backward). Each view's batch of pooled
 features is centred and divided by its own RMS spread between cases, the training view's with the gradient,
 so the term compares how the cases lie relative to one another and cannot be lowered by shrinking that
-spread. (Dividing both by the full view's spread, a constant to the gradient, did exactly that on the
-phantom: from step 300 the term rose and the reconstruction loss stalled at weight 0.01 and 0.001, while
-with a negligible weight the reconstruction followed the plain run.) Stop-gradient target from the
-current weights, as in data2vec / BYOL but without their EMA teacher and predictor.
+spread. (Dividing both by the full view's spread, a constant to the gradient, let the term rise and the
+reconstruction loss stall from step 300 on the phantom at weight 0.01 and 0.001; with a negligible weight
+the reconstruction followed the plain run.) With each view's own spread, weight 0.01 leaves the
+reconstruction loss on the plain run's curve and 0.1 stalls it too (``results/consistency_term/``).
+Stop-gradient target from the current weights, as in data2vec / BYOL but without their EMA teacher and
+predictor.
 
 Lightly's masking helpers were read and judged: ``random_token_mask`` draws one fixed ``num_keep`` for
 the whole batch from the global RNG, over a fixed-length token axis, so it cannot express per-sample
@@ -502,7 +504,7 @@ class MaskedModalityAutoencoder(nn.Module):
             full = self.encoder(image, available, token_mask=full_visible)
             target = _standardise(MultiSequenceViT.pool(full["tokens"], full["valid"]).float())
         # the training view by its own statistics, with the gradient: scaled by the target's spread
-        # instead, shrinking the spread between cases lowered the loss and the encoder collapsed
+        # instead, shrinking the spread between cases lowers the loss, and reconstruction stalled
         pooled = _standardise(MultiSequenceViT.pool(encoded["tokens"], encoded["valid"]).float())
         return F.mse_loss(pooled, target)
 
