@@ -98,6 +98,12 @@ def _ranks(noise: torch.Tensor) -> torch.Tensor:
     return torch.argsort(torch.argsort(noise, dim=-1), dim=-1)
 
 
+def _lowest(noise: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """(B, S, L) bool: the ``count[b]`` entries of each sample with the lowest noise, over all its tokens."""
+    b, s, n = noise.shape
+    return _ranks(noise.reshape(b, s * n)).reshape(b, s, n) < count.view(b, 1, 1)
+
+
 def sample_gamma(
     alpha: torch.Tensor, generator: torch.Generator | None = None, max_rounds: int = 64
 ) -> torch.Tensor:
@@ -293,14 +299,9 @@ class MaskedModalityAutoencoder(nn.Module):
         kept = available & ~dropped
 
         # 2. patch masking of the kept sequences
-        total = kept.sum(dim=1) * n
-        n_visible = torch.floor((1.0 - cfg.mask_ratio) * total.double() + 0.5).long()
-        n_visible = torch.minimum(n_visible.clamp_min(1), total)
-        kept_tok = kept.unsqueeze(-1).expand(b, s, n)
-        tok_noise = torch.where(kept_tok, torch.rand(b, s, n, **kw), torch.full((b, s, n), 2.0, device=dev))
+        kept_tok, n_visible, tok_noise = self._token_noise(kept, generator)
         if cfg.dirichlet_alpha is None:
-            rank = _ranks(tok_noise.reshape(b, s * n)).reshape(b, s, n)
-            visible = rank < n_visible.view(b, 1, 1)
+            visible = _lowest(tok_noise, n_visible)
         else:
             alpha = torch.full((b, s), float(cfg.dirichlet_alpha), dtype=torch.float64, device=dev)
             # + tiny floor: every kept sequence stays eligible even if its gamma draw underflows,
@@ -323,18 +324,24 @@ class MaskedModalityAutoencoder(nn.Module):
     ) -> torch.Tensor:
         """Visible tokens of the consistency term's full view: a random ``1 - mask_ratio`` of the tokens of
         every available sequence (no sequence dropped), at least one per sample. Returns (B, S, L) bool."""
-        b, s = available.shape
+        tok, n_visible, noise = self._token_noise(available.bool(), generator)
+        return _lowest(noise, n_visible) & tok
+
+    def _token_noise(
+        self, kept: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For (B, S) sequences whose tokens may be shown: their (B, S, L) token mask, the (B,) number of
+        visible tokens (``1 - mask_ratio`` of them, rounded, at least one) and (B, S, L) uniform noise to
+        rank them by (2.0, never chosen, on the other tokens)."""
+        b, s = kept.shape
         n = self.num_patches
-        dev = available.device
-        tok = available.bool().unsqueeze(-1).expand(b, s, n)
-        total = tok.sum(dim=(1, 2))
+        dev = kept.device
+        total = kept.sum(dim=1) * n
         n_visible = torch.floor((1.0 - self.config.mask_ratio) * total.double() + 0.5).long()
         n_visible = torch.minimum(n_visible.clamp_min(1), total)
-        noise = torch.where(
-            tok, torch.rand(b, s, n, generator=generator, device=dev), torch.full((b, s, n), 2.0, device=dev)
-        )
-        rank = _ranks(noise.reshape(b, s * n)).reshape(b, s, n)
-        return (rank < n_visible.view(b, 1, 1)) & tok
+        kept_tok = kept.unsqueeze(-1).expand(b, s, n)
+        noise = torch.rand(b, s, n, generator=generator, device=dev)
+        return kept_tok, n_visible, torch.where(kept_tok, noise, torch.full((b, s, n), 2.0, device=dev))
 
     # ------------------------------------------------------------------ model
     def forward_encoder(
