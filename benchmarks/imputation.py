@@ -57,6 +57,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -377,23 +378,35 @@ def _place_box(box: np.ndarray, centre: np.ndarray, shape: tuple[int, ...]) -> n
     return out
 
 
-def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict[str, Any]:
+PHANTOM_METHODS = ("mrfound", "copy_nearest", "mean_image", "mean_image_liver_aligned", "linear_map")
+
+
+@dataclasses.dataclass
+class PhantomSplit:
+    """The phantom cohort of one run and its held-out split by subject."""
+
+    cohort: Path
+    train_cases: list[Any]
+    test_cases: list[Any]
+    train_csv: Path
+    simulate_s: float
+
+
+def phantom_split(b: dict[str, Any], work: Path, seed: int) -> PhantomSplit:
+    """Simulate the budget's cohort under ``work`` (reused when present) and split it by subject."""
     from sklearn.model_selection import GroupShuffleSplit
 
     from mrfound.data.manifest import read_manifest
     from mrfound.data.phantom import PhantomConfig, generate_cohort
-    from mrfound.data.preprocess import preprocess_case
-    from mrfound.data.sequences import SEQUENCES
-    from mrfound.inference import synthesise_volume
     from mrfound.utils.io import atomic_write_text
 
     t0 = time.time()
-    cohort = work / f"phantom_{b['cases']}_s{b['spacing_scale']:g}_seed{args.seed}"
+    cohort = work / f"phantom_{b['cases']}_s{b['spacing_scale']:g}_seed{seed}"
     if not (cohort / "manifest.csv").is_file():
         generate_cohort(
             cohort,
             b["cases"],
-            seed=args.seed,
+            seed=seed,
             config=PhantomConfig(spacing_scale=b["spacing_scale"]),
             workers=min(2, os.cpu_count() or 1),
         )
@@ -401,18 +414,148 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
     man = read_manifest(cohort / "manifest.csv")
     groups = [c.subject for c in man.cases]
     tr, te = next(
-        GroupShuffleSplit(1, test_size=b["test_fraction"], random_state=args.seed).split(
+        GroupShuffleSplit(1, test_size=b["test_fraction"], random_state=seed).split(
             np.arange(len(man)), groups=groups
         )
     )
-    train_cases = [man.cases[i] for i in sorted(tr)]
-    test_cases = [man.cases[i] for i in sorted(te)]
     train_csv = cohort / "train_manifest.csv"
-    frame = man.frame
-    atomic_write_text(train_csv, frame.iloc[sorted(tr)].to_csv(index=False))
+    atomic_write_text(train_csv, man.frame.iloc[sorted(tr)].to_csv(index=False))
+    return PhantomSplit(
+        cohort=cohort,
+        train_cases=[man.cases[i] for i in sorted(tr)],
+        test_cases=[man.cases[i] for i in sorted(te)],
+        train_csv=train_csv,
+        simulate_s=t_sim,
+    )
+
+
+@dataclasses.dataclass
+class BaselineStats:
+    """What the simple baselines learn from the training cases.
+
+    Attributes:
+        mean_box: ``"body"`` / ``"liver"`` -> (S, B, B, B) per-sequence mean box, centred on each training
+            case's body or liver before averaging.
+        linear_map: The per-voxel ridge map of :class:`LinearMap`.
+        nearest_rank: Per target sequence, the other sequences by mean liver correlation, best first.
+    """
+
+    mean_box: dict[str, np.ndarray]
+    linear_map: LinearMap
+    nearest_rank: dict[str, list[str]]
+
+
+def baseline_stats(train_cases: list[Any], pp: Any, box: int, seed: int) -> BaselineStats:
+    """Fit the baselines on ``train_cases`` preprocessed with ``pp`` (mean boxes of edge ``box``)."""
+    from mrfound.data.preprocess import preprocess_case
+    from mrfound.data.sequences import SEQUENCES
+
+    S = len(SEQUENCES)
+    corr_sum = np.zeros((S, S))
+    corr_n = np.zeros((S, S))
+    box_sum = {k: np.zeros((S, *(box,) * 3)) for k in ("body", "liver")}
+    box_n = np.zeros(S)
+    rng = np.random.default_rng(seed)
+    voxel_samples = []
+    for c in train_cases:
+        s = preprocess_case(c, pp)
+        liver = s["mask"][0] > 0
+        av = np.flatnonzero(s["available"])
+        body = (s["image"][av] > 0.05).any(0)
+        voxel_samples.append((sample_voxels(s["image"], body, LINEAR_MAP_VOXELS, rng), s["available"].copy()))
+        for i in av:
+            for j in av:
+                if i != j:
+                    corr_sum[i, j] += corr(s["image"][i], s["image"][j], liver)
+                    corr_n[i, j] += 1
+        for key, region in (("body", body), ("liver", liver)):
+            centred = _liver_box(s["image"], np.argwhere(region).mean(0), box)
+            box_sum[key][av] += centred[av]
+        box_n[av] += 1
+    mean_corr = np.where(corr_n > 0, corr_sum / np.maximum(corr_n, 1), -np.inf)
+    return BaselineStats(
+        mean_box={
+            k: (v / np.maximum(box_n, 1)[:, None, None, None]).astype(np.float32) for k, v in box_sum.items()
+        },
+        linear_map=LinearMap(voxel_samples),
+        nearest_rank={
+            SEQUENCES[t]: [
+                SEQUENCES[j] for j in np.argsort(-mean_corr[t]) if j != t and np.isfinite(mean_corr[t, j])
+            ]
+            for t in range(S)
+        },
+    )
+
+
+@dataclasses.dataclass
+class CasePredictions:
+    """One held-out case with one sequence hidden: the truth, where it is scored, and every prediction."""
+
+    truth: np.ndarray
+    region: np.ndarray
+    preds: dict[str, np.ndarray]
+    sources: list[str]
+    nearest: str
+
+
+def case_predictions(
+    case: Any,
+    s: dict[str, Any],
+    t: int,
+    mae: Any,
+    stats: BaselineStats,
+    clip: tuple[float, float],
+    methods: tuple[str, ...] = PHANTOM_METHODS,
+) -> CasePredictions | None:
+    """Hide sequence ``t`` of the preprocessed case ``s`` and predict it with each of ``methods``.
+
+    Returns ``None`` when the case has no other sequence or fewer than 10 liver voxels in the target's
+    field of view (such cases are not scored).
+    """
+    from mrfound.data.sequences import SEQUENCES
+    from mrfound.inference import synthesise_volume
+
+    name = SEQUENCES[t]
+    av = s["available"]
+    others = [SEQUENCES[j] for j in np.flatnonzero(av) if j != t]
+    liver = s["mask"][0] > 0
+    if not others:
+        return None
+    region = liver & fov_mask(case.sequences[name], s["affine"], liver.shape)
+    if region.sum() < 10:
+        return None
+    shape = liver.shape
+    src_idx = [SEQUENCES.index(o) for o in others]
+    near = next(n for n in stats.nearest_rank[name] if n in others)
+    makers = {
+        "mrfound": lambda: synthesise_volume(mae, s["image"], av, int(t), clip=clip),
+        "copy_nearest": lambda: s["image"][SEQUENCES.index(near)],
+        "mean_image": lambda: _place_box(
+            stats.mean_box["body"][t : t + 1], np.argwhere((s["image"][src_idx] > 0.05).any(0)).mean(0), shape
+        )[0],
+        "mean_image_liver_aligned": lambda: _place_box(
+            stats.mean_box["liver"][t : t + 1], np.argwhere(liver).mean(0), shape
+        )[0],
+        "linear_map": lambda: stats.linear_map.predict(s["image"], int(t), src_idx),
+    }
+    return CasePredictions(
+        truth=s["image"][t],
+        region=region,
+        preds={m: makers[m]() for m in methods},
+        sources=others,
+        nearest=near,
+    )
+
+
+def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict[str, Any]:
+    from mrfound.data.preprocess import preprocess_case
+    from mrfound.data.sequences import SEQUENCES
+
+    split = phantom_split(b, work, args.seed)
+    train_cases, test_cases = split.train_cases, split.test_cases
     mae, pre_info, wrapped = pretrain_model(
         work / f"pretrain_phantom_{b['cases']}_n{b['steps']}_s{b['spacing']:g}_r{b['roi']}{_tag(args)}",
-        train_csv,
+        split.train_csv,
         sequences=None,
         spacing=b["spacing"],
         roi=b["roi"],
@@ -426,42 +569,10 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
         seed=args.seed,
     )
     pp = wrapped.preprocessing
-    S = len(SEQUENCES)
 
     # training statistics for the baselines: liver correlations and liver-centred mean boxes
     t1 = time.time()
-    corr_sum = np.zeros((S, S))
-    corr_n = np.zeros((S, S))
-    box_sum = {k: np.zeros((S, *(b["mean_box"],) * 3)) for k in ("body", "liver")}
-    box_n = np.zeros(S)
-    rng = np.random.default_rng(args.seed)
-    voxel_samples = []
-    for c in train_cases:
-        s = preprocess_case(c, pp)
-        liver = s["mask"][0] > 0
-        av = np.flatnonzero(s["available"])
-        body = (s["image"][av] > 0.05).any(0)
-        voxel_samples.append((sample_voxels(s["image"], body, LINEAR_MAP_VOXELS, rng), s["available"].copy()))
-        for i in av:
-            for j in av:
-                if i != j:
-                    corr_sum[i, j] += corr(s["image"][i], s["image"][j], liver)
-                    corr_n[i, j] += 1
-        for key, region in (("body", (s["image"][av] > 0.05).any(0)), ("liver", liver)):
-            box = _liver_box(s["image"], np.argwhere(region).mean(0), b["mean_box"])
-            box_sum[key][av] += box[av]
-        box_n[av] += 1
-    mean_corr = np.where(corr_n > 0, corr_sum / np.maximum(corr_n, 1), -np.inf)
-    mean_box = {
-        k: (v / np.maximum(box_n, 1)[:, None, None, None]).astype(np.float32) for k, v in box_sum.items()
-    }
-    linear_map = LinearMap(voxel_samples)
-    nearest_rank = {
-        SEQUENCES[t]: [
-            SEQUENCES[j] for j in np.argsort(-mean_corr[t]) if j != t and np.isfinite(mean_corr[t, j])
-        ]
-        for t in range(S)
-    }
+    stats = baseline_stats(train_cases, pp, b["mean_box"], args.seed)
     t_stats = time.time() - t1
 
     # held-out cases
@@ -469,46 +580,24 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
     rows = []
     for c in test_cases:
         s = preprocess_case(c, pp)
-        liver = s["mask"][0] > 0
-        shape = s["image"].shape[1:]
-        oracle = _place_box(mean_box["liver"], np.argwhere(liver).mean(0), shape)
-        av = s["available"]
-        for t in np.flatnonzero(av):
-            name = SEQUENCES[t]
-            others = [SEQUENCES[j] for j in np.flatnonzero(av) if j != t]
-            if not others:
+        for t in np.flatnonzero(s["available"]):
+            cp = case_predictions(c, s, int(t), mae, stats, tuple(pp.clip))
+            if cp is None:
                 continue
-            region = liver & fov_mask(c.sequences[name], s["affine"], liver.shape)
-            if region.sum() < 10:
-                continue
-            src_idx = [SEQUENCES.index(o) for o in others]
-            body_centre = np.argwhere((s["image"][src_idx] > 0.05).any(0)).mean(0)
-            mean_img = _place_box(mean_box["body"][t : t + 1], body_centre, shape)[0]
-            synth = synthesise_volume(mae, s["image"], av, int(t), clip=tuple(pp.clip))
-            near = next(n for n in nearest_rank[name] if n in others)
-            copy = s["image"][SEQUENCES.index(near)]
-            truth = s["image"][t]
-            preds = {
-                "mrfound": synth,
-                "copy_nearest": copy,
-                "mean_image": mean_img,
-                "mean_image_liver_aligned": oracle[t],
-                "linear_map": linear_map.predict(s["image"], int(t), src_idx),
-            }
             row = {
                 "case": c.case,
-                "sequence": name,
-                "sources": others,
-                "nearest": near,
-                "n_voxels": int(region.sum()),
+                "sequence": SEQUENCES[t],
+                "sources": cp.sources,
+                "nearest": cp.nearest,
+                "n_voxels": int(cp.region.sum()),
             }
-            for k, v in preds.items():
-                row[f"psnr_{k}"] = psnr(v, truth, region)
-                row[f"ssim_{k}"] = ssim(v, truth, region)
+            for k, v in cp.preds.items():
+                row[f"psnr_{k}"] = psnr(v, cp.truth, cp.region)
+                row[f"ssim_{k}"] = ssim(v, cp.truth, cp.region)
             rows.append(row)
     t_eval = time.time() - t2
     per_seq: dict[str, Any] = {}
-    methods = ("mrfound", "copy_nearest", "mean_image", "mean_image_liver_aligned", "linear_map")
+    methods = PHANTOM_METHODS
     for name in SEQUENCES:
         r = [x for x in rows if x["sequence"] == name]
         if not r:
@@ -526,7 +615,7 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
             m: paired_gain([x["psnr_mrfound"] for x in r], [x[f"psnr_{m}"] for x in r], seed=args.seed)
             for m in ("copy_nearest", "mean_image", "linear_map")
         }
-        entry["nearest_ranking"] = nearest_rank[name]
+        entry["nearest_ranking"] = stats.nearest_rank[name]
         per_seq[name] = entry
     return {
         "n_train_cases": len(train_cases),
@@ -552,7 +641,7 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
         ],
         "mean": {f"{k}_{m}": _summ([x[f"{k}_{m}"] for x in rows]) for k in ("psnr", "ssim") for m in methods},
         "timings_s": {
-            "simulate": round(t_sim, 1),
+            "simulate": round(split.simulate_s, 1),
             "baseline_stats": round(t_stats, 1),
             "evaluate": round(t_eval, 1),
         },

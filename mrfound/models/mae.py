@@ -315,8 +315,7 @@ class MaskedModalityAutoencoder(nn.Module):
         target = available.unsqueeze(-1).expand(b, s, n) & ~visible
         if cfg.max_decoded is not None:
             t_noise = torch.where(target, torch.rand(b, s, n, **kw), torch.full((b, s, n), 2.0, device=dev))
-            rank = _ranks(t_noise.reshape(b, s * n)).reshape(b, s, n)
-            target = target & (rank < cfg.max_decoded)
+            target = target & _lowest(t_noise, torch.full((b,), cfg.max_decoded, device=dev))
         return {"dropped": dropped, "visible": visible, "target": target}
 
     def full_view_mask(

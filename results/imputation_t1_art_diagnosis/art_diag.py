@@ -1,14 +1,17 @@
 """Why t1_art imputation trails the mean image: per-case liver level and error decomposition.
 
 Reuses the 240-case, 8000-step run of ``benchmarks/imputation.py`` (its work folder, given as the first
-argument) and repeats its held-out split, its body-centred mean image and its liver region for t1_art only.
-For each held-out case it records the liver mean of the truth, of mrfound's synthesis and of the mean image,
-PSNR, and the MSE split into the squared liver-mean offset (bias^2) and the rest. Writes ``cases.json``
-beside this script and prints the summary.
+argument) and its split, baselines and per-case predictions (``phantom_split``, ``baseline_stats``,
+``case_predictions``), for t1_art only. For each case it records the liver mean of the truth, of
+mrfound's synthesis and of the mean image, PSNR, the MSE split into the squared liver-mean offset (bias^2)
+and the rest, and the body mean of truth and synthesis. The second argument picks the cases: ``test``
+(the benchmark's held-out cases, default) or ``train`` (the first 48 training cases, to tell an offset the
+model learnt from one it meets only on unseen cases). Writes ``cases_<which>.json`` and
+``summary_<which>.json`` beside this script and prints the summary.
 
 Usage::
 
-    python results/imputation_t1_art_diagnosis/art_diag.py WORK/full
+    python results/imputation_t1_art_diagnosis/art_diag.py WORK/full [test|train]
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import GroupShuffleSplit
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -28,63 +30,55 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from testutils import load_module  # noqa: E402
 
 from mrfound import load_pretrained  # noqa: E402
-from mrfound.data.manifest import read_manifest  # noqa: E402
 from mrfound.data.preprocess import preprocess_case  # noqa: E402
 from mrfound.data.sequences import SEQUENCES  # noqa: E402
-from mrfound.inference import synthesise_volume  # noqa: E402
+
+METHODS = ("mrfound", "mean_image")
 
 
-def main(work: Path) -> None:
+def main(work: Path, which: str = "test") -> None:
+    if which not in ("test", "train"):
+        raise SystemExit(f"second argument must be test or train, got {which!r}")
     im = load_module("benchmarks/imputation.py")
     torch.set_num_threads(1)
-    b = im.BUDGETS["full"]
-    man = read_manifest(work / "phantom_240_s1.5_seed0" / "manifest.csv")
-    groups = [c.subject for c in man.cases]
-    split = GroupShuffleSplit(1, test_size=b["test_fraction"], random_state=0)
-    tr, te = next(split.split(np.arange(len(man)), groups=groups))
+    b = im.BUDGETS["full"] | {"cases": 240}
+    split = im.phantom_split(b, work, seed=0)
     wrapped = load_pretrained(work / "pretrain_phantom_240_n8000_s4_r32_27dee1" / "final")
     mae, pp = wrapped.model.eval(), wrapped.preprocessing
+    stats = im.baseline_stats(split.train_cases, pp, b["mean_box"], seed=0)
     t = SEQUENCES.index("t1_art")
 
-    box_sum, n = np.zeros((1, *(b["mean_box"],) * 3)), 0
-    for i in sorted(tr):
-        s = preprocess_case(man.cases[i], pp)
-        if s["available"][t]:
-            body = (s["image"][np.flatnonzero(s["available"])] > 0.05).any(0)
-            box_sum += im._liver_box(s["image"], np.argwhere(body).mean(0), b["mean_box"])[t : t + 1]
-            n += 1
-    mean_box = (box_sum / n).astype(np.float32)
-
     rows = []
-    for i in sorted(te):
-        c = man.cases[i]
+    for c in split.test_cases if which == "test" else split.train_cases[:48]:
         s = preprocess_case(c, pp)
-        av = s["available"]
-        liver = s["mask"][0] > 0
-        region = liver & im.fov_mask(c.sequences["t1_art"], s["affine"], liver.shape) if av[t] else None
-        if region is None or region.sum() < 10:
+        if not s["available"][t]:
             continue
-        src = [j for j in np.flatnonzero(av) if j != t]
-        centre = np.argwhere((s["image"][src] > 0.05).any(0)).mean(0)
-        preds = {
-            "mrfound": synthesise_volume(mae, s["image"], av, t, clip=tuple(pp.clip)),
-            "mean_image": im._place_box(mean_box, centre, liver.shape)[0],
+        cp = im.case_predictions(c, s, t, mae, stats, tuple(pp.clip), methods=METHODS)
+        if cp is None:
+            continue
+        src = [SEQUENCES.index(n) for n in cp.sources]
+        fov = im.fov_mask(c.sequences["t1_art"], s["affine"], cp.region.shape)
+        body = (s["image"][src] > 0.05).any(0) & fov
+        row = {
+            "case": c.case,
+            "truth_liver_mean": float(cp.truth[cp.region].mean()),
+            "truth_body_mean": float(cp.truth[body].mean()),
+            "mrfound_body_mean": float(cp.preds["mrfound"][body].mean()),
         }
-        truth = s["image"][t]
-        row = {"case": c.case, "truth_liver_mean": float(truth[region].mean())}
-        for k, v in preds.items():
-            d = (v - truth)[region]
+        for k, v in cp.preds.items():
+            d = (v - cp.truth)[cp.region]
             row |= {
-                f"{k}_liver_mean": float(v[region].mean()),
-                f"{k}_psnr": im.psnr(v, truth, region),
+                f"{k}_liver_mean": float(v[cp.region].mean()),
+                f"{k}_psnr": im.psnr(v, cp.truth, cp.region),
                 f"{k}_mse": float((d**2).mean()),
                 f"{k}_bias2": float(d.mean() ** 2),
             }
         rows.append(row)
-    (HERE / "cases.json").write_text(json.dumps(rows, indent=1))
+    (HERE / f"cases_{which}.json").write_text(json.dumps(rows, indent=1))
     truth = np.array([r["truth_liver_mean"] for r in rows])
-    summary = {"n_cases": len(rows), "truth_liver_mean": float(truth.mean())}
-    for k in preds:
+    summary: dict[str, object] = {"cases": which, "n_cases": len(rows)}
+    summary["truth_liver_mean"] = float(truth.mean())
+    for k in METHODS:
         level = np.array([r[f"{k}_liver_mean"] for r in rows])
         summary[k] = {
             "psnr": float(np.mean([r[f"{k}_psnr"] for r in rows])),
@@ -95,9 +89,13 @@ def main(work: Path) -> None:
             "cases_too_bright": int((level > truth).sum()),
             "corr_liver_level_with_truth": float(np.corrcoef(level, truth)[0, 1]),
         }
+    # the synthesis' offset over the whole body in the target's field of view (liver or not)
+    summary["mrfound_body_mean_offset"] = float(
+        np.mean([r["mrfound_body_mean"] - r["truth_body_mean"] for r in rows])
+    )
     print(json.dumps(summary, indent=1))
-    (HERE / "summary.json").write_text(json.dumps(summary, indent=1))
+    (HERE / f"summary_{which}.json").write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:3])

@@ -87,3 +87,31 @@ def test_paired_gain_interval_and_wins(imp) -> None:
     mixed = imp.paired_gain([20.0, 18.0, float("nan")], [19.0, 19.0, 19.0])
     assert mixed["n"] == 2 and mixed["wins"] == 1 and mixed["ci_low"] < 0 < mixed["ci_high"]
     assert imp.paired_gain([], [])["value"] is None
+
+
+def test_split_baselines_and_case_predictions_without_a_model(imp, tmp_path: Path) -> None:
+    from mrfound.data.preprocess import PreprocessConfig, preprocess_case
+    from mrfound.data.sequences import SEQUENCES
+
+    b = imp.BUDGETS["tiny"] | {"cases": 6}
+    split = imp.phantom_split(b, tmp_path, seed=0)
+    assert len(split.train_cases) + len(split.test_cases) == 6 and split.train_csv.is_file()
+    assert not {c.subject for c in split.train_cases} & {c.subject for c in split.test_cases}
+    again = imp.phantom_split(b, tmp_path, seed=0)  # the cohort is reused and the split is the same
+    assert [c.case for c in again.test_cases] == [c.case for c in split.test_cases]
+
+    pp = PreprocessConfig(spacing=b["spacing"], roi_size=b["roi"], foreground=imp.PHANTOM_FOREGROUND)
+    stats = imp.baseline_stats(split.train_cases, pp, b["mean_box"], seed=0)
+    assert stats.mean_box["body"].shape == (len(SEQUENCES), *(b["mean_box"],) * 3)
+    case = split.test_cases[0]
+    s = preprocess_case(case, pp)
+    t = int(np.flatnonzero(s["available"])[0])
+    methods = tuple(m for m in imp.PHANTOM_METHODS if m != "mrfound")  # the baselines need no model
+    cp = imp.case_predictions(case, s, t, None, stats, tuple(pp.clip), methods=methods)
+    assert cp is not None and set(cp.preds) == set(methods)
+    assert SEQUENCES[t] not in cp.sources and cp.nearest in cp.sources
+    np.testing.assert_array_equal(cp.preds["copy_nearest"], s["image"][SEQUENCES.index(cp.nearest)])
+    assert all(v.shape == cp.truth.shape for v in cp.preds.values())
+    assert cp.region.any() and not (cp.region & ~(s["mask"][0] > 0)).any()  # scored inside the liver only
+    alone = dict(s, available=np.eye(len(SEQUENCES), dtype=bool)[t])  # nothing left to synthesise from
+    assert imp.case_predictions(case, alone, t, None, stats, tuple(pp.clip), methods=methods) is None
