@@ -11,7 +11,9 @@ Protocol (issue 5, DESIGN §7):
    subjects with the darkest normalised livers (15, 36) failed without it (0.825, 0.864, 0.708 with
    ``--intensity-aug 0.8`` at commit a5c8ae7). ``--organ-aug P`` also gives that share of the crops
    a random gain on the liver only (:func:`mrfound.data.augment.augment_organ_contrast`): subject 15's
-   liver is darker than the tissue around it, which no global gamma teaches.
+   liver is darker than the tissue around it, which no global gamma teaches. ``--spatial-aug P`` rotates
+   and zooms that share of the crops with their labels (:func:`mrfound.data.augment.augment_spatial`):
+   twelve training subjects show twelve liver tilts and sizes.
 2. Pretraining (``mrfound.pretrain``, masked-modality autoencoder, ``tiny`` width) on a simulated phantom
    cohort plus the 15 CHAOS T2 volumes used **without their labels** (a copy of the manifest with no
    mask column). All CHAOS volumes take part, the test folds' too: self-supervised use of unlabelled
@@ -269,8 +271,12 @@ def sample_batch(
     rng: np.random.Generator,
     intensity_aug: float = 0.0,
     organ_aug: float = 0.0,
+    spatial_aug: float = 0.0,
 ) -> tuple:
     """Random crops: half centred on a liver voxel, half on a body voxel (same for every model).
+
+    With probability ``spatial_aug`` a larger crop is taken and rotated and zoomed with its labels into
+    the ROI (:func:`mrfound.data.augment.augment_spatial`; no draw when 0).
 
     With probability ``intensity_aug`` a crop gets a random gamma and gain
     (:func:`mrfound.data.augment.augment_intensity`); no draw is made when it is 0, so runs without it
@@ -280,23 +286,33 @@ def sample_batch(
     """
     import torch
 
-    from mrfound.data.augment import augment_intensity, augment_organ_contrast
+    from mrfound.data.augment import (
+        augment_intensity,
+        augment_organ_contrast,
+        augment_spatial,
+        spatial_crop_size,
+    )
     from mrfound.data.preprocess import random_crop
 
     images, masks = [], []
     for _ in range(batch):
         c = cases[int(rng.integers(len(cases)))]
         centre_on = c["mask"].astype(bool) if rng.random() < 0.5 else c["body"]
+        warp = spatial_aug > 0 and rng.random() < spatial_aug
         crop = random_crop(
-            {"image": c["image"], "mask": c["mask"][None], "body": centre_on, "affine": c["affine"]}, roi, rng
+            {"image": c["image"], "mask": c["mask"][None], "body": centre_on, "affine": c["affine"]},
+            spatial_crop_size(roi) if warp else roi,
+            rng,
         )
-        image = crop["image"]
+        image, mask = crop["image"], crop["mask"]
+        if warp:
+            image, mask = augment_spatial(image, mask, rng, out_size=roi)
         if organ_aug > 0 and rng.random() < organ_aug:
-            image = augment_organ_contrast(image, crop["mask"], rng)
+            image = augment_organ_contrast(image, mask, rng)
         if intensity_aug > 0 and rng.random() < intensity_aug:
             image = augment_intensity(image, rng)
         images.append(image)
-        masks.append(crop["mask"])
+        masks.append(mask)
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.int64))
 
 
@@ -418,7 +434,9 @@ def train_timed(
         scale = min(1.0, (step + 1) / 10) * 0.5 * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * max(scale, 0.01)
-        image, mask = sample_batch(cases, args.roi, args.batch_size, rng, args.intensity_aug, args.organ_aug)
+        image, mask = sample_batch(
+            cases, args.roi, args.batch_size, rng, args.intensity_aug, args.organ_aug, args.spatial_aug
+        )
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = net.loss(image, mask)
         opt.zero_grad(set_to_none=True)
@@ -613,6 +631,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"mrfound decoder feature size {result.get('feature_size', 16)}, "
         f"intensity augmentation {result.get('intensity_aug', 0.0)}, "
         f"organ contrast augmentation {result.get('organ_aug', 0.0)}, "
+        f"spatial augmentation {result.get('spatial_aug', 0.0)}, "
         f"post-processing: {result.get('postprocess', 'none')}{_pretraining_text(result.get('pretraining'))} "
         f"(load average {loads}).",
         "",
@@ -680,6 +699,13 @@ def main() -> None:
         type=float,
         default=0.0,
         help="share of training crops whose liver gets its own random gain (0.35-1.5), every model (0)",
+    )
+    ap.add_argument(
+        "--spatial-aug",
+        type=float,
+        default=0.0,
+        help="share of training crops rotated (+-15 deg per axis) and zoomed (0.85-1.15) with their labels, "
+        "every model (0)",
     )
     ap.add_argument("--roi", type=int, default=32, help="crop / window edge in voxels (32)")
     ap.add_argument("--patch", type=int, default=8, help="mrfound patch size (8)")
@@ -829,6 +855,7 @@ SETTINGS = (
     "foreground",
     "intensity_aug",
     "organ_aug",
+    "spatial_aug",
     "roi",
     "patch",
     "feature_size",
@@ -843,7 +870,7 @@ SETTINGS = (
 ``MRFOUND_SETTINGS`` only among the runs that include an mrfound model)."""
 MRFOUND_SETTINGS = ("feature_size", "skip_source")
 """Settings of the mrfound segmentation head: they do not change the MONAI models' runs."""
-SETTING_DEFAULTS = {"intensity_aug": 0.0, "organ_aug": 0.0}
+SETTING_DEFAULTS = {"intensity_aug": 0.0, "organ_aug": 0.0, "spatial_aug": 0.0}
 """Values of settings added after a run was recorded (its JSON lacks the key)."""
 
 

@@ -215,6 +215,24 @@ def test_sample_batch_intensity_augmentation(chaos) -> None:
     assert 0.4 * 0.35 - 1e-3 < x[liver].min() and x[liver].max() < 0.4 * 1.5 + 1e-3
 
 
+def test_sample_batch_spatial_augmentation_keeps_image_and_labels_aligned(chaos) -> None:
+    mask = np.zeros((40, 40, 40), dtype=np.uint8)
+    mask[12:30, 10:26, 14:28] = 1  # a box-shaped liver, so rotations show
+    image = (0.3 * mask + 0.1)[None].astype(np.float32)
+    case = {"image": image, "mask": mask, "body": np.ones_like(mask, dtype=bool), "affine": np.eye(4)}
+    plain_x, plain_y = chaos.sample_batch([case], 16, 8, np.random.default_rng(0))
+    warp_x, warp_y = chaos.sample_batch([case], 16, 8, np.random.default_rng(0), spatial_aug=1.0)
+    assert warp_x.shape == plain_x.shape == (8, 1, 16, 16, 16) and warp_y.shape == plain_y.shape
+    assert set(np.unique(warp_y.numpy())) <= {0, 1}
+    x, liver = warp_x.numpy()[:, 0], warp_y.numpy()[:, 0] == 1
+    # resampled linearly: new intensities on the edges, yet labels and image agree (nearest and linear
+    # sampling part only on the edge voxels)
+    assert not {round(float(v), 4) for v in warp_x.unique()} <= {0.1, 0.4}
+    assert liver.any() and np.mean(x[liver] > 0.25) > 0.97 and np.mean(x[~liver] < 0.25) > 0.97
+    # no padding zeros in the ROI: the larger crop covers the rotated box (the volume is body everywhere)
+    assert x.min() > 0.09
+
+
 class _NaNEveryOtherStep:
     """A one-weight 'model' whose loss is NaN on every second call."""
 
@@ -242,13 +260,19 @@ def test_train_timed_skips_non_finite_steps(chaos, monkeypatch) -> None:
     monkeypatch.setattr(
         chaos,
         "sample_batch",
-        lambda cases, roi, batch, rng, aug=0.0, organ=0.0: (
+        lambda cases, roi, batch, rng, aug=0.0, organ=0.0, spatial=0.0: (
             torch.ones(1, 1, 2, 2, 2),
             torch.zeros(1, 1, 2, 2, 2),
         ),
     )
     args = argparse.Namespace(
-        mixed_precision="no", lr=1e-2, roi=2, batch_size=1, intensity_aug=0.0, organ_aug=0.0
+        mixed_precision="no",
+        lr=1e-2,
+        roi=2,
+        batch_size=1,
+        intensity_aug=0.0,
+        organ_aug=0.0,
+        spatial_aug=0.0,
     )
     info = chaos.train_timed(net, [], seconds=0.3, args=args, seed=0)
     assert info["steps"] >= 4 and info["skipped_nonfinite"] == info["steps"] // 2

@@ -1,11 +1,17 @@
-"""augment_intensity (per-sequence random gamma and gain) and augment_organ_contrast (organ gain)."""
+"""augment_intensity (per-sequence random gamma and gain), augment_organ_contrast (organ gain) and
+augment_spatial (rotation and zoom of a crop with its labels)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mrfound.data.augment import augment_intensity, augment_organ_contrast
+from mrfound.data.augment import (
+    augment_intensity,
+    augment_organ_contrast,
+    augment_spatial,
+    spatial_crop_size,
+)
 from mrfound.errors import ConfigError
 
 
@@ -106,3 +112,71 @@ def test_organ_gain_bad_input() -> None:
         augment_organ_contrast(_image(), _labels(), np.random.default_rng(0), sigma=-1)
     with pytest.raises(ConfigError, match="do not match"):
         augment_organ_contrast(_image(), _labels()[:4], np.random.default_rng(0))
+
+
+def _ball(edge: int, radius: float, centre: tuple[float, float, float] | None = None) -> np.ndarray:
+    c = np.array(centre if centre is not None else ((edge - 1) / 2,) * 3)[:, None, None, None]
+    return ((np.indices((edge,) * 3) - c) ** 2).sum(0) < radius**2
+
+
+def test_spatial_identity_and_centre_crop() -> None:
+    edge, out = 48, 32
+    rng = np.random.default_rng(0)
+    x = rng.random((2, edge, edge, edge)).astype(np.float32)
+    lab = rng.integers(0, 3, (1, edge, edge, edge)).astype(np.int64)
+    y, ly = augment_spatial(x, lab, np.random.default_rng(1), out_size=out, rotate_deg=0.0, zoom=(1.0, 1.0))
+    lo = (edge - out) // 2
+    np.testing.assert_allclose(y, x[:, lo : lo + out, lo : lo + out, lo : lo + out], atol=1e-5)
+    np.testing.assert_array_equal(ly, lab[:, lo : lo + out, lo : lo + out, lo : lo + out])
+    assert y.dtype == np.float32 and ly.dtype == lab.dtype and ly.shape == (1, out, out, out)
+
+
+def test_spatial_moves_image_and_labels_together_and_zooms() -> None:
+    edge = 40
+    ball = _ball(edge, 8.0, (22.0, 17.0, 20.0))  # off centre, so rotations move it
+    x = np.stack([ball * 0.5, ball * 1.0]).astype(np.float32)
+    for seed in range(4):
+        y, ly = augment_spatial(x, ball.astype(np.uint8), np.random.default_rng(seed))
+        assert ly.shape == ball.shape and set(np.unique(ly)) <= {0, 1}
+        inside = ly == 1
+        # the warped label marks exactly where the warped image is bright (one matrix for both)
+        assert y[1][inside].mean() > 0.9 and y[1][~inside].mean() < 0.02
+        np.testing.assert_allclose(y[0], 0.5 * y[1], atol=1e-6)
+    _, big = augment_spatial(x, ball, np.random.default_rng(0), rotate_deg=0.0, zoom=(1.15, 1.15))
+    _, small = augment_spatial(x, ball, np.random.default_rng(0), rotate_deg=0.0, zoom=(0.85, 0.85))
+    assert np.isclose(big.sum() / ball.sum(), 1.15**3, rtol=0.08)
+    assert np.isclose(small.sum() / ball.sum(), 0.85**3, rtol=0.08)
+    a = augment_spatial(x, None, np.random.default_rng(5))
+    b = augment_spatial(x, None, np.random.default_rng(5))
+    assert a[1] is None and np.array_equal(a[0], b[0])  # reproducible from the generator
+
+
+def test_spatial_margin_keeps_padding_out_of_the_output() -> None:
+    out = 16
+    edge = spatial_crop_size(out)
+    x = np.ones((1, edge, edge, edge), np.float32)
+    for seed in range(20):
+        y, _ = augment_spatial(x, None, np.random.default_rng(seed), out_size=out)
+        assert y.min() > 0.999, seed
+    # the worst corner: the largest angles about every axis with the smallest zoom
+    worst = dict(rotate_deg=15.0, zoom=(0.85, 0.85))
+
+    class Extreme:  # a generator that always draws the range's end
+        def uniform(self, lo, hi, size=None):
+            return np.full(size, hi) if size is not None else hi
+
+    y, _ = augment_spatial(x, None, Extreme(), out_size=out, **worst)
+    assert y.min() > 0.999
+
+
+def test_spatial_bad_input() -> None:
+    x = np.zeros((1, 8, 8, 8), np.float32)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ConfigError, match="rotate_deg"):
+        augment_spatial(x, None, rng, rotate_deg=-1.0)
+    with pytest.raises(ConfigError, match="zoom"):
+        augment_spatial(x, None, rng, zoom=(1.2, 0.8))
+    with pytest.raises(ConfigError, match="larger than the crop"):
+        augment_spatial(x, None, rng, out_size=9)
+    with pytest.raises(ConfigError, match="labels of shape"):
+        augment_spatial(x, np.zeros((7, 8, 8)), rng)
