@@ -64,6 +64,7 @@ _FLAGS = (
     "background_crops",
     "intensity_augment",
     "organ_augment",
+    "spatial_augment",
     "sw_overlap",
     "cache_dir",
     "eval_every",
@@ -161,6 +162,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--organ-augment",
         type=float,
         help="probability of a random gain (0.35-1.5) on the liver of a training crop, segment (0)",
+    )
+    t.add_argument(
+        "--spatial-augment",
+        type=float,
+        help="probability of a random rotation (+-15 deg per axis) and zoom (0.85-1.15) of a training crop "
+        "with its mask, both tasks (0)",
     )
     t.add_argument("--sw-overlap", type=float, help="sliding-window overlap for validation (0.25)")
     t.add_argument("--sw-batch-size", type=int, help="sliding windows per forward pass (4)")

@@ -153,8 +153,9 @@ def augment_organ_contrast(
 
 def spatial_crop_size(out: int) -> int:
     """Edge of the crop that :func:`augment_spatial` needs for an output edge ``out`` (default ranges):
-    :data:`SPATIAL_MARGIN` times it, plus a voxel each side for linear interpolation."""
-    return int(math.ceil(out * SPATIAL_MARGIN)) + 2
+    :data:`SPATIAL_MARGIN` times it, plus a voxel each side for linear interpolation, rounded so that the
+    output box sits on whole voxels in the middle (the two differ by an even number)."""
+    return int(out) + 2 * (int(math.ceil(out * (SPATIAL_MARGIN - 1) / 2)) + 1)
 
 
 def augment_spatial(

@@ -23,7 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mrfound.data.augment import augment_intensity, augment_organ_contrast
+from mrfound.data.augment import (
+    augment_intensity,
+    augment_organ_contrast,
+    augment_spatial,
+    spatial_crop_size,
+)
 from mrfound.data.manifest import Manifest, as_manifest
 from mrfound.data.preprocess import (
     PreprocessConfig,
@@ -64,6 +69,12 @@ class MRDataset(Dataset):
             per available sequence (:func:`mrfound.data.augment.augment_organ_contrast`), applied before
             ``intensity_augment``; items without a mask are left alone. Training sets only (it reads the
             label).
+        spatial_augment: ``"random"`` and ``"lesion"`` modes: probability that an item is cut from a
+            larger crop (:func:`mrfound.data.augment.spatial_crop_size`) and rotated and zoomed into the
+            ROI with its mask (:func:`mrfound.data.augment.augment_spatial`), before the intensity
+            options. Its own seeded stream decides and draws, and the crop centre is drawn as without it
+            (near the volume's edge the larger crop is shifted differently to stay inside). The item's
+            ``affine`` is that of the ROI before rotation. For training sets only.
     """
 
     def __init__(
@@ -78,6 +89,7 @@ class MRDataset(Dataset):
         background_fraction: float = 0.0,
         intensity_augment: float = 0.0,
         organ_augment: float = 0.0,
+        spatial_augment: float = 0.0,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown dataset mode {mode!r}; use one of {', '.join(MODES)}")
@@ -99,6 +111,11 @@ class MRDataset(Dataset):
         if not 0.0 <= float(organ_augment) <= 1.0:
             raise ConfigError(f"organ_augment must be in [0, 1], got {organ_augment}")
         self.organ_augment = float(organ_augment)
+        if not 0.0 <= float(spatial_augment) <= 1.0:
+            raise ConfigError(f"spatial_augment must be in [0, 1], got {spatial_augment}")
+        if spatial_augment > 0 and mode == "full":
+            raise ConfigError("spatial_augment needs crops (mode 'random' or 'lesion'), not mode 'full'")
+        self.spatial_augment = float(spatial_augment)
         self.mode = mode
         self.lesion_fraction = float(lesion_fraction)
         self.background_fraction = float(background_fraction)
@@ -140,19 +157,33 @@ class MRDataset(Dataset):
             arrays = self.cache.get_compact(case)
         else:
             arrays = self.preprocessed(ci)
+        roi = self.config.roi_size
+        warp_rng = None
+        if self.spatial_augment > 0:
+            warp_rng = np.random.default_rng([self.seed, self.epoch, index, 3])
+            if warp_rng.random() >= self.spatial_augment:
+                warp_rng = None
+        size = spatial_crop_size(roi) if warp_rng is not None else roi
         if self.mode == "lesion":
-            arrays = crop_lesion(arrays, self.config.roi_size)
+            arrays = crop_lesion(arrays, size)
         elif self.mode == "random":
             rng = self._rng(index)
             # one draw only when a fraction is set, so plain random crops stay as they were
             u = rng.random() if self.lesion_fraction > 0 or self.background_fraction > 0 else 1.0
             if u < self.lesion_fraction:
-                arrays = jittered_lesion_crop(arrays, self.config.roi_size, rng)
+                arrays = jittered_lesion_crop(arrays, size, rng)
             else:
                 anywhere = u < self.lesion_fraction + self.background_fraction
-                arrays = random_crop(arrays, self.config.roi_size, rng, anywhere=anywhere)
+                arrays = random_crop(arrays, size, rng, anywhere=anywhere)
         if self.cache is not None and self.mode != "full":
             arrays = expand_compact(arrays)
+        if warp_rng is not None:
+            image, mask = augment_spatial(arrays["image"], arrays.get("mask"), warp_rng, out_size=roi)
+            affine = np.array(arrays["affine"], dtype=np.float64, copy=True)
+            affine[:3, 3] += affine[:3, :3] @ np.full(3, (size - roi) // 2)  # the central ROI's origin
+            arrays = {**arrays, "image": image, "affine": affine}
+            if mask is not None:
+                arrays["mask"] = mask
         if self.organ_augment > 0 and arrays.get("mask") is not None:
             # its own stream, so intensity_augment draws what it drew without this option
             organ_rng = np.random.default_rng([self.seed, self.epoch, index, 2])

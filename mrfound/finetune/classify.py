@@ -252,6 +252,7 @@ def finetune_classifier(config: FinetuneConfig) -> dict[str, Any]:
         cache_dir=cache_dir,
         seed=config.seed,
         intensity_augment=config.intensity_augment,
+        spatial_augment=config.spatial_augment,
     )
     if config.balance == "sampler":
         dataset = BalancedDataset(dataset, y, seed=config.seed)

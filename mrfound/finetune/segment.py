@@ -127,6 +127,7 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
         "seed": config.seed,
         "intensity_augment": config.intensity_augment,
         "organ_augment": config.organ_augment,
+        "spatial_augment": config.spatial_augment,
     }
     dataset = ConcatWithEpoch(
         [

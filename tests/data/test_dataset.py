@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mrfound.data.augment import spatial_crop_size
 from mrfound.data.dataset import MRDataset, collate_cases
 from mrfound.data.manifest import Case, Manifest
 from mrfound.data.preprocess import PreprocessConfig
@@ -175,6 +176,38 @@ def test_organ_augment_changes_the_liver_only(manifest, tmp_path):
     assert changed > 0
     with pytest.raises(ConfigError, match="organ_augment"):
         MRDataset(manifest, organ_augment=1.5)
+
+
+def test_spatial_augment_rotates_crops_with_their_masks(manifest, tmp_path):
+    cfg = PreprocessConfig(spacing=2.0, roi_size=8)
+    kw = {"cache_dir": tmp_path / "c", "samples_per_case": 4, "seed": 1}
+    for mode in ("random", "lesion"):
+        plain = MRDataset(manifest, cfg, mode=mode, **kw)
+        warped = MRDataset(manifest, cfg, mode=mode, spatial_augment=1.0, **kw)
+        changed = same_roi = 0
+        for i in range(len(plain)):
+            p, w = plain[i], warped[i]
+            assert w["image"].shape == p["image"].shape and torch.equal(w["available"], p["available"])
+            assert torch.equal(w["image"], warped[i]["image"])  # reproducible
+            # the centre is drawn as without the option; near the volume's edge the larger crop is
+            # shifted differently to stay inside, by at most its extra half-width (2 mm voxels)
+            wa, pa = w["affine"].numpy(), p["affine"].numpy()
+            np.testing.assert_allclose(wa[:3, :3], pa[:3, :3])
+            assert np.abs(wa[:3, 3] - pa[:3, 3]).max() <= 2.0 * (spatial_crop_size(8) - 8) / 2 + 1e-9
+            same_roi += bool(np.allclose(wa, pa))
+            changed += not torch.allclose(w["image"], p["image"])
+            if "mask" in p:
+                assert w["mask"].shape == p["mask"].shape and w["mask"].dtype == p["mask"].dtype
+                assert set(w["mask"].unique().tolist()) <= set(range(3))
+        assert changed > 0 and same_roi > 0, mode
+    half = MRDataset(manifest, cfg, mode="random", spatial_augment=0.5, **kw)
+    plain = MRDataset(manifest, cfg, mode="random", **kw)
+    same = [torch.equal(half[i]["image"], plain[i]["image"]) for i in range(len(plain))]
+    assert any(same) and not all(same)  # the unchosen items are the plain crops
+    with pytest.raises(ConfigError, match="spatial_augment"):
+        MRDataset(manifest, spatial_augment=2.0)
+    with pytest.raises(ConfigError, match="spatial_augment needs crops"):
+        MRDataset(manifest, mode="full", spatial_augment=0.5)
 
 
 def test_bad_arguments(manifest):

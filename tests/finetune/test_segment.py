@@ -61,6 +61,7 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
         background_crops=0.5,
         intensity_augment=0.5,
         organ_augment=0.5,
+        spatial_augment=0.5,
         head_only_steps=2,  # the decoder alone first, then the whole model
         cache_dir=str(preprocess_cache),
         tensorboard=False,
@@ -78,6 +79,7 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
     saved_cfg = json.loads((out / "config.json").read_text())
     assert saved_cfg["background_crops"] == 0.5 and saved_cfg["intensity_augment"] == 0.5
     assert saved_cfg["organ_augment"] == 0.5 and saved_cfg["head_only_steps"] == 2
+    assert saved_cfg["spatial_augment"] == 0.5
     # reloaded weights give the same metrics
     from mrfound.data.manifest import Manifest, read_manifest
     from mrfound.finetune.common import load_encoder
@@ -115,4 +117,7 @@ def test_skip_source_is_validated(tiny_cohort, tmp_path) -> None:
         cfg.validate()
     cfg.organ_augment, cfg.task = 0.5, "classify"
     with pytest.raises(ConfigError, match="organ_augment.*segment only"):
+        cfg.validate()
+    cfg.organ_augment, cfg.spatial_augment = 0.0, 1.5
+    with pytest.raises(ConfigError, match="spatial_augment"):
         cfg.validate()
