@@ -171,7 +171,7 @@ class MRDataset(Dataset):
             # one draw only when a fraction is set, so plain random crops stay as they were
             u = rng.random() if self.lesion_fraction > 0 or self.background_fraction > 0 else 1.0
             if u < self.lesion_fraction:
-                arrays = jittered_lesion_crop(arrays, size, rng)
+                arrays = jittered_lesion_crop(arrays, size, rng, max_shift=roi // 4)  # the ROI's jitter
             else:
                 anywhere = u < self.lesion_fraction + self.background_fraction
                 arrays = random_crop(arrays, size, rng, anywhere=anywhere)

@@ -200,6 +200,11 @@ def test_spatial_augment_rotates_crops_with_their_masks(manifest, tmp_path):
                 assert w["mask"].shape == p["mask"].shape and w["mask"].dtype == p["mask"].dtype
                 assert set(w["mask"].unique().tolist()) <= set(range(3))
         assert changed > 0 and same_roi > 0, mode
+    # lesion-centred random crops keep the ROI's jitter: the same ROI before rotation, every item
+    jit = MRDataset(manifest, cfg, mode="random", lesion_fraction=1.0, **kw)
+    jit_w = MRDataset(manifest, cfg, mode="random", lesion_fraction=1.0, spatial_augment=1.0, **kw)
+    for i in range(len(jit)):
+        np.testing.assert_allclose(jit_w[i]["affine"].numpy(), jit[i]["affine"].numpy(), atol=1e-9)
     half = MRDataset(manifest, cfg, mode="random", spatial_augment=0.5, **kw)
     plain = MRDataset(manifest, cfg, mode="random", **kw)
     same = [torch.equal(half[i]["image"], plain[i]["image"]) for i in range(len(plain))]
