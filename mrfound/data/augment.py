@@ -1,5 +1,5 @@
 """Augmentation for fine-tuning: a random gamma and scale per available sequence, a random gain on one
-labelled organ, and a random rotation and zoom of a crop with its labels (segmentation).
+labelled organ (segmentation), and a random rotation and zoom of a crop with its labels.
 
 Normalised intensities differ between subjects more than a small training cohort shows: in CHAOS T2
 the livers of two subjects sit at 0.18-0.20 after normalisation, those of the other 13 at 0.36-0.51,
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -173,8 +174,8 @@ def augment_spatial(
     mirroring is left out on purpose, since a liver on the left is not anatomy. The image is resampled
     linearly, the labels by nearest neighbour (MONAI :class:`monai.transforms.Affine`, the same matrix for
     both). Give a crop larger than the output (``out_size``) so that the output box rotated inside it
-    never reaches past its edge; any part that
-    does is filled with zeros. :func:`spatial_crop_size` gives a large enough crop for the defaults.
+    never reaches past its edge (any part that does is filled with zeros): :func:`spatial_crop_size` gives
+    a large enough crop for the default ranges.
 
     Args:
         image: (S, D, H, W) intensities; not modified.
@@ -198,7 +199,7 @@ def augment_spatial(
         raise ConfigError(f"spatial augmentation: rotate_deg must be >= 0, got {rotate_deg}")
     _check_range("spatial augmentation", "zoom", zoom)
     spatial = tuple(image.shape[1:])
-    size = spatial if out_size is None else tuple(np.broadcast_to(np.asarray(out_size, dtype=int), (3,)))
+    size = spatial if out_size is None else tuple(int(x) for x in np.broadcast_to(np.asarray(out_size), (3,)))
     if any(o > i for o, i in zip(size, spatial)):
         raise ConfigError(f"spatial augmentation: output {size} larger than the crop {spatial}")
     lab = None if labels is None else np.asarray(labels)
@@ -209,8 +210,12 @@ def augment_spatial(
     angles = np.deg2rad(rng.uniform(-rotate_deg, rotate_deg, 3))
     # MONAI scales the sampling grid: a factor 1/z shows the anatomy z times larger
     factor = 1.0 / _log_uniform(rng, *zoom)
-    kw = dict(rotate_params=tuple(angles), scale_params=(factor,) * 3, spatial_size=size)
-    kw["padding_mode"] = "zeros"
+    kw: dict[str, Any] = {
+        "rotate_params": tuple(float(a) for a in angles),
+        "scale_params": (factor,) * 3,
+        "spatial_size": size,
+        "padding_mode": "zeros",
+    }
     img = Affine(mode="bilinear", image_only=True, **kw)(torch.as_tensor(image, dtype=torch.float32))
     out = np.asarray(img, dtype=np.float32)
     if lab is None:
