@@ -275,8 +275,10 @@ def sample_batch(
 ) -> tuple:
     """Random crops: half centred on a liver voxel, half on a body voxel (same for every model).
 
-    With probability ``spatial_aug`` a larger crop is taken and rotated and zoomed with its labels into
-    the ROI (:func:`mrfound.data.augment.augment_spatial`; no draw when 0).
+    With probability ``spatial_aug`` the ROI is cut with a margin and rotated and zoomed with its labels
+    (:func:`mrfound.data.augment.augment_spatial`; no draw when 0); the ROI is placed as without it.
+    (Until commit c6e55ee the larger cube itself was shifted to fit inside the volume, so its central ROI
+    never came near the border; the 2026-12-06 CHAOS runs in README used that version.)
 
     With probability ``intensity_aug`` a crop gets a random gamma and gain
     (:func:`mrfound.data.augment.augment_intensity`); no draw is made when it is 0, so runs without it
@@ -301,8 +303,9 @@ def sample_batch(
         warp = spatial_aug > 0 and rng.random() < spatial_aug
         crop = random_crop(
             {"image": c["image"], "mask": c["mask"][None], "body": centre_on, "affine": c["affine"]},
-            spatial_crop_size(roi) if warp else roi,
+            roi,
             rng,
+            context=(spatial_crop_size(roi) - roi) // 2 if warp else 0,
         )
         image, mask = crop["image"], crop["mask"]
         if warp:

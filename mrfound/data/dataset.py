@@ -72,8 +72,8 @@ class MRDataset(Dataset):
         spatial_augment: ``"random"`` and ``"lesion"`` modes: probability that an item is cut from a
             larger crop (:func:`mrfound.data.augment.spatial_crop_size`) and rotated and zoomed into the
             ROI with its mask (:func:`mrfound.data.augment.augment_spatial`), before the intensity
-            options. Its own seeded stream decides and draws, and the crop centre is drawn as without it
-            (near the volume's edge the larger crop is shifted differently to stay inside). The item's
+            options. Its own seeded stream decides and draws; the ROI is placed exactly as without it
+            and the larger crop is that ROI with a margin (``random_crop(context=...)``), and the item's
             ``affine`` is that of the ROI before rotation. For training sets only.
     """
 
@@ -174,7 +174,7 @@ class MRDataset(Dataset):
                 arrays = jittered_lesion_crop(arrays, size, rng, max_shift=roi // 4)  # the ROI's jitter
             else:
                 anywhere = u < self.lesion_fraction + self.background_fraction
-                arrays = random_crop(arrays, size, rng, anywhere=anywhere)
+                arrays = random_crop(arrays, roi, rng, anywhere=anywhere, context=(size - roi) // 2)
         if self.cache is not None and self.mode != "full":
             arrays = expand_compact(arrays)
         if warp_rng is not None:

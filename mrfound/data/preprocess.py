@@ -577,11 +577,18 @@ def crop_lesion(sample: Mapping[str, Any], roi_size: int) -> dict[str, Any]:
 
 
 def random_crop(
-    sample: Mapping[str, Any], roi_size: int, rng: np.random.Generator, anywhere: bool = False
+    sample: Mapping[str, Any],
+    roi_size: int,
+    rng: np.random.Generator,
+    anywhere: bool = False,
+    context: int = 0,
 ) -> dict[str, Any]:
     """Cubic ROI around a random body voxel, shifted to stay inside the volume where it fits.
 
     With ``anywhere`` the centre is any voxel of the volume (background included), not a body voxel.
+    ``context`` adds that many voxels on every side of the ROI (zero padding outside the volume) while
+    placing the ROI exactly as without it, so a spatial augmentation of the larger cube keeps the ROIs'
+    distribution over the volume (a larger cube shifted to fit would never put the ROI near the border).
     """
     shape = np.asarray(sample["image"].shape[1:])
     body = None if anywhere else sample.get("body")
@@ -593,7 +600,7 @@ def random_crop(
     start = centre - roi_size // 2
     fits = shape >= roi_size
     start = np.where(fits, np.clip(start, 0, np.maximum(shape - roi_size, 0)), start)
-    return _crop(sample, start, int(roi_size))
+    return _crop(sample, start - int(context), int(roi_size) + 2 * int(context))
 
 
 def jittered_lesion_crop(

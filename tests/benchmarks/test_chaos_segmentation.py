@@ -216,10 +216,12 @@ def test_sample_batch_intensity_augmentation(chaos) -> None:
 
 
 def test_sample_batch_spatial_augmentation_keeps_image_and_labels_aligned(chaos) -> None:
-    mask = np.zeros((40, 40, 40), dtype=np.uint8)
-    mask[12:30, 10:26, 14:28] = 1  # a box-shaped liver, so rotations show
+    mask = np.zeros((80, 80, 80), dtype=np.uint8)
+    mask[32:50, 30:46, 34:48] = 1  # a box-shaped liver, so rotations show
     image = (0.3 * mask + 0.1)[None].astype(np.float32)
-    case = {"image": image, "mask": mask, "body": np.ones_like(mask, dtype=bool), "affine": np.eye(4)}
+    body = np.zeros_like(mask, dtype=bool)
+    body[25:55, 25:55, 25:55] = True  # ROIs centred well inside the volume, margins included
+    case = {"image": image, "mask": mask, "body": body, "affine": np.eye(4)}
     plain_x, plain_y = chaos.sample_batch([case], 16, 8, np.random.default_rng(0))
     warp_x, warp_y = chaos.sample_batch([case], 16, 8, np.random.default_rng(0), spatial_aug=1.0)
     assert warp_x.shape == plain_x.shape == (8, 1, 16, 16, 16) and warp_y.shape == plain_y.shape
@@ -229,7 +231,7 @@ def test_sample_batch_spatial_augmentation_keeps_image_and_labels_aligned(chaos)
     # sampling part only on the edge voxels)
     assert not {round(float(v), 4) for v in warp_x.unique()} <= {0.1, 0.4}
     assert liver.any() and np.mean(x[liver] > 0.25) > 0.97 and np.mean(x[~liver] < 0.25) > 0.97
-    # no padding zeros in the ROI: the larger crop covers the rotated box (the volume is body everywhere)
+    # no padding zeros in the ROI: away from the border the margin covers the rotated box
     assert x.min() > 0.09
 
 

@@ -175,6 +175,14 @@ def test_random_crop_inside_body_and_padding():
     centre_in_body = [bool(random_crop(sample, 8, rng)["body"][4, 4, 4]) for _ in range(60)]
     anywhere = [bool(random_crop(sample, 8, rng, anywhere=True)["body"][4, 4, 4]) for _ in range(60)]
     assert all(centre_in_body) and not all(anywhere) and any(anywhere)
+    # context: the same ROI (placed by the same draws, shifted to fit as without it) plus a margin
+    textured = {**sample, "image": np.random.default_rng(1).random((2, 20, 20, 20)).astype(np.float32)}
+    for seed in range(10):
+        roi = random_crop(textured, 8, np.random.default_rng(seed))
+        wide = random_crop(textured, 8, np.random.default_rng(seed), context=5)
+        assert wide["image"].shape == (2, 18, 18, 18)
+        np.testing.assert_array_equal(wide["image"][:, 5:13, 5:13, 5:13], roi["image"])
+        np.testing.assert_allclose(wide["affine"][:3, 3] + 5, roi["affine"][:3, 3])
     big = random_crop(sample, 32, rng)  # larger than the volume: zero padded
     assert big["image"].shape == (2, 32, 32, 32) and big["image"].sum() == 2 * 20**3
     edge = crop_lesion({**sample, "lesion_center": np.array([0.0, 0.0, 0.0])}, 8)
