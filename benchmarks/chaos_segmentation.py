@@ -292,7 +292,7 @@ def sample_batch(
         augment_intensity,
         augment_organ_contrast,
         augment_spatial,
-        spatial_crop_size,
+        spatial_context,
     )
     from mrfound.data.preprocess import random_crop
 
@@ -305,7 +305,7 @@ def sample_batch(
             {"image": c["image"], "mask": c["mask"][None], "body": centre_on, "affine": c["affine"]},
             roi,
             rng,
-            context=(spatial_crop_size(roi) - roi) // 2 if warp else 0,
+            context=spatial_context(roi) if warp else 0,
         )
         image, mask = crop["image"], crop["mask"]
         if warp:

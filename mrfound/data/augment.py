@@ -36,7 +36,7 @@ DEFAULT_ZOOM = (0.85, 1.15)
 """Range of the isotropic zoom (drawn log-uniformly)."""
 SPATIAL_MARGIN = 1.75
 """Edge of the crop to take before :func:`augment_spatial`, relative to the output edge (see
-:func:`spatial_crop_size`): with the default rotation and zoom the rotated, zoomed output box reaches at
+:func:`spatial_context`): with the default rotation and zoom the rotated, zoomed output box reaches at
 most 1.73 times its half-edge from the centre (the worst corner), so no padding shows."""
 
 
@@ -152,11 +152,11 @@ def augment_organ_contrast(
     return out
 
 
-def spatial_crop_size(out: int) -> int:
-    """Edge of the crop that :func:`augment_spatial` needs for an output edge ``out`` (default ranges):
-    :data:`SPATIAL_MARGIN` times it, plus a voxel each side for linear interpolation, rounded so that the
-    output box sits on whole voxels in the middle (the two differ by an even number)."""
-    return int(out) + 2 * (int(math.ceil(out * (SPATIAL_MARGIN - 1) / 2)) + 1)
+def spatial_context(out: int) -> int:
+    """Margin in voxels, on every side of an output box of edge ``out``, of the crop that
+    :func:`augment_spatial` needs (default ranges): the crop is :data:`SPATIAL_MARGIN` times the box plus a
+    voxel each side for linear interpolation, and the box sits on whole voxels in its middle."""
+    return int(math.ceil(out * (SPATIAL_MARGIN - 1) / 2)) + 1
 
 
 def augment_spatial(
@@ -174,8 +174,8 @@ def augment_spatial(
     mirroring is left out on purpose, since a liver on the left is not anatomy. The image is resampled
     linearly, the labels by nearest neighbour (MONAI :class:`monai.transforms.Affine`, the same matrix for
     both). Give a crop larger than the output (``out_size``) so that the output box rotated inside it
-    never reaches past its edge (any part that does is filled with zeros): :func:`spatial_crop_size` gives
-    a large enough crop for the default ranges.
+    never reaches past its edge (any part that does is filled with zeros): :func:`spatial_context` gives
+    a large enough margin for the default ranges.
 
     Args:
         image: (S, D, H, W) intensities; not modified.

@@ -27,7 +27,7 @@ from mrfound.data.augment import (
     augment_intensity,
     augment_organ_contrast,
     augment_spatial,
-    spatial_crop_size,
+    spatial_context,
 )
 from mrfound.data.manifest import Manifest, as_manifest
 from mrfound.data.preprocess import (
@@ -70,7 +70,7 @@ class MRDataset(Dataset):
             ``intensity_augment``; items without a mask are left alone. Training sets only (it reads the
             label).
         spatial_augment: ``"random"`` and ``"lesion"`` modes: probability that an item is cut from a
-            larger crop (:func:`mrfound.data.augment.spatial_crop_size`) and rotated and zoomed into the
+            larger crop (margin :func:`mrfound.data.augment.spatial_context`) and rotated and zoomed into the
             ROI with its mask (:func:`mrfound.data.augment.augment_spatial`), before the intensity
             options. Its own seeded stream decides and draws; the ROI is placed exactly as without it
             and the larger crop is that ROI with a margin (``random_crop(context=...)``), and the item's
@@ -163,7 +163,8 @@ class MRDataset(Dataset):
             warp_rng = np.random.default_rng([self.seed, self.epoch, index, 3])
             if warp_rng.random() >= self.spatial_augment:
                 warp_rng = None
-        size = spatial_crop_size(roi) if warp_rng is not None else roi
+        ctx = spatial_context(roi) if warp_rng is not None else 0
+        size = roi + 2 * ctx
         if self.mode == "lesion":
             arrays = crop_lesion(arrays, size)
         elif self.mode == "random":
@@ -174,13 +175,13 @@ class MRDataset(Dataset):
                 arrays = jittered_lesion_crop(arrays, size, rng, max_shift=roi // 4)  # the ROI's jitter
             else:
                 anywhere = u < self.lesion_fraction + self.background_fraction
-                arrays = random_crop(arrays, roi, rng, anywhere=anywhere, context=(size - roi) // 2)
+                arrays = random_crop(arrays, roi, rng, anywhere=anywhere, context=ctx)
         if self.cache is not None and self.mode != "full":
             arrays = expand_compact(arrays)
         if warp_rng is not None:
             image, mask = augment_spatial(arrays["image"], arrays.get("mask"), warp_rng, out_size=roi)
             affine = np.array(arrays["affine"], dtype=np.float64, copy=True)
-            affine[:3, 3] += affine[:3, :3] @ np.full(3, (size - roi) // 2)  # the central ROI's origin
+            affine[:3, 3] += affine[:3, :3] @ np.full(3, ctx)  # the central ROI's origin
             arrays = {**arrays, "image": image, "affine": affine}
             if mask is not None:
                 arrays["mask"] = mask

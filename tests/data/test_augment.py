@@ -10,7 +10,7 @@ from mrfound.data.augment import (
     augment_intensity,
     augment_organ_contrast,
     augment_spatial,
-    spatial_crop_size,
+    spatial_context,
 )
 from mrfound.errors import ConfigError
 
@@ -153,7 +153,7 @@ def test_spatial_moves_image_and_labels_together_and_zooms() -> None:
 
 def test_spatial_margin_keeps_padding_out_of_the_output() -> None:
     out = 16
-    edge = spatial_crop_size(out)
+    edge = out + 2 * spatial_context(out)
     x = np.ones((1, edge, edge, edge), np.float32)
     for seed in range(20):
         y, _ = augment_spatial(x, None, np.random.default_rng(seed), out_size=out)
