@@ -165,6 +165,14 @@ def test_merge_checks_head_settings_only_among_mrfound_runs(chaos, tmp_path: Pat
     longer.write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="steps = 3000 differs"):
         chaos.merge_runs([fs8, longer], tmp_path / "out2", "merge")
+    # a pretraining recorded before its autocast was (fp32) merges with an explicit fp32 one, not bf16
+    other["pretraining"] = {"steps": 3, "mixed_precision": "no"}
+    longer.write_text(json.dumps(other))
+    chaos.merge_runs([fs8, longer], tmp_path / "out3", "merge")
+    other["pretraining"] = {"steps": 3, "mixed_precision": "bf16"}
+    longer.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="mixed_precision = 'bf16' differs"):
+        chaos.merge_runs([fs8, longer], tmp_path / "out2", "merge")
     assert not (tmp_path / "out2").exists()
 
 
@@ -189,7 +197,10 @@ def test_pretrain_run_name_keys_every_pretraining_setting(chaos) -> None:
     assert name(foreground="log_otsu") == "pretrain_s4_r32_p8_n1000_log_otsu"
     assert name(phantom_cases=0, pretrain_steps=3000) == "pretrain_s4_r32_p8_n3000_ph0"
     assert name(batch_size=2, seed=1) == "pretrain_s4_r32_p8_n1000_b4_seed1"
-    assert len({name(), name(phantom_cases=0), name(batch_size=2), name(seed=1)}) == 4
+    assert name(mixed_precision="bf16") == "pretrain_s4_r32_p8_n1000_bf16"
+    assert name(mixed_precision="no") == name()  # fp32 runs keep their folders
+    names = {name(), name(phantom_cases=0), name(batch_size=2), name(seed=1), name(mixed_precision="bf16")}
+    assert len(names) == 5
 
 
 def test_sample_batch_intensity_augmentation(chaos) -> None:
@@ -280,3 +291,14 @@ def test_train_timed_skips_non_finite_steps(chaos, monkeypatch) -> None:
     assert info["steps"] >= 4 and info["skipped_nonfinite"] == info["steps"] // 2
     assert all(torch.isfinite(p).all() for p in net.module.parameters())
     assert info["final_loss"] is not None and np.isfinite(info["final_loss"])
+
+
+def test_main_refuses_emulated_bf16_before_any_work(chaos, tmp_path: Path, monkeypatch) -> None:
+    # a wall-clock budget spent on emulated bf16 would time the emulation, not the models
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    monkeypatch.setattr(chaos, "resolve_autocast", lambda requested: "no")
+    argv = ["chaos_segmentation.py", "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work")]
+    monkeypatch.setattr("sys.argv", [*argv, "--mixed-precision", "bf16"])
+    with pytest.raises(SystemExit, match="--mixed-precision bf16: this CPU only emulates it"):
+        chaos.main()
+    assert not (tmp_path / "work").exists()
