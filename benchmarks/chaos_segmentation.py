@@ -36,9 +36,11 @@ Protocol (issue 5, DESIGN §7):
    always fp32), and so does the ``mrfound`` pretraining stage. bf16 autocast makes the steps 1.2x
    (UNet) to 1.7x (mrfound) faster on a CPU with AVX-512 BF16, and 1.3x / 2.1x on AMX (7 min per fold,
    6 mm grid: 2971 vs 2410 and 1728 vs 815 steps). A first trial collapsed the UNet to all-background
-   (Dice 0) through a NaN update, which ``train_timed`` now skips; with that guard, on AMX, every model
-   scored higher under bf16 (README, CHAOS). It stays off by default so the commands of the fp32
-   results keep their meaning; emulated bf16 (no AVX512-BF16/AMX) is far slower than fp32.
+   (Dice 0) through a NaN update, which ``train_timed`` now skips; with that guard, on AMX at 6 mm,
+   mrfound at random init scored 0.861 and the UNet 0.876 under bf16, vs 0.852 / 0.869 in fp32 (those
+   with the older spatial-augmentation crop placement, so not a clean comparison; README, CHAOS). It
+   stays off by default so the commands of the fp32 results keep their meaning; emulated bf16 (no
+   AVX512-BF16/AMX) is far slower than fp32 and refused.
 
 4. Test subjects are segmented whole (sliding window, overlap 0.25), and every model's segmentation is
    post-processed alike (``--postprocess largest``: keep the largest connected component,
