@@ -34,7 +34,7 @@ Protocol (issue 5, DESIGN §7):
 
    Every model trains under the same precision (``--mixed-precision``, fp32 by default; inference is
    always fp32), and so does the ``mrfound`` pretraining stage. bf16 autocast makes the steps 1.2x
-   (UNet) to 1.7x (mrfound) faster on a CPU with AVX-512 BF16, and 1.3x / 2.1x on AMX (7 min per fold,
+   (UNet) to 1.7x (mrfound) faster on a CPU with AVX-512 BF16, and 1.2x / 2.1x on AMX (7 min per fold,
    6 mm grid: 2971 vs 2410 and 1728 vs 815 steps). A first trial collapsed the UNet to all-background
    (Dice 0) through a NaN update, which ``train_timed`` now skips; with that guard, on AMX at 6 mm,
    mrfound at random init scored 0.861 and the UNet 0.876 under bf16, vs 0.852 / 0.869 in fp32 (those
@@ -148,7 +148,7 @@ def pretrain_run_name(args: argparse.Namespace) -> str:
         name += f"_b{2 * args.batch_size}"
     if args.seed != 0:
         name += f"_seed{args.seed}"
-    if getattr(args, "mixed_precision", "no") != "no":
+    if args.mixed_precision != "no":
         name += f"_{args.mixed_precision}"
     return name
 

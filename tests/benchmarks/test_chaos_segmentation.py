@@ -188,6 +188,7 @@ def test_pretrain_run_name_keys_every_pretraining_setting(chaos) -> None:
         "phantom_cases": 24,
         "batch_size": 4,
         "seed": 0,
+        "mixed_precision": "no",
     }
 
     def name(**kw) -> str:
