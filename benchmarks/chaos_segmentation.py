@@ -87,7 +87,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import choose_threads, resolve_autocast  # noqa: E402
+from _common import choose_threads, cpu_model, resolve_autocast  # noqa: E402
 from _common import rounded_load as _load  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -774,6 +774,8 @@ def main() -> None:
         raise SystemExit(f"--phantom-cases must be >= 0, got {args.phantom_cases}")
     import torch
 
+    from mrfound.pretrain.trainer import cpu_has_native_bf16
+
     if resolve_autocast(args.mixed_precision) != args.mixed_precision:
         # a wall-clock budget spent on emulated bf16 (~9x slower than fp32) would measure the emulation
         raise SystemExit(
@@ -851,6 +853,8 @@ def main() -> None:
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "native_bf16": cpu_has_native_bf16(),
             "torch_threads": threads,
             "torch": torch.__version__,
         },
@@ -934,8 +938,9 @@ def write_report(result: dict[str, Any], out: Path, tag: str = "") -> None:
 def merge_runs(files: list[Path], out: Path, command: str) -> None:
     """Combine runs of different models, or of different folds (``--only-fold``), into one report.
 
-    Runs must share the settings and, fold by fold, the test subjects; the runs with the pretrained
-    ``mrfound`` model must share its pretraining (steps and phantom cases).
+    Runs must share the settings, the CPU model where both record it (a wall-clock budget buys different
+    step counts on different CPUs) and, fold by fold, the test subjects; the runs with the pretrained
+    ``mrfound`` model must share its pretraining (steps, phantom cases, autocast).
     """
     runs = [json.loads(f.read_text()) for f in files]
     first = runs[0]
@@ -956,6 +961,8 @@ def merge_runs(files: list[Path], out: Path, command: str) -> None:
                     )
 
     check(list(zip(files, runs)), tuple(k for k in SETTINGS if k not in MRFOUND_SETTINGS), setting)
+    recorded = [(f, r) for f, r in zip(files, runs) if "cpu_model" in r["machine"]]
+    check(recorded, ("cpu_model",), lambda r, k: r["machine"][k])
     ours = [(f, r) for f, r in zip(files, runs) if has_mrfound(r)]
     check(ours, MRFOUND_SETTINGS, setting)
     pretrained = [(f, r) for f, r in zip(files, runs) if has_mrfound(r, pretrained_only=True)]

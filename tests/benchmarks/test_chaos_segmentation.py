@@ -115,6 +115,30 @@ def test_merge_refuses_different_settings_or_folds(chaos, tmp_path: Path) -> Non
     assert not (tmp_path / "out").exists()
 
 
+def test_merge_refuses_runs_on_different_cpus(chaos, tmp_path: Path) -> None:
+    # a wall-clock budget buys different step counts on different CPUs; a run that predates the
+    # cpu_model key is not checked
+    runs = {
+        "a": _run(chaos, {"mrfound": [0.9, 0.9]}),
+        "b": _run(chaos, {"unet": [0.8, 0.8]}),
+        "old": _run(chaos, {"unetr": [0.6, 0.6]}),
+    }
+    runs["a"]["machine"]["cpu_model"] = "AMD EPYC"
+    runs["b"]["machine"]["cpu_model"] = "Intel(R) Xeon(R) Platinum 8481C"
+    files = []
+    for name, run in runs.items():
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(run))
+    with pytest.raises(SystemExit, match="cpu_model = 'Intel.*differs from .*a.json's 'AMD EPYC'"):
+        chaos.merge_runs(files, tmp_path / "out", "merge")
+    assert not (tmp_path / "out").exists()
+    runs["b"]["machine"]["cpu_model"] = "AMD EPYC"
+    files[1].write_text(json.dumps(runs["b"]))
+    chaos.merge_runs(files, tmp_path / "out", "merge")
+    doc = json.loads((tmp_path / "out" / "chaos_segmentation.json").read_text())
+    assert [r["machine"].get("cpu_model") for r in doc["runs"]] == ["AMD EPYC", "AMD EPYC", None]
+
+
 def test_merge_combines_runs_of_different_folds(chaos, tmp_path: Path) -> None:
     # two processes ran the same models on fold 0 and fold 1 (--only-fold); a run recorded before
     # --intensity-aug existed lacks the key and merges as intensity_aug 0
