@@ -20,15 +20,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+# the benchmark scripts import their siblings (``_common``) from their own folder
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from testutils import load_module  # noqa: E402
+import chaos_segmentation as cs  # noqa: E402
 
 from mrfound.inference import resample_to_grid  # noqa: E402
 
 
 def main(work: Path, spacings: list[float]) -> None:
-    cs = load_module("benchmarks/chaos_segmentation.py")
     labelled, _ = cs.build_manifests(REPO.parent / "shared" / "data" / "chaos_t2", work)
     out = {}
     for sp in spacings:

@@ -25,9 +25,10 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+# the benchmark scripts import their siblings (``_common``) from their own folder
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from testutils import load_module  # noqa: E402
+import imputation as im  # noqa: E402
 
 from mrfound import load_pretrained  # noqa: E402
 from mrfound.data.preprocess import preprocess_case  # noqa: E402
@@ -39,7 +40,6 @@ METHODS = ("mrfound", "mean_image")
 def main(work: Path, which: str = "test") -> None:
     if which not in ("test", "train"):
         raise SystemExit(f"second argument must be test or train, got {which!r}")
-    im = load_module("benchmarks/imputation.py")
     torch.set_num_threads(1)
     b = im.BUDGETS["full"] | {"cases": 240}
     split = im.phantom_split(b, work, seed=0)
