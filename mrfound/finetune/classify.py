@@ -30,7 +30,9 @@ from mrfound.errors import ConfigError
 from mrfound.finetune.common import (
     BalancedDataset,
     EncoderSource,
+    FinalEvaluation,
     class_weights,
+    fit_and_save,
     hold_encoder,
     holdout_split,
     labels_fraction_subset,
@@ -38,7 +40,6 @@ from mrfound.finetune.common import (
     resolve_steps,
 )
 from mrfound.finetune.config import FinetuneConfig
-from mrfound.utils.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -214,11 +215,10 @@ def finetune_classifier(config: FinetuneConfig) -> dict[str, Any]:
     """
     import accelerate.utils
 
-    from mrfound.data.dataset import MRDataset, collate_cases
+    from mrfound.data.dataset import MRDataset
     from mrfound.data.manifest import Manifest, read_manifest
-    from mrfound.models.checkpoint import save_checkpoint
     from mrfound.models.heads import Classifier, make_classification_head, param_groups_layer_decay
-    from mrfound.pretrain.trainer import EveryN, Trainer, make_accelerator
+    from mrfound.pretrain.trainer import make_accelerator
 
     config.validate()
     accelerate.utils.set_seed(config.seed)
@@ -286,79 +286,49 @@ def finetune_classifier(config: FinetuneConfig) -> dict[str, Any]:
     if not config.freeze_encoder:
         groups = hold_encoder(groups, model, config.head_only_steps, config.steps)
 
-    history: list[dict[str, Any]] = []
-
-    def validate(trainer: Trainer) -> None:
-        if val_m is None or not trainer.is_main:
-            trainer.accelerator.wait_for_everyone()
-            return
-        m, _ = evaluate_classifier(
-            trainer.eval_model(), val_m, pre, cache_dir=cache_dir, batch_size=config.batch_size, n_boot=0
+    def val_logs(m: torch.nn.Module) -> dict[str, float]:
+        metrics, _ = evaluate_classifier(
+            m, val_m, pre, cache_dir=cache_dir, batch_size=config.batch_size, n_boot=0
         )
-        logs = {
-            f"val/{k}": m[k]["value"]
+        return {
+            f"val/{k}": metrics[k]["value"]
             for k in ("auc_macro", "balanced_accuracy", "f1_macro", "kappa")
-            if k in m and m[k]["value"] is not None
+            if k in metrics and metrics[k]["value"] is not None
         }
-        trainer.log_metrics(logs)
-        history.append({"step": trainer.step, **logs})
-        trainer.accelerator.wait_for_everyone()
 
-    callbacks = [EveryN(config.eval_every, validate, at_end=False)] if config.eval_every else []
-    trainer = Trainer(
+    def final_evaluation(m: torch.nn.Module) -> FinalEvaluation:
+        metrics, pred = evaluate_classifier(
+            m,
+            val_m,
+            pre,
+            cache_dir=cache_dir,
+            batch_size=config.batch_size,
+            n_boot=config.n_boot,
+            seed=config.seed,
+        )
+        return metrics, {"val_predictions.csv": pred.to_csv(index=False)}, {}
+
+    return fit_and_save(
         model,
         dataset,
         config,
-        collate_fn=collate_cases,
-        param_groups=groups,
-        callbacks=callbacks,
-        accelerator=acc,
-    )
-    result = trainer.fit()
-    final_model = trainer.eval_model()
-    summary: dict[str, Any] = {
-        "final": str(run / "final"),
-        "n_train": len(train_cases),
-        "n_val": len(val_cases),
-        "steps": config.steps,
-        "train_result": result.last_logs,
-        "val_metrics": None,
-        "source": src.description,
-    }
-    if trainer.is_main:
-        atomic_write_text(run / "split.csv", split.to_csv(index=False))
-        if val_m is not None:
-            metrics, pred = evaluate_classifier(
-                final_model,
-                val_m,
-                pre,
-                cache_dir=cache_dir,
-                batch_size=config.batch_size,
-                n_boot=config.n_boot,
-                seed=config.seed,
-            )
-            atomic_write_text(run / "val_predictions.csv", pred.to_csv(index=False))
-            atomic_write_json(
-                run / "val_metrics.json",
-                {"final": metrics, "history": history, "n_val": len(val_cases), "step": trainer.step},
-            )
-            summary["val_metrics"] = metrics
-        provenance = {
+        acc,
+        groups=groups,
+        source=src,
+        split=split,
+        n_train=len(train_cases),
+        n_val=len(val_cases),
+        val_logs=val_logs if val_m is not None else None,
+        final_evaluation=final_evaluation if val_m is not None else None,
+        provenance={
             "task": "classify",
             "source": src.description,
             "from_scratch": config.from_scratch,
             "labels_fraction": config.labels_fraction,
             "n_train": len(train_cases),
             "n_val": len(val_cases),
-            "steps": trainer.step,
             "seed": config.seed,
             "run": str(run),
             "manifest": str(Path(config.manifest).resolve()),
-        }
-        save_checkpoint(
-            run / "final",
-            final_model,
-            {"vocabulary": vocab.to_dict(), "preprocessing": pre.to_dict(), "provenance": provenance},
-        )
-    acc.wait_for_everyone()
-    return summary
+        },
+    )

@@ -1,5 +1,6 @@
 """Shared pieces of probing and fine-tuning: getting an encoder, holding out validation subjects,
-label-fraction subsets, class weights and class-balanced resampling."""
+label-fraction subsets, class weights, class-balanced resampling, and the train-evaluate-save run that
+both fine-tuning tasks end with."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import hashlib
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mrfound.errors import CheckpointError, ConfigError
+from mrfound.utils.io import atomic_write_json, atomic_write_text
 
 RANDOM_PREFIX = "random:"
 
@@ -305,3 +307,93 @@ def hold_encoder(
         if held:
             out.append({**g, "params": held, "hold_steps": int(steps)})
     return out
+
+
+FinalEvaluation = tuple[dict[str, Any], dict[str, str], dict[str, Any]]
+"""What a task's final validation returns: its metrics, files for ``RUN`` (name -> text) and extra keys of
+``val_metrics.json``."""
+
+
+def fit_and_save(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    config: Any,
+    accelerator: Any,
+    *,
+    groups: list[dict[str, Any]],
+    source: EncoderSource,
+    split: Any,
+    n_train: int,
+    n_val: int,
+    val_logs: Callable[[torch.nn.Module], dict[str, float]] | None,
+    final_evaluation: Callable[[torch.nn.Module], FinalEvaluation] | None,
+    provenance: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Train ``model`` with the shared trainer, then write the run's split, final validation and checkpoint.
+
+    Every ``config.eval_every`` steps the main process logs ``val_logs(model)`` (kept in the history of
+    ``val_metrics.json``); after the last step it writes ``split.csv``, the files and metrics of
+    ``final_evaluation`` and ``RUN/final`` (with the vocabulary, preprocessing and ``provenance`` plus the
+    step count). The other processes wait for it.
+
+    Returns:
+        Summary: ``final``, ``n_train``, ``n_val``, ``steps``, ``train_result`` (last logs),
+        ``val_metrics`` (``None`` without a final evaluation) and ``source``.
+    """
+    from mrfound.data.dataset import collate_cases
+    from mrfound.models.checkpoint import save_checkpoint
+    from mrfound.pretrain.trainer import EveryN, Trainer
+
+    run = Path(config.out)
+    history: list[dict[str, Any]] = []
+
+    def validate(trainer: Trainer) -> None:
+        if val_logs is not None and trainer.is_main:
+            logs = val_logs(trainer.eval_model())
+            trainer.log_metrics(logs)
+            history.append({"step": trainer.step, **logs})
+        trainer.accelerator.wait_for_everyone()
+
+    callbacks = [EveryN(config.eval_every, validate, at_end=False)] if config.eval_every else []
+    trainer = Trainer(
+        model,
+        dataset,
+        config,
+        collate_fn=collate_cases,
+        param_groups=groups,
+        callbacks=callbacks,
+        accelerator=accelerator,
+    )
+    result = trainer.fit()
+    final_model = trainer.eval_model()
+    summary: dict[str, Any] = {
+        "final": str(run / "final"),
+        "n_train": n_train,
+        "n_val": n_val,
+        "steps": config.steps,
+        "train_result": result.last_logs,
+        "val_metrics": None,
+        "source": source.description,
+    }
+    if trainer.is_main:
+        atomic_write_text(run / "split.csv", split.to_csv(index=False))
+        if final_evaluation is not None:
+            metrics, files, extra = final_evaluation(final_model)
+            for name, text in files.items():
+                atomic_write_text(run / name, text)
+            atomic_write_json(
+                run / "val_metrics.json",
+                {"final": metrics, "history": history, "n_val": n_val, "step": trainer.step, **extra},
+            )
+            summary["val_metrics"] = metrics
+        save_checkpoint(
+            run / "final",
+            final_model,
+            {
+                "vocabulary": source.vocabulary.to_dict(),
+                "preprocessing": source.preprocess.to_dict(),
+                "provenance": {**provenance, "steps": trainer.step},
+            },
+        )
+    accelerator.wait_for_everyone()
+    return summary

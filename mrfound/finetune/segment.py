@@ -22,9 +22,14 @@ import pandas as pd
 import torch
 
 from mrfound.finetune.classify import source_for, split_cases
-from mrfound.finetune.common import ConcatWithEpoch, hold_encoder, resolve_steps
+from mrfound.finetune.common import (
+    ConcatWithEpoch,
+    FinalEvaluation,
+    fit_and_save,
+    hold_encoder,
+    resolve_steps,
+)
 from mrfound.finetune.config import FinetuneConfig
-from mrfound.utils.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +106,10 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
     """
     import accelerate.utils
 
-    from mrfound.data.dataset import MRDataset, collate_cases
+    from mrfound.data.dataset import MRDataset
     from mrfound.data.manifest import Manifest, read_manifest
-    from mrfound.models.checkpoint import save_checkpoint
     from mrfound.models.heads import Segmenter, make_segmentation_head, param_groups_layer_decay
-    from mrfound.pretrain.trainer import EveryN, Trainer, make_accelerator
+    from mrfound.pretrain.trainer import make_accelerator
 
     config.validate()
     accelerate.utils.set_seed(config.seed)
@@ -161,92 +165,49 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
     if not config.freeze_encoder:
         groups = hold_encoder(groups, model, config.head_only_steps, config.steps)
 
-    history: list[dict[str, Any]] = []
+    def evaluate(m: torch.nn.Module) -> tuple[dict[str, Any], pd.DataFrame]:
+        return evaluate_segmenter(
+            m, val_m, pre, cache_dir=cache_dir, overlap=config.sw_overlap, sw_batch_size=config.sw_batch_size
+        )
 
-    def validate(trainer: Trainer) -> None:
-        if val_m is not None and trainer.is_main:
-            m, _ = evaluate_segmenter(
-                trainer.eval_model(),
-                val_m,
-                pre,
-                cache_dir=cache_dir,
-                overlap=config.sw_overlap,
-                sw_batch_size=config.sw_batch_size,
-            )
-            logs = {
-                f"val/{c}_{k}": m[c][k]
-                for c in ("liver", "lesion")
-                for k in ("dice", "hd95")
-                if m[c][k] is not None
-            }
-            trainer.log_metrics(logs)
-            history.append({"step": trainer.step, **logs})
-        trainer.accelerator.wait_for_everyone()
+    def val_logs(m: torch.nn.Module) -> dict[str, float]:
+        metrics, _ = evaluate(m)
+        return {
+            f"val/{c}_{k}": metrics[c][k]
+            for c in ("liver", "lesion")
+            for k in ("dice", "hd95")
+            if metrics[c][k] is not None
+        }
 
-    callbacks = [EveryN(config.eval_every, validate, at_end=False)] if config.eval_every else []
-    trainer = Trainer(
+    def final_evaluation(m: torch.nn.Module) -> FinalEvaluation:
+        metrics, table = evaluate(m)
+        return metrics, {"val_segmentation.csv": table.to_csv(index=False)}, {"spacing_mm": pre.spacing}
+
+    return fit_and_save(
         model,
         dataset,
         config,
-        collate_fn=collate_cases,
-        param_groups=groups,
-        callbacks=callbacks,
-        accelerator=acc,
-    )
-    result = trainer.fit()
-    final_model = trainer.eval_model()
-    summary: dict[str, Any] = {
-        "final": str(run / "final"),
-        "n_train": len(train_cases),
-        "n_val": len(val_cases),
-        "steps": config.steps,
-        "train_result": result.last_logs,
-        "val_metrics": None,
-        "source": src.description,
-    }
-    if trainer.is_main:
-        atomic_write_text(run / "split.csv", split.to_csv(index=False))
-        if val_m is not None:
-            metrics, table = evaluate_segmenter(
-                final_model,
-                val_m,
-                pre,
-                cache_dir=cache_dir,
-                overlap=config.sw_overlap,
-                sw_batch_size=config.sw_batch_size,
-            )
-            atomic_write_text(run / "val_segmentation.csv", table.to_csv(index=False))
-            atomic_write_json(
-                run / "val_metrics.json",
-                {
-                    "final": metrics,
-                    "history": history,
-                    "n_val": len(val_cases),
-                    "step": trainer.step,
-                    "spacing_mm": pre.spacing,
-                },
-            )
-            summary["val_metrics"] = metrics
-        provenance = {
+        acc,
+        groups=groups,
+        source=src,
+        split=split,
+        n_train=len(train_cases),
+        n_val=len(val_cases),
+        val_logs=val_logs if val_m is not None else None,
+        final_evaluation=final_evaluation if val_m is not None else None,
+        provenance={
             "task": "segment",
             "source": src.description,
             "from_scratch": config.from_scratch,
             "labels_fraction": config.labels_fraction,
             "n_train": len(train_cases),
             "n_val": len(val_cases),
-            "steps": trainer.step,
             "seed": config.seed,
             "run": str(run),
             "manifest": str(Path(config.manifest).resolve()),
             "other_lesions_label_3": "trained as lesion (2)",
-        }
-        save_checkpoint(
-            run / "final",
-            final_model,
-            {"vocabulary": vocab.to_dict(), "preprocessing": pre.to_dict(), "provenance": provenance},
-        )
-    acc.wait_for_everyone()
-    return summary
+        },
+    )
 
 
 def segmentation_volume(
