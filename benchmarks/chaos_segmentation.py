@@ -47,7 +47,8 @@ Protocol (issue 5, DESIGN §7):
    :func:`mrfound.inference.keep_largest_foreground`). Liver Dice and HD95 (mm) with MONAI metrics on
    the preprocessing grid (``--spacing`` mm isotropic), Dice before post-processing (``dice_raw``), and
    Dice on each case's native grid (the prediction resampled back through the affines, nearest
-   neighbour, vs. the original label map).
+   neighbour, vs. the original label map). ``--save-predictions DIR`` keeps those native-grid
+   segmentations (``DIR/<model>/<case>.nii.gz``) for a look at the failures.
 
 5. Before the folds, a phantom check of the inference path: the same pretrained checkpoint is fine-tuned
    on simulated cases (``mrfound finetune --task segment``), ``mrfound predict`` segments held-out ones, and
@@ -477,11 +478,20 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def evaluate(
-    net: _Net, cases: list[dict[str, Any]], spacing: float, postprocess: str = "largest"
+    net: _Net,
+    cases: list[dict[str, Any]],
+    spacing: float,
+    postprocess: str = "largest",
+    save_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Liver Dice / HD95 on the preprocessing grid and Dice on the native grid, per test case."""
+    """Liver Dice / HD95 on the preprocessing grid and Dice on the native grid, per test case.
+
+    With ``save_dir``, each case's post-processed segmentation is written there as ``<case>.nii.gz`` on
+    its native grid (the label map's affine and shape; liver = 1), to be looked at beside the image.
+    """
     import nibabel as nib
 
+    from mrfound.data.readers import write_nifti
     from mrfound.finetune.metrics import segmentation_metrics
     from mrfound.inference import keep_largest_foreground, resample_to_grid
 
@@ -495,6 +505,8 @@ def evaluate(
             resample_to_grid(pred, c["affine"], c["native_affine"], c["native_shape"], nearest=True) > 0.5
         )
         dice_native = _dice(native, np.asarray(nib.load(str(c["mask_path"])).dataobj) == 1)
+        if save_dir is not None:
+            write_nifti(save_dir / f"{c['case']}.nii.gz", native, c["native_affine"], dtype=np.uint8)
         rows.append(
             {
                 "case": c["case"],
@@ -757,6 +769,12 @@ def main() -> None:
     )
     ap.add_argument("--phantom-seg-cases", type=int, default=16, help="phantom cases of that check (16)")
     ap.add_argument("--skip-chaos", action="store_true", help="only the phantom predict check")
+    ap.add_argument(
+        "--save-predictions",
+        default=None,
+        metavar="DIR",
+        help="write every test case's segmentation to DIR/<model>/<case>.nii.gz (native grid)",
+    )
     args = ap.parse_args()
     command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
     if args.merge:
@@ -820,7 +838,13 @@ def main() -> None:
             net = _Net(name, args.roi, args.patch, final, args.seed + k, args.feature_size, args.skip_source)
             tr_info = train_timed(net, train, args.minutes_per_fold * 60, args, seed=args.seed * 100 + k)
             t_eval = time.time()
-            rows = evaluate(net, test, args.spacing, args.postprocess)
+            rows = evaluate(
+                net,
+                test,
+                args.spacing,
+                args.postprocess,
+                Path(args.save_predictions) / name if args.save_predictions else None,
+            )
             fold["models"][name] = {
                 **tr_info,
                 "eval_s": round(time.time() - t_eval, 1),

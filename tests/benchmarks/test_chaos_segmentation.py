@@ -40,12 +40,16 @@ def test_evaluate_scores_after_and_before_postprocessing(chaos, tmp_path: Path) 
         "native_affine": np.diag([4.0, 4.0, 4.0, 1.0]),
         "native_shape": (16, 16, 16),
     }
-    kept = chaos.evaluate(_FakeNet(), [case], spacing=4.0, postprocess="largest")[0]
+    seg = tmp_path / "seg"
+    kept = chaos.evaluate(_FakeNet(), [case], spacing=4.0, postprocess="largest", save_dir=seg)[0]
     raw = chaos.evaluate(_FakeNet(), [case], spacing=4.0, postprocess="none")[0]
     island = 2 * 216 / (216 + 8 + 216)  # Dice with the 8-voxel island counted as liver
     assert kept["dice"] == pytest.approx(1.0) and kept["dice_native"] == pytest.approx(1.0)
     assert kept["dice_raw"] == pytest.approx(island)
     assert raw["dice"] == pytest.approx(island) and raw["dice_raw"] == pytest.approx(island)
+    saved = nib.load(str(seg / "c1.nii.gz"))  # the kept segmentation, native grid
+    np.testing.assert_array_equal(np.asarray(saved.dataobj), mask)
+    np.testing.assert_allclose(saved.affine, case["native_affine"])
 
 
 def _run(chaos, models: dict[str, list[float]], **overrides) -> dict:
