@@ -313,6 +313,7 @@ def finetune_classifier(config: FinetuneConfig) -> dict[str, Any]:
         dataset,
         config,
         acc,
+        task="classify",
         groups=groups,
         source=src,
         split=split,
@@ -320,15 +321,4 @@ def finetune_classifier(config: FinetuneConfig) -> dict[str, Any]:
         n_val=len(val_cases),
         val_logs=val_logs if val_m is not None else None,
         final_evaluation=final_evaluation if val_m is not None else None,
-        provenance={
-            "task": "classify",
-            "source": src.description,
-            "from_scratch": config.from_scratch,
-            "labels_fraction": config.labels_fraction,
-            "n_train": len(train_cases),
-            "n_val": len(val_cases),
-            "seed": config.seed,
-            "run": str(run),
-            "manifest": str(Path(config.manifest).resolve()),
-        },
     )

@@ -320,6 +320,7 @@ def fit_and_save(
     config: Any,
     accelerator: Any,
     *,
+    task: str,
     groups: list[dict[str, Any]],
     source: EncoderSource,
     split: Any,
@@ -327,14 +328,18 @@ def fit_and_save(
     n_val: int,
     val_logs: Callable[[torch.nn.Module], dict[str, float]] | None,
     final_evaluation: Callable[[torch.nn.Module], FinalEvaluation] | None,
-    provenance: Mapping[str, Any],
+    extra_provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` with the shared trainer, then write the run's split, final validation and checkpoint.
 
+    ``task`` (``classify`` / ``segment``) is recorded as given, not read from ``config``: the task
+    functions are also called directly with a config whose ``task`` was left at its default.
+
     Every ``config.eval_every`` steps the main process logs ``val_logs(model)`` (kept in the history of
     ``val_metrics.json``); after the last step it writes ``split.csv``, the files and metrics of
-    ``final_evaluation`` and ``RUN/final`` (with the vocabulary, preprocessing and ``provenance`` plus the
-    step count). The other processes wait for it.
+    ``final_evaluation`` and ``RUN/final`` (with the vocabulary, preprocessing and a provenance record:
+    task, encoder source, from-scratch flag, label fraction, case counts, steps, seed, run folder, manifest,
+    plus ``extra_provenance``). The other processes wait for it.
 
     Returns:
         Summary: ``final``, ``n_train``, ``n_val``, ``steps``, ``train_result`` (last logs),
@@ -392,7 +397,19 @@ def fit_and_save(
             {
                 "vocabulary": source.vocabulary.to_dict(),
                 "preprocessing": source.preprocess.to_dict(),
-                "provenance": {**provenance, "steps": trainer.step},
+                "provenance": {
+                    "task": task,
+                    "source": source.description,
+                    "from_scratch": config.from_scratch,
+                    "labels_fraction": config.labels_fraction,
+                    "n_train": n_train,
+                    "n_val": n_val,
+                    "steps": trainer.step,
+                    "seed": config.seed,
+                    "run": str(run),
+                    "manifest": str(Path(config.manifest).resolve()),
+                    **(extra_provenance or {}),
+                },
             },
         )
     accelerator.wait_for_everyone()

@@ -188,6 +188,7 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
         dataset,
         config,
         acc,
+        task="segment",
         groups=groups,
         source=src,
         split=split,
@@ -195,18 +196,7 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
         n_val=len(val_cases),
         val_logs=val_logs if val_m is not None else None,
         final_evaluation=final_evaluation if val_m is not None else None,
-        provenance={
-            "task": "segment",
-            "source": src.description,
-            "from_scratch": config.from_scratch,
-            "labels_fraction": config.labels_fraction,
-            "n_train": len(train_cases),
-            "n_val": len(val_cases),
-            "seed": config.seed,
-            "run": str(run),
-            "manifest": str(Path(config.manifest).resolve()),
-            "other_lesions_label_3": "trained as lesion (2)",
-        },
+        extra_provenance={"other_lesions_label_3": "trained as lesion (2)"},
     )
 
 

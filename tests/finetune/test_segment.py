@@ -76,6 +76,9 @@ def test_finetune_segment_run(tiny_cohort, tiny_checkpoint, preprocess_cache, tm
     model, cfg_json = load_model(out / "final")
     assert cfg_json["architecture"] == "segmenter" and cfg_json["head"]["feature_size"] == 8
     assert cfg_json["head"]["skip_source"] == "image" and cfg_json["head"]["skip_layers"] == []
+    prov = cfg_json["provenance"]
+    assert prov["task"] == "segment" and prov["steps"] == 4 and prov["n_val"] == summary["n_val"]
+    assert prov["other_lesions_label_3"] == "trained as lesion (2)" and prov["from_scratch"] is False
     saved_cfg = json.loads((out / "config.json").read_text())
     assert saved_cfg["background_crops"] == 0.5 and saved_cfg["intensity_augment"] == 0.5
     assert saved_cfg["organ_augment"] == 0.5 and saved_cfg["head_only_steps"] == 2
