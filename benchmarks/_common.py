@@ -32,7 +32,8 @@ that the commands printed beside the tables reproduce them. Re-running them with
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere).
 
-    Wall-clock budgets and step rates are only comparable on the same CPU model, so every JSON records it.
+    Wall-clock budgets and step rates are only comparable on the same CPU model, so :func:`machine_info`
+    and the CHAOS benchmark record it (a VM may show only the vendor's family name, e.g. ``AMD EPYC``).
     """
     try:
         with open("/proc/cpuinfo") as f:

@@ -962,9 +962,10 @@ def write_report(result: dict[str, Any], out: Path, tag: str = "") -> None:
 def merge_runs(files: list[Path], out: Path, command: str) -> None:
     """Combine runs of different models, or of different folds (``--only-fold``), into one report.
 
-    Runs must share the settings, the CPU model where both record it (a wall-clock budget buys different
-    step counts on different CPUs) and, fold by fold, the test subjects; the runs with the pretrained
-    ``mrfound`` model must share its pretraining (steps, phantom cases, autocast).
+    Runs must share the settings, the CPU (model name and native bf16, where both record them: a
+    wall-clock budget buys different step counts on different CPUs) and, fold by fold, the test
+    subjects; the runs with the pretrained ``mrfound`` model must share its pretraining (steps, phantom
+    cases, autocast).
     """
     runs = [json.loads(f.read_text()) for f in files]
     first = runs[0]
@@ -985,8 +986,9 @@ def merge_runs(files: list[Path], out: Path, command: str) -> None:
                     )
 
     check(list(zip(files, runs)), tuple(k for k in SETTINGS if k not in MRFOUND_SETTINGS), setting)
+    # a VM may name only the family ("AMD EPYC"), so native bf16 is compared too
     recorded = [(f, r) for f, r in zip(files, runs) if "cpu_model" in r["machine"]]
-    check(recorded, ("cpu_model",), lambda r, k: r["machine"][k])
+    check(recorded, ("cpu_model", "native_bf16"), lambda r, k: r["machine"].get(k))
     ours = [(f, r) for f, r in zip(files, runs) if has_mrfound(r)]
     check(ours, MRFOUND_SETTINGS, setting)
     pretrained = [(f, r) for f, r in zip(files, runs) if has_mrfound(r, pretrained_only=True)]

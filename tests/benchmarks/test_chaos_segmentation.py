@@ -136,7 +136,11 @@ def test_merge_refuses_runs_on_different_cpus(chaos, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="cpu_model = 'Intel.*differs from .*a.json's 'AMD EPYC'"):
         chaos.merge_runs(files, tmp_path / "out", "merge")
     assert not (tmp_path / "out").exists()
-    runs["b"]["machine"]["cpu_model"] = "AMD EPYC"
+    runs["b"]["machine"] |= {"cpu_model": "AMD EPYC", "native_bf16": False}  # same family name, no bf16
+    files[1].write_text(json.dumps(runs["b"]))
+    with pytest.raises(SystemExit, match="native_bf16 = False differs"):
+        chaos.merge_runs(files, tmp_path / "out", "merge")
+    runs["b"]["machine"].pop("native_bf16")
     files[1].write_text(json.dumps(runs["b"]))
     chaos.merge_runs(files, tmp_path / "out", "merge")
     doc = json.loads((tmp_path / "out" / "chaos_segmentation.json").read_text())
