@@ -92,6 +92,9 @@ from _common import choose_threads, cpu_model, resolve_autocast  # noqa: E402
 from _common import rounded_load as _load  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from mrfound.data.augment import DEFAULT_ORGAN_SCALE  # noqa: E402
+
 MODELS = ("mrfound", "unet", "unetr", "mrfound_scratch")
 
 
@@ -281,6 +284,7 @@ def sample_batch(
     intensity_aug: float = 0.0,
     organ_aug: float = 0.0,
     spatial_aug: float = 0.0,
+    organ_scale: tuple[float, float] = DEFAULT_ORGAN_SCALE,
 ) -> tuple:
     """Random crops: half centred on a liver voxel, half on a body voxel (same for every model).
 
@@ -293,7 +297,7 @@ def sample_batch(
     (:func:`mrfound.data.augment.augment_intensity`); no draw is made when it is 0, so runs without it
     see the crops they saw before the option existed. Before that, with probability ``organ_aug``, the
     liver of a crop gets its own random gain (:func:`mrfound.data.augment.augment_organ_contrast`; again
-    no draw when 0).
+    no draw when 0), drawn log-uniformly in ``organ_scale``.
     """
     import torch
 
@@ -320,7 +324,7 @@ def sample_batch(
         if warp:
             image, mask = augment_spatial(image, mask, rng, out_size=roi)
         if organ_aug > 0 and rng.random() < organ_aug:
-            image = augment_organ_contrast(image, mask, rng)
+            image = augment_organ_contrast(image, mask, rng, scale=organ_scale)
         if intensity_aug > 0 and rng.random() < intensity_aug:
             image = augment_intensity(image, rng)
         images.append(image)
@@ -447,7 +451,14 @@ def train_timed(
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * max(scale, 0.01)
         image, mask = sample_batch(
-            cases, args.roi, args.batch_size, rng, args.intensity_aug, args.organ_aug, args.spatial_aug
+            cases,
+            args.roi,
+            args.batch_size,
+            rng,
+            args.intensity_aug,
+            args.organ_aug,
+            args.spatial_aug,
+            tuple(args.organ_scale),
         )
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = net.loss(image, mask)
@@ -653,7 +664,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"mrfound decoder skips from {result.get('skip_source', 'tokens')}, "
         f"mrfound decoder feature size {result.get('feature_size', 16)}, "
         f"intensity augmentation {result.get('intensity_aug', 0.0)}, "
-        f"organ contrast augmentation {result.get('organ_aug', 0.0)}, "
+        f"organ contrast augmentation {result.get('organ_aug', 0.0)} "
+        f"(gain {'-'.join(str(g) for g in result.get('organ_scale', DEFAULT_ORGAN_SCALE))}), "
         f"spatial augmentation {result.get('spatial_aug', 0.0)}, "
         f"post-processing: {result.get('postprocess', 'none')}{_pretraining_text(result.get('pretraining'))} "
         f"(load average {loads}).",
@@ -721,7 +733,15 @@ def main() -> None:
         "--organ-aug",
         type=float,
         default=0.0,
-        help="share of training crops whose liver gets its own random gain (0.35-1.5), every model (0)",
+        help="share of training crops whose liver gets its own random gain (--organ-scale), every model (0)",
+    )
+    ap.add_argument(
+        "--organ-scale",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=list(DEFAULT_ORGAN_SCALE),
+        help="log-uniform range of that liver gain (%(default)s)",
     )
     ap.add_argument(
         "--spatial-aug",
@@ -900,6 +920,7 @@ SETTINGS = (
     "foreground",
     "intensity_aug",
     "organ_aug",
+    "organ_scale",
     "spatial_aug",
     "roi",
     "patch",
@@ -915,7 +936,12 @@ SETTINGS = (
 ``MRFOUND_SETTINGS`` only among the runs that include an mrfound model)."""
 MRFOUND_SETTINGS = ("feature_size", "skip_source")
 """Settings of the mrfound segmentation head: they do not change the MONAI models' runs."""
-SETTING_DEFAULTS = {"intensity_aug": 0.0, "organ_aug": 0.0, "spatial_aug": 0.0}
+SETTING_DEFAULTS = {
+    "intensity_aug": 0.0,
+    "organ_aug": 0.0,
+    "organ_scale": list(DEFAULT_ORGAN_SCALE),
+    "spatial_aug": 0.0,
+}
 """Values of settings added after a run was recorded (its JSON lacks the key)."""
 PRETRAINING_DEFAULTS = {"mixed_precision": "no"}
 """Values of pretraining facts added after a run was recorded (its ``pretraining`` lacks the key)."""

@@ -71,7 +71,7 @@ def _run(chaos, models: dict[str, list[float]], **overrides) -> dict:
         }
         for k in range(2)
     ]
-    settings = {key: 1 for key in chaos.SETTINGS} | overrides
+    settings = {key: 1 for key in chaos.SETTINGS} | {"organ_scale": [0.35, 1.5]} | overrides
     return {
         "benchmark": "chaos_segmentation",
         "command": f"python benchmarks/chaos_segmentation.py --models {','.join(models)}",
@@ -117,6 +117,20 @@ def test_merge_refuses_different_settings_or_folds(chaos, tmp_path: Path) -> Non
     with pytest.raises(SystemExit, match="test subjects differ"):
         chaos.merge_runs([a, b], tmp_path / "out", "merge")
     assert not (tmp_path / "out").exists()
+
+
+def test_merge_reads_a_run_without_organ_scale_as_the_default_range(chaos, tmp_path: Path) -> None:
+    old = _run(chaos, {"mrfound": [0.9, 0.9]})
+    new = _run(chaos, {"unet": [0.8, 0.8]}, organ_scale=[0.35, 1.5])
+    del old["organ_scale"]  # recorded before --organ-scale existed
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(old))
+    b.write_text(json.dumps(new))
+    chaos.merge_runs([a, b], tmp_path / "out", "merge")
+    assert "(gain 0.35-1.5)" in (tmp_path / "out" / "chaos_segmentation.md").read_text()
+    b.write_text(json.dumps(_run(chaos, {"unet": [0.8, 0.8]}, organ_scale=[0.2, 1.5])))
+    with pytest.raises(SystemExit, match="organ_scale"):
+        chaos.merge_runs([a, b], tmp_path / "merged2", "merge")
 
 
 def test_merge_refuses_runs_on_different_cpus(chaos, tmp_path: Path) -> None:
@@ -257,6 +271,13 @@ def test_sample_batch_intensity_augmentation(chaos) -> None:
     np.testing.assert_allclose(x[far], 0.1, atol=1e-3)  # (the Gaussian's tail reaches a little further)
     assert not np.allclose(x[liver], 0.4)
     assert 0.4 * 0.35 - 1e-3 < x[liver].min() and x[liver].max() < 0.4 * 1.5 + 1e-3
+    # --organ-scale sets the range: a fixed gain of 0.2 darkens the liver's core to 0.08
+    dark_x, dark_y = chaos.sample_batch(
+        [case], 8, 6, np.random.default_rng(0), organ_aug=1.0, organ_scale=(0.2, 0.2)
+    )
+    x, liver = dark_x.numpy()[:, 0], dark_y.numpy()[:, 0] == 1
+    assert x[liver].min() == pytest.approx(0.4 * 0.2, abs=2e-3)
+    assert x[liver].max() < 0.4
 
 
 def test_sample_batch_spatial_augmentation_keeps_image_and_labels_aligned(chaos) -> None:
@@ -306,7 +327,7 @@ def test_train_timed_skips_non_finite_steps(chaos, monkeypatch) -> None:
     monkeypatch.setattr(
         chaos,
         "sample_batch",
-        lambda cases, roi, batch, rng, aug=0.0, organ=0.0, spatial=0.0: (
+        lambda cases, roi, batch, rng, aug=0.0, organ=0.0, spatial=0.0, organ_scale=None: (
             torch.ones(1, 1, 2, 2, 2),
             torch.zeros(1, 1, 2, 2, 2),
         ),
@@ -318,6 +339,7 @@ def test_train_timed_skips_non_finite_steps(chaos, monkeypatch) -> None:
         batch_size=1,
         intensity_aug=0.0,
         organ_aug=0.0,
+        organ_scale=[0.35, 1.5],
         spatial_aug=0.0,
     )
     info = chaos.train_timed(net, [], seconds=0.3, args=args, seed=0)
