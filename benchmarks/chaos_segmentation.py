@@ -344,8 +344,11 @@ class _Net:
         seed: int,
         feature_size: int = 16,
         skip_source: str = "image",
+        fp32_max_voxels: int = 0,
     ) -> None:
         import torch
+
+        from mrfound.utils.precision import small_convs_in_fp32
 
         torch.manual_seed(seed)
         self.name = name
@@ -385,6 +388,8 @@ class _Net:
                 )
             self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
             self.groups = [{"params": list(self.module.parameters()), "lr_scale": 1.0, "weight_decay": 0.05}]
+        if fp32_max_voxels > 0:  # bf16 conv backward on tiny inputs faults on some CPUs
+            small_convs_in_fp32(self.module, fp32_max_voxels)
 
     def loss(self, image, mask):
         import torch
@@ -765,6 +770,13 @@ def main() -> None:
         default="largest",
         help="keep the largest connected component of every model's segmentation (largest)",
     )
+    ap.add_argument(
+        "--fp32-max-voxels",
+        type=int,
+        default=8,
+        help="under bf16, run every convolution whose input has at most this many voxels in fp32 (8: the "
+        "UNet's 2x2x2 bottleneck, whose bf16 backward faults on some CPUs; 0 = none)",
+    )
     ap.add_argument("--tag", default="", help="write chaos_segmentation.TAG.{json,md} (parallel runs)")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="combine tagged runs into the report")
     ap.add_argument("--batch-size", type=int, default=4, help="crops per step, every model (4)")
@@ -855,7 +867,16 @@ def main() -> None:
         test = [cases[i] for i in te]
         fold: dict[str, Any] = {"fold": k, "test": [c["case"] for c in test], "models": {}}
         for name in models:
-            net = _Net(name, args.roi, args.patch, final, args.seed + k, args.feature_size, args.skip_source)
+            net = _Net(
+                name,
+                args.roi,
+                args.patch,
+                final,
+                args.seed + k,
+                args.feature_size,
+                args.skip_source,
+                args.fp32_max_voxels,
+            )
             tr_info = train_timed(net, train, args.minutes_per_fold * 60, args, seed=args.seed * 100 + k)
             t_eval = time.time()
             rows = evaluate(
@@ -927,6 +948,7 @@ SETTINGS = (
     "feature_size",
     "skip_source",
     "mixed_precision",
+    "fp32_max_voxels",
     "postprocess",
     "batch_size",
     "lr",
@@ -941,6 +963,7 @@ SETTING_DEFAULTS = {
     "organ_aug": 0.0,
     "organ_scale": list(DEFAULT_ORGAN_SCALE),
     "spatial_aug": 0.0,
+    "fp32_max_voxels": 0,
 }
 """Values of settings added after a run was recorded (its JSON lacks the key)."""
 PRETRAINING_DEFAULTS = {"mixed_precision": "no"}
