@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import platform
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -27,49 +26,6 @@ PHANTOM_FOREGROUND = "otsu"
 Their tables in README were made with raw Otsu, the library default before ``log_otsu``; they pin it so
 that the commands printed beside the tables reproduce them. Re-running them with ``log_otsu`` is open work.
 """
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere).
-
-    Wall-clock budgets and step rates are only comparable on the same CPU model, so :func:`machine_info`
-    and the CHAOS benchmark record it (a VM may show only the vendor's family name, e.g. ``AMD EPYC``).
-    """
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU count, torch threads, load average and library versions of this machine (for the JSON)."""
-    import numpy as np
-
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover - not on Unix
-        load = None
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count()
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1_5_15min": load,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "cuda": torch.cuda.is_available(),
-    }
 
 
 def resolve_autocast(requested: str) -> str:

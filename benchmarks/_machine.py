@@ -1,4 +1,4 @@
-"""Machine facts and timing helpers shared by the benchmarks.
+"""Timing helpers shared by the benchmarks (machine facts: :mod:`mrfound.utils.machine`).
 
 Everything here is measured in the calling process, so a figure and the machine state it was taken in
 (threads, load average, matmul peak) travel together in one JSON object.
@@ -6,92 +6,16 @@ Everything here is measured in the calling process, so a figure and the machine 
 
 from __future__ import annotations
 
-import os
-import platform
+import sys
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
-
-def load_average() -> list[float]:
-    """The 1, 5 and 15 minute load averages (empty on systems without ``/proc/loadavg``)."""
-    try:
-        with open("/proc/loadavg") as f:
-            return [float(v) for v in f.read().split()[:3]]
-    except OSError:
-        return list(os.getloadavg()) if hasattr(os, "getloadavg") else []
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    """CPU feature flags (``/proc/cpuinfo``; empty where unavailable)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """Hardware and software the figures were measured on."""
-    flags = cpu_flags()
-    info: dict[str, Any] = {
-        "cpu_model": cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx_bf16": "amx_bf16" in flags,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "memory_gb": _memory_gb(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "mkldnn": torch.backends.mkldnn.is_available(),
-        "device": str(device),
-        "env": {
-            k: os.environ.get(k)
-            for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MRFOUND_CACHE_MEMORY_MB")
-            if os.environ.get(k) is not None
-        },
-    }
-    try:
-        import monai
-
-        info["monai"] = monai.__version__
-    except ImportError:  # pragma: no cover - monai is a dependency
-        info["monai"] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info["gpu"] = props.name
-        info["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def _memory_gb() -> float | None:
-    try:
-        import psutil
-
-        return round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        return None
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mrfound.utils.machine import load_average  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:

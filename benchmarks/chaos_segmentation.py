@@ -77,8 +77,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import shlex
 import sys
 import time
@@ -88,7 +86,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import choose_threads, cpu_model, resolve_autocast  # noqa: E402
+from _common import choose_threads, resolve_autocast  # noqa: E402
 from _common import rounded_load as _load  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -822,9 +820,8 @@ def main() -> None:
         raise SystemExit(f"unknown model(s) {bad}; choose from {', '.join(MODELS)}")
     if args.phantom_cases < 0:
         raise SystemExit(f"--phantom-cases must be >= 0, got {args.phantom_cases}")
-    import torch
 
-    from mrfound.pretrain.trainer import cpu_has_native_bf16
+    from mrfound.utils.machine import machine_info
 
     if resolve_autocast(args.mixed_precision) != args.mixed_precision:
         # a wall-clock budget spent on emulated bf16 (~9x slower than fp32) would measure the emulation
@@ -832,7 +829,7 @@ def main() -> None:
             f"--mixed-precision {args.mixed_precision}: this CPU only emulates it (no AVX512-BF16/AMX); "
             "use --mixed-precision no"
         )
-    threads = choose_threads(args.threads)
+    choose_threads(args.threads)
     from sklearn.model_selection import KFold
 
     t_start = time.time()
@@ -915,14 +912,7 @@ def main() -> None:
     result = {
         "benchmark": "chaos_segmentation",
         "command": command,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "native_bf16": cpu_has_native_bf16(),
-            "torch_threads": threads,
-            "torch": torch.__version__,
-        },
+        "machine": machine_info(),
         "loadavg_start": load_start,
         "loadavg_end": _load(),
         "folds": len(per_fold),

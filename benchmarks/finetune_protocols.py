@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import choose_threads, provenance  # noqa: E402
+
+from mrfound.utils.machine import machine_info  # noqa: E402
 
 NAMED = ("all", "no_contrast", "t2_only", "contrast_only")
 
@@ -92,7 +93,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--labels-fraction must be in (0, 1], got {args.labels_fraction}")
 
     import phenotype as ph
-    import torch
     from compare_probes import compare, read_predictions
 
     from mrfound.data.guard import checked_manifest
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--budget must be one of {', '.join(ph.BUDGETS)}, got {args.budget!r}")
     b = ph.BUDGETS[args.budget]
     n_boot = b.n_boot if args.n_boot is None else args.n_boot
-    threads = choose_threads(args.threads)
+    choose_threads(args.threads)
     vocab = DEFAULT_VOCABULARY
     train = checked_manifest(args.train_manifest, on_error="raise", vocabulary=vocab)
     test = checked_manifest(args.test_manifest, on_error="raise", vocabulary=vocab, prefix="test_")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "benchmark": "finetune_protocols",
         **provenance(argv and ["benchmarks/finetune_protocols.py", *argv]),
-        "machine": {"platform": platform.platform(), "torch_threads": threads, "torch": torch.__version__},
+        "machine": machine_info(),
         "settings": {
             "budget": args.budget,
             "labels_fraction": args.labels_fraction,

@@ -60,7 +60,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -72,6 +71,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PHANTOM_FOREGROUND, choose_threads, resolve_autocast  # noqa: E402
 from _common import rounded_load as _load  # noqa: E402
+
+from mrfound.utils.machine import machine_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TRISTAN_FAS = ("fa02", "fa10", "fa15", "fa20", "fa25")
@@ -783,9 +784,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--mae must be a JSON object: {e}") from None
     script = str(Path(__file__).resolve().relative_to(REPO))
     command = shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
-    import torch
 
-    threads = choose_threads(args.threads)
+    choose_threads(args.threads)
     requested_mp, args.mixed_precision = args.mixed_precision, resolve_autocast(args.mixed_precision)
 
     t0 = time.time()
@@ -810,12 +810,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pretraining_mae_overrides": args.mae,
         "pretraining_mixed_precision": args.mixed_precision,
         "pretraining_mixed_precision_requested": requested_mp,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch_threads": threads,
-            "torch": torch.__version__,
-        },
+        "machine": machine_info(),
         "loadavg_start": load0,
         "units": "normalised (0/1 = 1st/99th body percentile of each sequence); PSNR data range 1",
     }

@@ -23,7 +23,6 @@ import csv
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import numpy as np
 from mrfound.data.phantom import PhantomConfig, generate_cohort
 from mrfound.data.phantom.measure import STAT_NAMES, lesion_statistics, load_case_images
 from mrfound.data.sequences import CLASSES, SEQUENCES
+from mrfound.utils.machine import machine_info
 
 LOG_STATS = {"ratio", "mean", "p10", "p90", "rim", "centre", "rim_centre", "halo"}
 
@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result: dict = {"benchmark": "phantom_signatures",
                     "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                "python": platform.python_version()},
+                    "machine": machine_info(),
                     "cases": int(args.cases), "labelled": int(len(rows)), "seed": args.seed,
                     "variation": args.variation,
                     "classifier": "StandardScaler + LogisticRegression(C=0.5) on per-sequence lesion/liver "

@@ -77,11 +77,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import PHANTOM_FOREGROUND, ChannelStackedMAE, machine_info, provenance, resolve_autocast  # noqa: E402
+from _common import PHANTOM_FOREGROUND, ChannelStackedMAE, provenance, resolve_autocast  # noqa: E402
 
 from mrfound import demo as D  # noqa: E402
 from mrfound.data.preprocess import FOREGROUND_METHODS  # noqa: E402
 from mrfound.models.config import EMBED_ABSENT, EMBED_POOLING, HEAD_POOLING  # noqa: E402
+from mrfound.utils.machine import machine_info  # noqa: E402
 
 FOUR_CENTRES = ("uni_3t", "community_15t", "oncology", "surveillance")
 """Default centres: complete 3 T, no DWI, no in/opposed phase, abbreviated t2 + dwi + t1_pv."""

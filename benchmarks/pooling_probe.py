@@ -41,7 +41,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, provenance  # noqa: E402
+from _common import provenance  # noqa: E402
+
+from mrfound.utils.machine import machine_info  # noqa: E402
 
 PROTOCOLS = {
     "all": None,

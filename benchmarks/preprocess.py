@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -67,7 +65,6 @@ def main() -> None:
     if not data.is_dir():
         print(json.dumps({"skipped": f"{data} is absent"}))
         return
-    import torch
 
     t0 = time.perf_counter()
     import monai.transforms  # noqa: F401
@@ -78,6 +75,7 @@ def main() -> None:
     from mrfound.data.importers import import_pattern
     from mrfound.data.manifest import read_manifest
     from mrfound.data.preprocess import PreprocessConfig
+    from mrfound.utils.machine import machine_info
 
     with tempfile.TemporaryDirectory() as tmp:
         mpath = Path(tmp) / "chaos.csv"
@@ -95,12 +93,7 @@ def main() -> None:
         result: dict[str, object] = {
             "benchmark": "preprocess",
             "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-            "machine": {
-                "platform": platform.platform(),
-                "cpus": os.cpu_count(),
-                "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads(),
-            },
+            "machine": machine_info(),
             "dataset": str(data),
             "cases": n,
             "spacing_mm": args.spacing,

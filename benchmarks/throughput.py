@@ -54,13 +54,14 @@ if str(REPO / "benchmarks") not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import PHANTOM_FOREGROUND  # noqa: E402
-from _machine import interleaved, load_average, machine_info, matmul_peak, synchronize  # noqa: E402
+from _machine import interleaved, matmul_peak, synchronize  # noqa: E402
 
 from mrfound.models.config import EncoderConfig, MAEConfig  # noqa: E402
 from mrfound.models.mae import MaskedModalityAutoencoder  # noqa: E402
 from mrfound.models.registry import get_configs  # noqa: E402
 from mrfound.pretrain.run import git_commit  # noqa: E402
 from mrfound.pretrain.trainer import bf16_is_emulated  # noqa: E402
+from mrfound.utils.machine import load_average, machine_info  # noqa: E402
 
 GOALS = {
     "ratio_vs_monai": 1.0,

@@ -1355,8 +1355,10 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
 
     # 8 ------------------------------------------------------------------ report
     with log.stage("report", "Writing the report"):
+        from mrfound.utils.machine import machine_info
+
         summary["wall_s"] = {**log.times, "total": round(time.time() - log.start, 1)}
-        summary["machine"] = _machine()
+        summary["machine"] = machine_info()
         text = _report(cfg, summary, probes, cls_metrics, cohort, train_m, test_m)
         atomic_write_text(out / "report.md", text)
         atomic_write_json(out / "summary.json", jsonable(summary))
@@ -1378,24 +1380,6 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
     import pandas as pd
 
     return pd.read_csv(path).to_dict(orient="records") if path.is_file() else []
-
-
-def _machine() -> dict[str, Any]:
-    import platform
-
-    import torch
-
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        load = None
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1_5_15min": load,
-        "torch": torch.__version__,
-    }
 
 
 def _evaluate_segmentation(
@@ -1539,7 +1523,7 @@ def _report(
     lines = [
         "# mrfound demo report\n",
         f"Command: `{cfg.command or 'mrfound demo'}`  \n"
-        f"Machine: {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, load average "
+        f"Machine: {m['cpu_model']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, load average "
         f"{m['load_average_1_5_15min']} (1/5/15 min), torch {m['torch']}  \n"
         f"Wall time: {w['total'] / 60:.1f} min (budget {cfg.minutes:g} min); per stage (s): "
         + ", ".join(f"{k} {v:.0f}" for k, v in w.items() if k != "total")

@@ -357,3 +357,33 @@ def test_main_refuses_emulated_bf16_before_any_work(chaos, tmp_path: Path, monke
     with pytest.raises(SystemExit, match="--mixed-precision bf16: this CPU only emulates it"):
         chaos.main()
     assert not (tmp_path / "work").exists()
+
+
+CHAOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "chaos_t2"
+
+
+@pytest.mark.skipif(not (CHAOS / "images").is_dir(), reason="../shared/data/chaos_t2 is absent")
+def test_main_runs_end_to_end_on_four_real_subjects(chaos, tmp_path: Path, monkeypatch) -> None:
+    # the whole script on real data, as small as it goes: 4 subjects, 2 folds (1 run), 8 mm, a second of UNet
+    data = tmp_path / "data"
+    for sub in ("images", "labels"):
+        (data / sub).mkdir(parents=True)
+        for f in sorted((CHAOS / sub).iterdir())[:4]:
+            (data / sub / f.name).symlink_to(f)
+    argv = [
+        "chaos_segmentation.py", "--data", str(data), "--work", str(tmp_path / "work"), "--out",
+        str(tmp_path / "out"), "--models", "unet", "--minutes-per-fold", "0.02", "--folds", "2",
+        "--max-folds", "1", "--spacing", "8", "--roi", "32", "--phantom-predict-steps", "0", "--threads", "1",
+        "--save-predictions", str(tmp_path / "pred"), "--tag", "smoke",
+    ]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    chaos.main()
+    doc = json.loads((tmp_path / "out" / "chaos_segmentation.smoke.json").read_text())
+    assert doc["machine"]["cpu_model"] and isinstance(doc["machine"]["native_bf16"], bool)
+    assert doc["organ_scale"] == [0.35, 1.5] and doc["fp32_max_voxels"] == 8
+    (fold,) = doc["per_fold"]
+    unet = fold["models"]["unet"]
+    assert len(fold["test"]) == 2 and unet["steps"] >= 1 and 0.0 <= unet["dice"] <= 1.0
+    saved = sorted(p.name for p in (tmp_path / "pred" / "unet").iterdir())
+    assert saved == [f"{c}.nii.gz" for c in fold["test"]]
+    assert doc["target_met"] is None  # no mrfound model in the run
