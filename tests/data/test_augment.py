@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from mrfound.data.augment import (
+    DEFAULT_ROTATE_DEG,
+    DEFAULT_ZOOM,
     augment_intensity,
     augment_organ_contrast,
     augment_spatial,
@@ -149,6 +151,36 @@ def test_spatial_moves_image_and_labels_together_and_zooms() -> None:
     a = augment_spatial(x, None, np.random.default_rng(5))
     b = augment_spatial(x, None, np.random.default_rng(5))
     assert a[1] is None and np.array_equal(a[0], b[0])  # reproducible from the generator
+
+
+def test_spatial_matches_monai_affine() -> None:
+    # augment_spatial applies the matrix of MONAI's Affine through one torch grid; it must resample as
+    # Affine does (bilinear image, nearest labels, zeros outside), on non-cubic crops and outputs too
+    import torch
+    from monai.transforms import Affine
+    from scipy.ndimage import gaussian_filter
+
+    r = np.random.default_rng(0)
+    for seed in range(6):
+        shape, out = tuple(r.integers(30, 46, 3)), tuple(r.integers(16, 30, 3))
+        image = np.stack([gaussian_filter(r.normal(size=shape), 2) for _ in range(2)]).astype(np.float32)
+        labels = (gaussian_filter(r.normal(size=shape), 3) > 0).astype(np.uint8) * 2
+        got, got_lab = augment_spatial(image, labels, np.random.default_rng(seed), out_size=out)
+        draw = np.random.default_rng(seed)  # the same draws: three angles, then the zoom
+        angles = np.deg2rad(draw.uniform(-DEFAULT_ROTATE_DEG, DEFAULT_ROTATE_DEG, 3))
+        zoom = np.exp(draw.uniform(*np.log(DEFAULT_ZOOM)))
+        kw = {
+            "rotate_params": tuple(float(a) for a in angles),
+            "scale_params": (float(1 / zoom),) * 3,
+            "spatial_size": out,
+            "padding_mode": "zeros",
+            "image_only": True,
+        }
+        want = np.asarray(Affine(mode="bilinear", **kw)(torch.as_tensor(image)))
+        lab = torch.as_tensor(labels[None], dtype=torch.float32)
+        want_lab = np.asarray(Affine(mode="nearest", **kw)(lab))
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        np.testing.assert_array_equal(got_lab, np.rint(want_lab[0]).astype(np.uint8))
 
 
 def test_spatial_margin_keeps_padding_out_of_the_output() -> None:
