@@ -348,6 +348,30 @@ def test_train_timed_skips_non_finite_steps(chaos, monkeypatch) -> None:
     assert info["final_loss"] is not None and np.isfinite(info["final_loss"])
 
 
+def test_cpu_budget_clock_does_not_count_time_the_process_waits(chaos, monkeypatch) -> None:
+    # a process that shares its core waits its turn: the CPU clock stops, the wall clock does not
+    import argparse
+    import time
+
+    import torch
+
+    def waiting_batch(*args, **kwargs):
+        time.sleep(0.01)  # not CPU time
+        return torch.ones(1, 1, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2)
+
+    monkeypatch.setattr(chaos, "sample_batch", waiting_batch)
+    base = {"mixed_precision": "no", "lr": 1e-2, "roi": 2, "batch_size": 1, "intensity_aug": 0.0}
+    base |= {"organ_aug": 0.0, "organ_scale": [0.35, 1.5], "spatial_aug": 0.0}
+    cpu = chaos.train_timed(
+        _NaNEveryOtherStep(), [], 0.1, argparse.Namespace(**base, budget_clock="cpu"), seed=0
+    )
+    assert cpu["train_s"] >= 0.1 and cpu["train_wall_s"] > 2 * cpu["train_s"]  # (times rounded to 0.1 s)
+    wall = chaos.train_timed(
+        _NaNEveryOtherStep(), [], 0.1, argparse.Namespace(**base, budget_clock="wall"), seed=0
+    )
+    assert wall["train_wall_s"] == pytest.approx(wall["train_s"], abs=0.05)
+
+
 def test_main_refuses_emulated_bf16_before_any_work(chaos, tmp_path: Path, monkeypatch) -> None:
     # a wall-clock budget spent on emulated bf16 would time the emulation, not the models
     (tmp_path / "data" / "images").mkdir(parents=True)
