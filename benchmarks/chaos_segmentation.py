@@ -695,6 +695,8 @@ def markdown(result: dict[str, Any]) -> str:
     skipped = {n: s["skipped_nonfinite"] for n, s in result["summary"].items() if s.get("skipped_nonfinite")}
     if skipped:
         lines += ["", f"Training steps skipped for a non-finite loss or gradient: {skipped}."]
+    for r in result.get("replaced", []):
+        lines.append(f"Fold {r['fold']} of {r['model']}: from {r['by']}, a rerun (replaces {r['replaced']}).")
     commands = [r["command"] for r in result.get("runs", [])] + [result["command"]]
     lines += ["", "Command(s): " + "; then ".join(f"`{c}`" for c in commands), ""]
     return "\n".join(lines)
@@ -1019,6 +1021,9 @@ def write_report(result: dict[str, Any], out: Path, tag: str = "") -> None:
 def merge_runs(files: list[Path], out: Path, command: str) -> None:
     """Combine runs of different models, or of different folds (``--only-fold``), into one report.
 
+    A fold of a model that a later file also holds (a rerun) is taken from the later file; the report's
+    ``replaced`` list and markdown say which.
+
     Runs must share the settings, the CPU (model name and native bf16, where both record them: a
     wall-clock budget buys different step counts on different CPUs) and, fold by fold, the test
     subjects; the runs with the pretrained ``mrfound`` model must share its pretraining (steps, phantom
@@ -1055,11 +1060,18 @@ def merge_runs(files: list[Path], out: Path, command: str) -> None:
         lambda r, k: (r.get("pretraining") or {}).get(k, PRETRAINING_DEFAULTS.get(k)),
     )
     by_fold: dict[int, dict[str, Any]] = {}
+    source: dict[tuple[int, str], str] = {}
+    replaced: list[dict[str, Any]] = []
     for f, r in zip(files, runs):
         for fo in r["per_fold"]:
             merged = by_fold.setdefault(fo["fold"], {"fold": fo["fold"], "test": fo["test"], "models": {}})
             if merged["test"] != fo["test"]:
                 raise SystemExit(f"{f}: fold {fo['fold']}'s test subjects differ from an earlier run's")
+            for name in fo["models"]:  # a later run's fold (a rerun) replaces an earlier one, on the record
+                key = (fo["fold"], name)
+                if key in source:
+                    replaced.append({"fold": key[0], "model": name, "by": f.name, "replaced": source[key]})
+                source[key] = f.name
             merged["models"].update(fo["models"])
     per_fold = [by_fold[k] for k in sorted(by_fold)]
     models = {m for fo in per_fold for m in fo["models"]}
@@ -1085,6 +1097,7 @@ def merge_runs(files: list[Path], out: Path, command: str) -> None:
         "pretraining": pretrained[0][1].get("pretraining") if pretrained else None,
         "folds": len(per_fold),
         "per_fold": per_fold,
+        "replaced": replaced,
         "wall_s": max(r["wall_s"] for r in runs),
     }
     write_report(result, out)

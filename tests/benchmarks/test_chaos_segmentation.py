@@ -175,7 +175,19 @@ def test_merge_combines_runs_of_different_folds(chaos, tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "out" / "chaos_segmentation.json").read_text())
     assert doc["folds"] == 2 and [f["fold"] for f in doc["per_fold"]] == [0, 1]
     assert doc["summary"]["mrfound"]["dice_per_fold"] == [0.9, 0.7]
-    assert doc["summary"]["unet"]["dice_mean"] == pytest.approx(0.7)
+    assert doc["summary"]["unet"]["dice_mean"] == pytest.approx(0.7) and doc["replaced"] == []
+    # a rerun of fold 0 given after the full run replaces its fold 0, on the record
+    rerun = _run(chaos, {"mrfound": [0.95, 0.0]}, intensity_aug=0.0)
+    rerun["per_fold"] = rerun["per_fold"][:1]
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps(rerun))
+    chaos.merge_runs([b, a, c], tmp_path / "out3", "merge")
+    doc = json.loads((tmp_path / "out3" / "chaos_segmentation.json").read_text())
+    assert doc["summary"]["mrfound"]["dice_per_fold"] == [0.95, 0.7]
+    assert doc["replaced"] == [{"fold": 0, "model": "mrfound", "by": "c.json", "replaced": "a.json"}]
+    assert "Fold 0 of mrfound: from c.json, a rerun (replaces a.json)." in (
+        tmp_path / "out3" / "chaos_segmentation.md"
+    ).read_text()
     # a model missing from one fold is refused; so is a different augmentation
     second["per_fold"][0]["models"].pop("unet")
     b.write_text(json.dumps(second))
