@@ -695,6 +695,8 @@ def markdown(result: dict[str, Any]) -> str:
     skipped = {n: s["skipped_nonfinite"] for n, s in result["summary"].items() if s.get("skipped_nonfinite")}
     if skipped:
         lines += ["", f"Training steps skipped for a non-finite loss or gradient: {skipped}."]
+    if result.get("replaced"):
+        lines.append("")
     for r in result.get("replaced", []):
         lines.append(f"Fold {r['fold']} of {r['model']}: from {r['by']}, a rerun (replaces {r['replaced']}).")
     commands = [r["command"] for r in result.get("runs", [])] + [result["command"]]
