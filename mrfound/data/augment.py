@@ -211,7 +211,7 @@ def augment_spatial(
     # MONAI scales the sampling grid: a factor 1/z shows the anatomy z times larger
     factor = 1.0 / _log_uniform(rng, *zoom)
     # The matrix MONAI's Affine builds (voxel units about the centres), applied by one torch affine_grid for
-    # image and labels: MONAI's Affine resamples the same way but spends ~4x longer on MetaTensor bookkeeping
+    # image and labels: MONAI's Affine resamples the same way, with MetaTensor bookkeeping around it,
     # and builds the grid twice (benchmarks/augment_speed.py: 4.7 vs 2.2 ms per 32³ output from a 58³ crop).
     mat = create_rotate(3, tuple(float(a) for a in angles)) @ create_scale(3, (factor,) * 3)
     # centred voxel coordinates c_in = M c_out; grid_sample's normalised ones (align_corners=False) are
