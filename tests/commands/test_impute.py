@@ -21,10 +21,9 @@ def _helpers():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict[str, Path]:
-    h = _helpers()
-    folder = tmp_path_factory.mktemp("impute_cmd")
-    return {"manifest": h.make_cohort(folder / "cohort", n=2), **h.make_checkpoints(folder / "ckpt")}
+def setup(inference_setup) -> dict[str, Path]:
+    """The session's 3-case cohort and checkpoints (tests/commands/conftest.py)."""
+    return inference_setup
 
 
 def test_impute_writes_volumes_on_reference_grids(setup, tmp_path, capsys) -> None:
@@ -43,7 +42,7 @@ def test_impute_writes_volumes_on_reference_grids(setup, tmp_path, capsys) -> No
         ]
     )
     assert rc == 0
-    assert "synthesised 2 volume(s)" in capsys.readouterr().out
+    assert "synthesised 3 volume(s)" in capsys.readouterr().out
     table = pd.read_csv(out / "imputed_t1_art.csv", dtype=str, keep_default_na=False)
     manifest = pd.read_csv(setup["manifest"], dtype=str, keep_default_na=False)
     for row in table.itertuples():

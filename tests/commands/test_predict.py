@@ -25,10 +25,9 @@ def _helpers():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict[str, Path]:
-    h = _helpers()
-    folder = tmp_path_factory.mktemp("predict_cmd")
-    return {"manifest": h.make_cohort(folder / "cohort", n=3), **h.make_checkpoints(folder / "ckpt")}
+def setup(inference_setup) -> dict[str, Path]:
+    """The session's 3-case cohort and checkpoints (tests/commands/conftest.py)."""
+    return inference_setup
 
 
 def test_predict_segmenter_writes_csv_and_segmentations(setup, tmp_path, capsys) -> None:
