@@ -39,11 +39,6 @@ def resolve_autocast(requested: str) -> str:
     return "no" if bf16_is_emulated(requested, on_cpu=not torch.cuda.is_available()) else requested
 
 
-def rounded_load() -> list[float]:
-    """The 1, 5 and 15 minute load averages, rounded to 0.01."""
-    return [round(v, 2) for v in os.getloadavg()]
-
-
 def choose_threads(requested: int | None) -> int:
     """Torch threads: as asked, else all cores on an idle machine and 1 on a busy one.
 

@@ -87,11 +87,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import choose_threads, resolve_autocast  # noqa: E402
-from _common import rounded_load as _load  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from mrfound.data.augment import DEFAULT_ORGAN_SCALE  # noqa: E402
+from mrfound.utils.machine import load_average as _load  # noqa: E402
 
 MODELS = ("mrfound", "unet", "unetr", "mrfound_scratch")
 

@@ -70,8 +70,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PHANTOM_FOREGROUND, choose_threads, resolve_autocast  # noqa: E402
-from _common import rounded_load as _load  # noqa: E402
 
+from mrfound.utils.machine import load_average as _load  # noqa: E402
 from mrfound.utils.machine import machine_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
