@@ -42,13 +42,16 @@ Protocol (issue 5, DESIGN §7):
    stays off by default so the commands of the fp32 results keep their meaning; emulated bf16 (no
    AVX512-BF16/AMX) is far slower than fp32 and refused.
 
-4. Test subjects are segmented whole (sliding window, overlap 0.25), and every model's segmentation is
+4. Test subjects are segmented whole (sliding window, ``--overlap``, 0.25 by default; ``--tta mirror``
+   averages the probabilities over the 8 mirrorings of the volume), and every model's segmentation is
    post-processed alike (``--postprocess largest``: keep the largest connected component,
    :func:`mrfound.inference.keep_largest_foreground`). Liver Dice and HD95 (mm) with MONAI metrics on
    the preprocessing grid (``--spacing`` mm isotropic), Dice before post-processing (``dice_raw``), and
    Dice on each case's native grid (the prediction resampled back through the affines, nearest
    neighbour, vs. the original label map). ``--save-predictions DIR`` keeps those native-grid
-   segmentations (``DIR/<model>/<case>.nii.gz``) for a look at the failures.
+   segmentations (``DIR/<model>/<case>.nii.gz``) for a look at the failures. The same trained weights are
+   also scored under a fixed set of other inference settings (``dice_by_inference``: overlap 0.25, the
+   half-patch-offset overlap, the latter mirrored), so a run shows what each choice is worth per model.
 
 5. Before the folds, a phantom check of the inference path: the same pretrained checkpoint is fine-tuned
    on simulated cases (``mrfound finetune --task segment``), ``mrfound predict`` segments held-out ones, and
@@ -397,28 +400,40 @@ class _Net:
             return self.module({"image": image, "available": available, "mask": mask})["loss"]
         return self.loss_fn(self.module(image).float(), mask)
 
-    def segment(self, image: np.ndarray) -> np.ndarray:
+    def segment(self, image: np.ndarray, overlap: float = 0.25, mirror: bool = False) -> np.ndarray:
+        """Liver mask (uint8) of a whole volume: sliding window (Gaussian blending), optionally averaged
+        over the 8 mirrorings of the volume (:func:`mrfound.utils.tta.mirror_average`)."""
         import torch
         from monai.inferers import sliding_window_inference
+
+        from mrfound.utils.tta import mirror_average
 
         self.module.eval()
         with torch.no_grad():
             x = torch.from_numpy(image)[None]
             if self.name.startswith("mrfound"):
-                out = self.module.segment(
-                    x, torch.ones(1, 1, dtype=torch.bool), overlap=0.25, sw_batch_size=2
-                )
-                labels = out[0, 0].numpy()
-            else:
-                probs = sliding_window_inference(
+                probs = self.module.segment(
                     x,
-                    (self.roi,) * 3,
-                    2,
-                    lambda w: torch.softmax(self.module(w), 1),
-                    overlap=0.25,
-                    mode="gaussian",
+                    torch.ones(1, 1, dtype=torch.bool),
+                    overlap=overlap,
+                    sw_batch_size=2,
+                    return_probs=True,
+                    mirror=mirror,
                 )
-                labels = probs.argmax(1)[0].numpy()
+            else:
+
+                def window(v: torch.Tensor) -> torch.Tensor:
+                    return sliding_window_inference(
+                        v,
+                        (self.roi,) * 3,
+                        2,
+                        lambda w: torch.softmax(self.module(w).float(), 1),
+                        overlap=overlap,
+                        mode="gaussian",
+                    )
+
+                probs = mirror_average(window, x) if mirror else window(x)
+            labels = probs.argmax(1)[0].numpy()
         self.module.train()
         return (labels == 1).astype(np.uint8)
 
@@ -498,17 +513,52 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 2 * float((pred & truth).sum()) / max(float(pred.sum() + truth.sum()), 1.0)
 
 
+def resolve_overlap(value: str | float, roi: int, patch: int) -> float:
+    """``--overlap``: a fraction in [0, 1), or ``auto`` (:func:`mrfound.inference.default_overlap`)."""
+    from mrfound.inference import default_overlap
+
+    if str(value) == "auto":
+        return default_overlap(roi, patch)
+    try:
+        overlap = float(value)
+    except ValueError:
+        raise SystemExit(f"--overlap {value!r}: expected a fraction in [0, 1) or 'auto'") from None
+    if not 0.0 <= overlap < 1.0:
+        raise SystemExit(f"--overlap {value!r}: expected a fraction in [0, 1) or 'auto'")
+    return overlap
+
+
+def inference_variants(overlap: float, tta: str, roi: int, patch: int) -> dict[str, tuple[float, bool]]:
+    """Inference settings scored on every test case: the run's own (``run``) and, from the same trained
+    weights, the fixed comparison set (overlap 0.25, the half-patch-offset overlap
+    :func:`mrfound.inference.default_overlap`, the latter with mirroring), so one run shows what
+    each inference choice is worth for every model."""
+    from mrfound.inference import default_overlap
+
+    auto = default_overlap(roi, patch)
+    variants = {
+        "run": (overlap, tta == "mirror"),
+        "overlap 0.25": (0.25, False),
+        f"overlap {auto:.3f}": (auto, False),
+        f"overlap {auto:.3f} + mirror": (auto, True),
+    }
+    return variants
+
+
 def evaluate(
     net: _Net,
     cases: list[dict[str, Any]],
     spacing: float,
     postprocess: str = "largest",
     save_dir: Path | None = None,
+    variants: dict[str, tuple[float, bool]] | None = None,
 ) -> list[dict[str, Any]]:
     """Liver Dice / HD95 on the preprocessing grid and Dice on the native grid, per test case.
 
-    With ``save_dir``, each case's post-processed segmentation is written there as ``<case>.nii.gz`` on
-    its native grid (the label map's affine and shape; liver = 1), to be looked at beside the image.
+    ``variants`` (name -> (overlap, mirror)) must hold ``"run"``, the inference behind every metric; the
+    others are scored too (post-processed Dice on the grid, ``dice_by_inference``). With ``save_dir``,
+    each case's post-processed segmentation is written there as ``<case>.nii.gz`` on its native grid (the
+    label map's affine and shape; liver = 1), to be looked at beside the image.
     """
     import nibabel as nib
 
@@ -516,10 +566,19 @@ def evaluate(
     from mrfound.finetune.metrics import segmentation_metrics
     from mrfound.inference import keep_largest_foreground, resample_to_grid
 
+    variants = variants or {"run": (0.25, False)}
+
+    def post(labels: np.ndarray) -> np.ndarray:
+        return keep_largest_foreground(labels) if postprocess == "largest" else labels
+
     rows = []
     for c in cases:
-        raw = net.segment(c["image"])
-        pred = keep_largest_foreground(raw) if postprocess == "largest" else raw
+        done: dict[tuple[float, bool], np.ndarray] = {}
+        for setting in variants.values():
+            if setting not in done:
+                done[setting] = net.segment(c["image"], overlap=setting[0], mirror=setting[1])
+        raw = done[variants["run"]]
+        pred = post(raw)
         dice_raw = _dice(raw > 0, c["mask"] > 0)
         m = segmentation_metrics(pred, c["mask"], spacing=spacing, class_names={1: "liver"})
         native = (
@@ -535,6 +594,11 @@ def evaluate(
                 "dice_raw": dice_raw,
                 "hd95_mm": m["liver"]["hd95"],
                 "dice_native": dice_native,
+                "dice_by_inference": {
+                    name: _dice(post(done[setting]) > 0, c["mask"] > 0)
+                    for name, setting in variants.items()
+                    if name != "run"
+                },
             }
         )
     return rows
@@ -678,6 +742,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"organ contrast augmentation {result.get('organ_aug', 0.0)} "
         f"(gain {'-'.join(str(g) for g in result.get('organ_scale', DEFAULT_ORGAN_SCALE))}), "
         f"spatial augmentation {result.get('spatial_aug', 0.0)}, "
+        f"inference overlap {result.get('overlap', 0.25):.3f}, test-time augmentation "
+        f"{result.get('tta', 'none')}, "
         f"post-processing: {result.get('postprocess', 'none')}{_pretraining_text(result.get('pretraining'))} "
         f"(load average {loads}).",
         "",
@@ -692,6 +758,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_pm(s['dice_native_mean'], None)} | "
             f"{_pm(s['hd95_mean'], s['hd95_sd'], 1)} | {s['steps_mean']:.0f} | {folds} |"
         )
+    variants = {
+        n: s["dice_by_inference_mean"] for n, s in result["summary"].items() if "dice_by_inference_mean" in s
+    }
+    if variants:
+        lines += ["", "Mean Dice of the same trained models under other inference settings (post-processed):"]
+        lines += [
+            f"- {n}: " + ", ".join(f"{v} {_pm(d, None)}" for v, d in by.items()) for n, by in variants.items()
+        ]
     skipped = {n: s["skipped_nonfinite"] for n, s in result["summary"].items() if s.get("skipped_nonfinite")}
     if skipped:
         lines += ["", f"Training steps skipped for a non-finite loss or gradient: {skipped}."]
@@ -788,6 +862,19 @@ def main() -> None:
         help="keep the largest connected component of every model's segmentation (largest)",
     )
     ap.add_argument(
+        "--overlap",
+        default="0.25",
+        help="sliding-window overlap of every model's inference, or 'auto': the stride an odd multiple of "
+        "half an mrfound patch (mrfound.inference.default_overlap; 0.609 at ROI 32, patch 8) (0.25)",
+    )
+    ap.add_argument(
+        "--tta",
+        choices=("none", "mirror"),
+        default="none",
+        help="test-time augmentation of every model: 'mirror' averages the probabilities over the 8 "
+        "mirrorings of each volume (none)",
+    )
+    ap.add_argument(
         "--fp32-max-voxels",
         type=int,
         default=8,
@@ -826,6 +913,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    args.overlap = resolve_overlap(args.overlap, args.roi, args.patch)
     if args.merge:
         merge_runs([Path(f) for f in args.merge], Path(args.out), command)
         return
@@ -902,6 +990,7 @@ def main() -> None:
                 args.spacing,
                 args.postprocess,
                 Path(args.save_predictions) / name if args.save_predictions else None,
+                inference_variants(args.overlap, args.tta, args.roi, args.patch),
             )
             fold["models"][name] = {
                 **tr_info,
@@ -910,6 +999,9 @@ def main() -> None:
                 "dice_raw": _mean([r["dice_raw"] for r in rows]),
                 "hd95_mm": _mean([r["hd95_mm"] for r in rows]),
                 "dice_native": _mean([r["dice_native"] for r in rows]),
+                "dice_by_inference": {
+                    v: _mean([r["dice_by_inference"][v] for r in rows]) for v in rows[0]["dice_by_inference"]
+                },
                 "cases": rows,
                 "loadavg": _load(),
             }
@@ -960,6 +1052,8 @@ SETTINGS = (
     "skip_source",
     "mixed_precision",
     "fp32_max_voxels",
+    "overlap",
+    "tta",
     "postprocess",
     "batch_size",
     "lr",
@@ -976,6 +1070,8 @@ SETTING_DEFAULTS = {
     "organ_scale": list(DEFAULT_ORGAN_SCALE),
     "spatial_aug": 0.0,
     "fp32_max_voxels": 0,
+    "overlap": 0.25,
+    "tta": "none",
 }
 """Values of settings added after a run was recorded (its JSON lacks the key)."""
 PRETRAINING_DEFAULTS = {"mixed_precision": "no"}
@@ -1004,6 +1100,9 @@ def summarise(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
             "steps_mean": float(np.mean([f["models"][name]["steps"] for f in per_fold])),
             "skipped_nonfinite": int(sum(f["models"][name].get("skipped_nonfinite", 0) for f in per_fold)),
         }
+        by_inf = [f["models"][name].get("dice_by_inference") for f in per_fold]
+        if all(by_inf):  # older runs lack it
+            summary[name]["dice_by_inference_mean"] = {v: _mean([b[v] for b in by_inf]) for v in by_inf[0]}
     return summary
 
 

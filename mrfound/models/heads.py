@@ -35,6 +35,7 @@ from torch import nn
 from mrfound.errors import ConfigError
 from mrfound.models.config import HEAD_POOLING, SKIP_SOURCES
 from mrfound.models.layers import per_sequence_mean
+from mrfound.utils.tta import mirror_average
 
 SEGMENTATION_LABELS: tuple[str, ...] = ("background", "liver", "lesion")
 """Output classes of :class:`SegmentationHead` (label index = position)."""
@@ -576,6 +577,7 @@ class Segmenter(nn.Module):
         sw_batch_size: int = 2,
         mode: str = "gaussian",
         return_probs: bool = False,
+        mirror: bool = False,
     ) -> torch.Tensor:
         """Segment whole volumes by MONAI sliding-window inference.
 
@@ -587,6 +589,8 @@ class Segmenter(nn.Module):
             sw_batch_size: Windows per forward.
             mode: Blending (``"gaussian"`` or ``"constant"``).
             return_probs: Return softmax probabilities (B, K, D, H, W) instead of labels.
+            mirror: Average the probabilities over the 8 mirrorings of each volume
+                (:func:`mrfound.utils.tta.mirror_average`; 8x the inference time).
 
         Returns:
             Labels (B, 1, D, H, W) int64 in {0, 1, 2}, or probabilities.
@@ -606,11 +610,13 @@ class Segmenter(nn.Module):
                 def predictor(x: torch.Tensor, avail: torch.Tensor = avail) -> torch.Tensor:
                     return torch.softmax(self.logits(x, avail.expand(x.shape[0], -1)).float(), dim=1)
 
-                outs.append(
-                    sliding_window_inference(
-                        image[i : i + 1], roi, sw_batch_size, predictor, overlap=overlap, mode=mode
+                def window(x: torch.Tensor, predictor: Any = predictor) -> torch.Tensor:
+                    return sliding_window_inference(
+                        x, roi, sw_batch_size, predictor, overlap=overlap, mode=mode
                     )
-                )
+
+                case = image[i : i + 1]
+                outs.append(mirror_average(window, case) if mirror else window(case))
             probs = torch.cat(outs)
         finally:
             self.train(was)

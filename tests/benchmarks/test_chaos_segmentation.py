@@ -18,12 +18,18 @@ def chaos():
 
 
 class _FakeNet:
-    """Segments every case as its liver plus a distant island."""
+    """Segments every case as its liver plus a distant island; mirrored inference drops the island and
+    overlap 0.5 misses one liver slice. Records the (overlap, mirror) of every call."""
 
-    def segment(self, image: np.ndarray) -> np.ndarray:
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, bool]] = []
+
+    def segment(self, image: np.ndarray, overlap: float = 0.25, mirror: bool = False) -> np.ndarray:
+        self.calls.append((overlap, mirror))
         pred = np.zeros(image.shape[1:], dtype=np.uint8)
-        pred[2:8, 2:8, 2:8] = 1
-        pred[12:14, 12:14, 12:14] = 1
+        pred[2 + (overlap == 0.5) : 8, 2:8, 2:8] = 1
+        if not mirror:
+            pred[12:14, 12:14, 12:14] = 1
         return pred
 
 
@@ -50,6 +56,43 @@ def test_evaluate_scores_after_and_before_postprocessing(chaos, tmp_path: Path) 
     saved = nib.load(str(seg / "c1.nii.gz"))  # the kept segmentation, native grid
     np.testing.assert_array_equal(np.asarray(saved.dataobj), mask)
     np.testing.assert_allclose(saved.affine, case["native_affine"])
+
+
+def test_evaluate_scores_every_inference_variant_once(chaos, tmp_path: Path) -> None:
+    mask = np.zeros((16, 16, 16), dtype=np.uint8)
+    mask[2:8, 2:8, 2:8] = 1
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), str(tmp_path / "m.nii.gz"))
+    case = {
+        "case": "c1",
+        "image": np.zeros((1, 16, 16, 16), dtype=np.float32),
+        "mask": mask,
+        "affine": np.eye(4),
+        "mask_path": tmp_path / "m.nii.gz",
+        "native_affine": np.eye(4),
+        "native_shape": (16, 16, 16),
+    }
+    variants = {"run": (0.25, True), "plain": (0.25, False), "half": (0.5, False), "same": (0.25, True)}
+    net = _FakeNet()
+    row = chaos.evaluate(net, [case], spacing=1.0, postprocess="none", variants=variants)[0]
+    assert sorted(net.calls) == [(0.25, False), (0.25, True), (0.5, False)]  # "same" is not recomputed
+    assert row["dice"] == pytest.approx(1.0) and row["dice_raw"] == pytest.approx(1.0)  # the run's: mirrored
+    island = 2 * 216 / (216 + 8 + 216)
+    assert row["dice_by_inference"] == pytest.approx({"plain": island, "half": 2 * 180 / (188 + 216), "same": 1.0})
+
+
+def test_inference_variants_and_overlap_option(chaos) -> None:
+    v = chaos.inference_variants(0.609375, "mirror", roi=32, patch=8)
+    assert v == {
+        "run": (0.609375, True),
+        "overlap 0.25": (0.25, False),
+        "overlap 0.609": (0.609375, False),
+        "overlap 0.609 + mirror": (0.609375, True),
+    }
+    assert chaos.resolve_overlap("auto", 32, 8) == pytest.approx(0.609375)  # stride 12 = 1.5 patches
+    assert chaos.resolve_overlap("0.5", 32, 8) == 0.5
+    for bad in ("1.0", "-0.1", "half"):
+        with pytest.raises(SystemExit, match="--overlap"):
+            chaos.resolve_overlap(bad, 32, 8)
 
 
 def _run(chaos, models: dict[str, list[float]], **overrides) -> dict:
