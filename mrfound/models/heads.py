@@ -590,7 +590,9 @@ class Segmenter(nn.Module):
             mode: Blending (``"gaussian"`` or ``"constant"``).
             return_probs: Return softmax probabilities (B, K, D, H, W) instead of labels.
             mirror: Average the probabilities over the 8 mirrorings of each volume
-                (:func:`mrfound.utils.tta.mirror_average`; 8x the inference time).
+                (:func:`mrfound.utils.tta.mirror_average`; 8x the inference time). Only for a head
+                trained on mirrored crops: mrfound's fine-tuning does not mirror (anatomy is lateral), and
+                on CHAOS mirrored inference dropped liver Dice to 0.13 (benchmarks/chaos_segmentation.py).
 
         Returns:
             Labels (B, 1, D, H, W) int64 in {0, 1, 2}, or probabilities.

@@ -17,6 +17,9 @@ def mirror_average(
     ``predict``, a mirrored volume also puts the windows (and a ViT's patch grid) at other offsets from the
     anatomy, so the average smooths window and patch borders as well as the model's own asymmetries.
 
+    The model must have been trained on mirrored inputs: one that learnt where the liver lies (on the
+    patient's right) segments a mirrored volume badly, and the average with it is worse than no TTA.
+
     Args:
         predict: Maps (B, C, *spatial) to (B, K, *spatial) with the same spatial shape (e.g. probabilities).
         x: Input batch.

@@ -87,6 +87,24 @@ def test_segmenter_output_at_input_resolution_and_sliding_window(encoder, skip_s
         seg.segment(vol, batch["available"][:1], roi_size=(16, 16, 16))
 
 
+def test_segment_mirror_averages_the_probabilities_of_mirrored_volumes(encoder) -> None:
+    seg = Segmenter(encoder, make_segmentation_head(encoder, feature_size=8))
+    vol = torch.randn(1, 8, 40, 24, 36)
+    avail = _batch(1)["available"]
+    probs = seg.segment(vol, avail, return_probs=True, mirror=True)
+    plain = seg.segment(vol, avail, return_probs=True)
+    flipped = seg.segment(vol.flip(2, 4), avail, return_probs=True).flip(2, 4)
+    assert probs.shape == (1, 3, 40, 24, 36) and torch.allclose(probs.sum(1), torch.ones(1, 40, 24, 36))
+    assert not torch.allclose(probs, plain, atol=1e-4)  # a ViT with a position grid is not mirror-symmetric
+    # the mirrored average is symmetric: mirroring the input mirrors the output
+    torch.testing.assert_close(
+        seg.segment(vol.flip(2, 4), avail, return_probs=True, mirror=True).flip(2, 4), probs
+    )
+    assert not torch.allclose(flipped, plain, atol=1e-4)
+    labels = seg.segment(vol, avail, mirror=True)
+    torch.testing.assert_close(labels, probs.argmax(1, keepdim=True))
+
+
 @pytest.mark.parametrize("skip_source", ["tokens", "image"])
 def test_segmentation_ignores_missing_sequence_content(encoder, skip_source) -> None:
     head = make_segmentation_head(encoder, feature_size=8, skip_source=skip_source)
