@@ -1011,7 +1011,14 @@ def main() -> None:
                         "model": name,
                         **{
                             x: fold["models"][name][x]
-                            for x in ("steps", "dice", "dice_raw", "hd95_mm", "dice_native")
+                            for x in (
+                                "steps",
+                                "dice",
+                                "dice_raw",
+                                "hd95_mm",
+                                "dice_native",
+                                "dice_by_inference",
+                            )
                         },
                     }
                 ),
