@@ -19,7 +19,9 @@ label 2 of the case's mask (used only to locate the lesion, never as model input
 (reported in ``roi_source``).
 
 **Segmentation** runs MONAI sliding-window inference of the segmentation head over the whole
-preprocessed volume (labels 0 background, 1 liver, 2 lesion).
+preprocessed volume (labels 0 background, 1 liver, 2 lesion). Its default overlap is imputation's
+(below): on CHAOS T2 it raised the pretrained model's liver Dice from 0.885 to 0.896 over overlap 0.25,
+on every fold, from the same weights (results/chaos_overlap_4mm).
 
 **Imputation** tiles the preprocessed volume with ROI-sized windows (MONAI ``sliding_window_inference``,
 Gaussian blending). In each window the pretrained masked-modality autoencoder sees every token of the
@@ -435,8 +437,12 @@ def keep_largest_foreground(labels: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _segment_prepared(model: MRFoundModel, prepared: PreparedCase, overlap: float, sw_batch_size: int):
-    """Labels on the common grid (X, Y, Z) uint8."""
+def _segment_prepared(
+    model: MRFoundModel, prepared: PreparedCase, overlap: float | None, sw_batch_size: int
+) -> np.ndarray:
+    """Labels on the common grid (X, Y, Z) uint8 (``overlap`` None: :func:`default_overlap`)."""
+    if overlap is None:
+        overlap = default_overlap(min(model.model.roi_size), model.model.encoder.config.patch_size)
     image = torch.from_numpy(np.asarray(prepared.sample["image"], dtype=np.float32))[None].to(model.device)
     available = torch.from_numpy(np.asarray(prepared.sample["available"], dtype=bool))[None].to(model.device)
     labels = model.model.segment(image, available, overlap=overlap, sw_batch_size=sw_batch_size)
@@ -446,7 +452,7 @@ def _segment_prepared(model: MRFoundModel, prepared: PreparedCase, overlap: floa
 def _reference_labels(
     model: MRFoundModel,
     prepared: PreparedCase,
-    overlap: float,
+    overlap: float | None,
     sw_batch_size: int,
     largest_component: bool,
 ) -> np.ndarray:
@@ -459,7 +465,8 @@ def default_overlap(roi: int, patch: int) -> float:
     """Window overlap whose stride is an odd multiple of half a patch, near 40 % of the window.
 
     Patch borders of neighbouring windows then fall half a patch apart, so blending averages out the
-    patch grid of the patch-wise decoder (e.g. ROI 64, patch 16: stride 24, overlap 0.625).
+    patch grid of the patch-wise decoder (e.g. ROI 64, patch 16: stride 24, overlap 0.625). The default
+    of imputation and segmentation: half the stride of overlap 0.25, so about 8x its windows.
     """
     half = max(patch // 2, 1)
     k = max(1, int(round((0.4 * roi / half - 1) / 2)))
@@ -544,7 +551,7 @@ def predict(
     lesion_xyz: tuple[float, float, float] | None = None,
     mask: Any = None,
     batch_size: int = 8,
-    overlap: float = 0.25,
+    overlap: float | None = None,
     largest_component: bool = False,
 ) -> dict[str, Any] | pd.DataFrame:
     """Class probabilities (classification checkpoint) or a segmentation (segmentation checkpoint).
@@ -556,7 +563,7 @@ def predict(
         lesion_xyz: Lesion centre (world mm, RAS) for the classification ROI.
         mask: Label map locating the lesion (label 2) when ``lesion_xyz`` is not given.
         batch_size: ROI crops per forward pass (manifest input).
-        overlap: Sliding-window overlap (segmentation).
+        overlap: Sliding-window overlap (segmentation; default :func:`default_overlap`).
         largest_component: Keep only the largest connected foreground component (segmentation; see
             :func:`keep_largest_foreground`).
 
@@ -619,7 +626,7 @@ def segment(
     model: MRFoundModel,
     case: Any,
     *,
-    overlap: float = 0.25,
+    overlap: float | None = None,
     sw_batch_size: int = 2,
     largest_component: bool = False,
 ) -> nib.Nifti1Image:
@@ -628,7 +635,7 @@ def segment(
     Args:
         model: A segmentation checkpoint from :func:`mrfound.load_pretrained`.
         case: A case (see the module docstring).
-        overlap: Sliding-window overlap.
+        overlap: Sliding-window overlap (default :func:`default_overlap`).
         sw_batch_size: Windows per forward pass.
         largest_component: Keep only the largest connected foreground component
             (:func:`keep_largest_foreground`).
@@ -787,7 +794,7 @@ def _predict_rows(
     manifest: Manifest,
     kind: str,
     batch_size: int,
-    overlap: float,
+    overlap: float | None,
     seg_dir: Path | None,
     on_error: str,
     num_workers: int = 0,
@@ -880,7 +887,7 @@ def predict_manifest(
     *,
     batch_size: int = 8,
     on_error: str = "raise",
-    overlap: float = 0.25,
+    overlap: float | None = None,
     num_workers: int = 0,
     merge: bool = False,
     progress: bool | None = None,
@@ -900,7 +907,7 @@ def predict_manifest(
         out: Output folder.
         batch_size: ROI crops per forward pass (classification).
         on_error: ``stop`` (first unusable case raises) or ``skip`` (listed in ``out/skipped.csv``).
-        overlap: Sliding-window overlap (segmentation).
+        overlap: Sliding-window overlap (segmentation; default :func:`default_overlap`).
         num_workers: DataLoader workers preprocessing cases ahead of the model (0 = in this process).
         merge: Keep rows of other cases already in ``out/predictions.csv``.
         progress: Progress bar (default: only on a terminal).

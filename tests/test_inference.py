@@ -210,6 +210,24 @@ def test_segment_largest_component_option(models, cohort, monkeypatch) -> None:
     assert 0 < kept.sum() < raw.sum()
 
 
+def test_segmentation_overlap_defaults_to_half_patch_offsets(models, cohort, monkeypatch) -> None:
+    man = read_manifest(cohort)
+    model = models["segmenter"]
+    seen = []
+    real = model.model.segment
+
+    def spy(image, available, **kwargs):
+        seen.append(kwargs["overlap"])
+        return real(image, available, **kwargs)
+
+    monkeypatch.setattr(model.model, "segment", spy)
+    model.segment(man.cases[0])
+    model.predict(man.cases[0])
+    model.segment(man.cases[0], overlap=0.25)
+    auto = inf.default_overlap(min(model.model.roi_size), model.model.encoder.config.patch_size)
+    assert seen == [auto, auto, 0.25] and auto != 0.25
+
+
 def test_predict_single_case_dict_and_bare_arrays(models, cohort) -> None:
     man = read_manifest(cohort)
     case = man.cases[0]
