@@ -201,13 +201,18 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
 
 
 def segmentation_volume(
-    model: Any, sample: dict[str, Any], overlap: float = 0.25, sw_batch_size: int = 4
+    model: Any, sample: dict[str, Any], overlap: float | None = None, sw_batch_size: int = 4
 ) -> np.ndarray:
     """Labels (D, H, W) uint8 {0, 1, 2} of one preprocessed whole volume on its own grid.
 
     ``sample`` is an ``MRDataset(mode="full")`` item or a ``load_case_arrays`` dict (``image`` (S, D, H, W),
-    ``available`` (S,)); inference code then resamples the labels to the case's reference grid.
+    ``available`` (S,)); inference code then resamples the labels to the case's reference grid. ``overlap``
+    None: :func:`mrfound.inference.default_overlap`, the default of ``mrfound predict``.
     """
+    if overlap is None:
+        from mrfound.inference import default_overlap
+
+        overlap = default_overlap(min(model.roi_size), model.encoder.config.patch_size)
     image = torch.as_tensor(np.asarray(sample["image"]), dtype=torch.float32)[None]
     avail = torch.as_tensor(np.asarray(sample["available"]), dtype=torch.bool)[None]
     dev = next(model.parameters()).device

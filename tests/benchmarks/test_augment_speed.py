@@ -20,6 +20,8 @@ def test_baseline_is_the_same_resampling_and_the_report_has_the_ratio(monkeypatc
     doc = json.loads(capsys.readouterr().out)
     assert doc["crop_edge"] == 16 + 2 * bench.spatial_context(16) and doc["crops"] == 2
     assert doc["spatial_ms"] > 0 and doc["monai_affine_ms"] > 0
-    # the ratio is of the unrounded times: within rounding of the printed ones
-    assert abs(doc["speedup_vs_monai_affine"] - doc["monai_affine_ms"] / doc["spatial_ms"]) < 0.05
+    # the ratio is of the unrounded times: inside the range the printed ones (rounded to 0.01 ms) allow
+    base, ours, half = doc["monai_affine_ms"], doc["spatial_ms"], 0.005
+    low, high = (base - half) / (ours + half), (base + half) / max(ours - half, 1e-9)
+    assert low - half <= doc["speedup_vs_monai_affine"] <= high + half
     assert doc["machine"]["cpu_model"]
