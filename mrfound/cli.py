@@ -59,12 +59,8 @@ def _build_parser(command: str | None) -> argparse.ArgumentParser:
             epilog=getattr(module, "EXAMPLES", None),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument(
-            "--debug",
-            action="store_true",
-            default=argparse.SUPPRESS,
-            help="show Python tracebacks for errors",
-        )
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show Python tracebacks for errors")
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
@@ -121,15 +117,8 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
     except KeyboardInterrupt:
         print(f"mrfound {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (
-        MrfoundError,
-        UsageError,
-        FileNotFoundError,
-        NotADirectoryError,
-        IsADirectoryError,
-        PermissionError,
-        UnicodeDecodeError,
-    ) as e:
+    except (MrfoundError, UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError, UnicodeDecodeError) as e:
         if debug:
             raise
         msg = str(e).replace("\n", " ").strip() or type(e).__name__

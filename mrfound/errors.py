@@ -22,9 +22,8 @@ class ManifestError(MrfoundError):
         path: File involved, when known.
     """
 
-    def __init__(
-        self, message: str, *, case: str | None = None, column: str | None = None, path: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, case: str | None = None, column: str | None = None,
+                 path: str | None = None) -> None:
         self.problem = message
         self.case = case
         self.column = column

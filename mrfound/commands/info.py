@@ -31,10 +31,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     import torch
 
-    print(
-        f"mrfound {__version__}  (python {platform.python_version()}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}, cuda {'yes' if torch.cuda.is_available() else 'no'})"
-    )
+    print(f"mrfound {__version__}  (python {platform.python_version()}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, cuda {'yes' if torch.cuda.is_available() else 'no'})")
     print(f"sequences: {', '.join(SEQUENCES)}")
     print(f"classes:   {', '.join(CLASSES)}  (malignant: {', '.join(sorted(MALIGNANT))})")
     try:

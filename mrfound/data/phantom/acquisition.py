@@ -25,12 +25,7 @@ from mrfound.data.sequences import CLASSES, SEQUENCES
 from mrfound.errors import ConfigError
 
 AXCODE_TO_AXIS: dict[str, tuple[int, int]] = {
-    "R": (0, 1),
-    "L": (0, -1),
-    "A": (1, 1),
-    "P": (1, -1),
-    "S": (2, 1),
-    "I": (2, -1),
+    "R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1),
 }
 """NIfTI axis code (direction in which the voxel index increases) -> (RAS world axis, sign)."""
 
@@ -116,37 +111,25 @@ CENTERS: dict[str, CenterProfile] = {
     "uni_3t": CenterProfile(
         name="uni_3t",
         description="university hospital, 3 T, complete protocol, axial LPS, fine T2 (0.8 mm); tertiary "
-        "referral mix (hcc, fnh, adenoma)",
+                    "referral mix (hcc, fnh, adenoma)",
         field_strength=3.0,
         protocols={
             "t2": SequenceProtocol("LPS", 0.8, 6.0, (296.0, 228.0, 162.0), 30, 600),
-            "dwi": SequenceProtocol(
-                "LPS", 2.2, 6.0, (300.0, 230.0, 162.0), 12, 250, psf=1.4, shift_mm=(1.0, 1.5, 3.0)
-            ),
+            "dwi": SequenceProtocol("LPS", 2.2, 6.0, (300.0, 230.0, 162.0), 12, 250, psf=1.4,
+                                    shift_mm=(1.0, 1.5, 3.0)),
             "t1_in": SequenceProtocol("LPS", 1.4, 4.5, _FOV, 35, 900),
             "t1_opp": SequenceProtocol("LPS", 1.4, 4.5, _FOV, 35, 900),
             **_dyn("LPS", 1.6, 3.0, 28, 1200, _FOV),
         },
-        class_weights={
-            "hcc": 0.2,
-            "icca": 0.12,
-            "metastasis": 0.1,
-            "hemangioma": 0.1,
-            "fnh": 0.16,
-            "adenoma": 0.14,
-            "cyst": 0.07,
-            "abscess": 0.11,
-        },
-        arterial_timing=(0.9, 0.15),
-        b_value=800.0,
-        t2_fat_sat=True,
-        bias=0.25,
+        class_weights={"hcc": 0.2, "icca": 0.12, "metastasis": 0.1, "hemangioma": 0.1, "fnh": 0.16,
+                       "adenoma": 0.14, "cyst": 0.07, "abscess": 0.11},
+        arterial_timing=(0.9, 0.15), b_value=800.0, t2_fat_sat=True, bias=0.25,
         mask_sequences=("t1_pv", "t2"),
     ),
     "community_15t": CenterProfile(
         name="community_15t",
         description="community hospital, 1.5 T, no DWI, thick slices (7-8 mm), axial RAS, early arterial "
-        "timing; incidentaloma mix (hemangioma, cyst, metastasis)",
+                    "timing; incidentaloma mix (hemangioma, cyst, metastasis)",
         field_strength=1.5,
         protocols={
             "t2": SequenceProtocol("RAS", 1.4, 8.0, _FOV, 18, 350, slice_profile=1.1),
@@ -154,78 +137,46 @@ CENTERS: dict[str, CenterProfile] = {
             "t1_opp": SequenceProtocol("RAS", 1.6, 7.0, _FOV, 22, 450),
             **_dyn("RAS", 1.9, 5.0, 18, 500, _FOV, psf=1.3),
         },
-        class_weights={
-            "hcc": 0.08,
-            "icca": 0.06,
-            "metastasis": 0.18,
-            "hemangioma": 0.22,
-            "fnh": 0.1,
-            "adenoma": 0.06,
-            "cyst": 0.22,
-            "abscess": 0.08,
-        },
-        arterial_timing=(0.55, 0.25),
-        b_value=800.0,
-        t2_fat_sat=False,
-        bias=0.3,
+        class_weights={"hcc": 0.08, "icca": 0.06, "metastasis": 0.18, "hemangioma": 0.22, "fnh": 0.1,
+                       "adenoma": 0.06, "cyst": 0.22, "abscess": 0.08},
+        arterial_timing=(0.55, 0.25), b_value=800.0, t2_fat_sat=False, bias=0.3,
         mask_sequences=("t2", "t1_pv"),
     ),
     "oncology": CenterProfile(
         name="oncology",
         description="cancer centre, 3 T, no in/opposed phase, coronal T2 (LIP), b=1000, thin 2.5 mm "
-        "dynamics; metastasis-heavy mix",
+                    "dynamics; metastasis-heavy mix",
         field_strength=3.0,
         protocols={
-            "t2": SequenceProtocol("LIP", 1.1, 5.0, (296.0, 230.0, 164.0), 28, 700, shift_mm=(0.8, 1.5, 2.5)),
+            "t2": SequenceProtocol("LIP", 1.1, 5.0, (296.0, 230.0, 164.0), 28, 700,
+                                   shift_mm=(0.8, 1.5, 2.5)),
             "dwi": SequenceProtocol("RAS", 2.0, 7.0, _FOV, 10, 180, psf=1.4, shift_mm=(1.0, 1.5, 3.0)),
             **_dyn("RAS", 1.5, 2.5, 25, 1500, _FOV),
         },
-        class_weights={
-            "hcc": 0.14,
-            "icca": 0.15,
-            "metastasis": 0.35,
-            "hemangioma": 0.1,
-            "fnh": 0.05,
-            "adenoma": 0.03,
-            "cyst": 0.1,
-            "abscess": 0.08,
-        },
-        arterial_timing=(0.85, 0.2),
-        b_value=1000.0,
-        t2_fat_sat=True,
-        bias=0.2,
+        class_weights={"hcc": 0.14, "icca": 0.15, "metastasis": 0.35, "hemangioma": 0.1, "fnh": 0.05,
+                       "adenoma": 0.03, "cyst": 0.1, "abscess": 0.08},
+        arterial_timing=(0.85, 0.2), b_value=1000.0, t2_fat_sat=True, bias=0.2,
         mask_sequences=("t1_pv", "t2"),
     ),
     "surveillance": CenterProfile(
         name="surveillance",
         description="HCC surveillance programme, 1.5 T, abbreviated MRI: t2 + dwi + t1_pv only, axial LPS, "
-        "b=600; hcc-heavy mix",
+                    "b=600; hcc-heavy mix",
         field_strength=1.5,
         protocols={
             "t2": SequenceProtocol("LPS", 1.5, 6.0, _FOV, 20, 400),
             "dwi": SequenceProtocol("LPS", 2.5, 7.0, _FOV, 9, 150, psf=1.4, shift_mm=(1.0, 1.5, 3.0)),
             "t1_pv": SequenceProtocol("LPS", 1.7, 4.0, _FOV, 22, 700),
         },
-        class_weights={
-            "hcc": 0.34,
-            "icca": 0.07,
-            "metastasis": 0.05,
-            "hemangioma": 0.18,
-            "fnh": 0.06,
-            "adenoma": 0.05,
-            "cyst": 0.2,
-            "abscess": 0.05,
-        },
-        arterial_timing=(0.8, 0.2),
-        b_value=600.0,
-        t2_fat_sat=True,
-        bias=0.25,
+        class_weights={"hcc": 0.34, "icca": 0.07, "metastasis": 0.05, "hemangioma": 0.18, "fnh": 0.06,
+                       "adenoma": 0.05, "cyst": 0.2, "abscess": 0.05},
+        arterial_timing=(0.8, 0.2), b_value=600.0, t2_fat_sat=True, bias=0.25,
         mask_sequences=("t1_pv", "t2"),
     ),
     "private_15t": CenterProfile(
         name="private_15t",
         description="private imaging centre, 1.5 T, complete protocol, coronal T2 (RSA), isotropic 2 mm "
-        "dynamics, axial RAS; balanced mix",
+                    "dynamics, axial RAS; balanced mix",
         field_strength=1.5,
         protocols={
             "t2": SequenceProtocol("RSA", 1.3, 6.0, (300.0, 230.0, 164.0), 22, 500, shift_mm=(0.8, 1.5, 2.5)),
@@ -235,10 +186,7 @@ CENTERS: dict[str, CenterProfile] = {
             **_dyn("RAS", 2.0, 2.0, 20, 900, _FOV),
         },
         class_weights={c: 1.0 for c in CLASSES},
-        arterial_timing=(0.75, 0.25),
-        b_value=800.0,
-        t2_fat_sat=True,
-        bias=0.2,
+        arterial_timing=(0.75, 0.25), b_value=800.0, t2_fat_sat=True, bias=0.2,
         mask_sequences=("t2", "t1_pv"),
     ),
 }
@@ -288,24 +236,16 @@ class ScannerGrid:
     origin: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
     @classmethod
-    def from_protocol(
-        cls,
-        protocol: SequenceProtocol,
-        centre: np.ndarray,
-        spacing_scale: float = 1.0,
-        fov_scale: float = 1.0,
-    ) -> ScannerGrid:
+    def from_protocol(cls, protocol: SequenceProtocol, centre: np.ndarray, spacing_scale: float = 1.0,
+                      fov_scale: float = 1.0) -> ScannerGrid:
         """Build the grid of ``protocol`` centred on world point ``centre``."""
         codes = protocol.axcodes.upper()
         if len(codes) != 3 or sorted(AXCODE_TO_AXIS[c][0] for c in codes if c in AXCODE_TO_AXIS) != [0, 1, 2]:
             raise ConfigError(f"bad orientation {protocol.axcodes!r}: need one of R/L, A/P, S/I each")
         axes = tuple(AXCODE_TO_AXIS[c][0] for c in codes)
         signs = tuple(AXCODE_TO_AXIS[c][1] for c in codes)
-        spacing = (
-            protocol.inplane_mm * spacing_scale,
-            protocol.inplane_mm * spacing_scale,
-            protocol.slice_mm * spacing_scale,
-        )
+        spacing = (protocol.inplane_mm * spacing_scale, protocol.inplane_mm * spacing_scale,
+                   protocol.slice_mm * spacing_scale)
         shape = tuple(max(2, int(round(protocol.fov_mm[w] * fov_scale / s))) for w, s in zip(axes, spacing))
         origin = np.zeros(3)
         for a in range(3):
@@ -352,9 +292,8 @@ class WorldGrid:
 
 
 # ---------------------------------------------------------------------------------------- resampling
-def kernel_matrix(
-    out_pos: np.ndarray, in_start: float, in_step: float, n_in: int, sigma_mm: float
-) -> np.ndarray:
+def kernel_matrix(out_pos: np.ndarray, in_start: float, in_step: float, n_in: int,
+                  sigma_mm: float) -> np.ndarray:
     """Interpolation/PSF weights from a regular 1D lattice to arbitrary positions.
 
     Args:
@@ -388,9 +327,8 @@ def kernel_matrix(
     return w
 
 
-def separable_resample(
-    volume: np.ndarray, mats: Sequence[np.ndarray], world_axis: Sequence[int]
-) -> np.ndarray:
+def separable_resample(volume: np.ndarray, mats: Sequence[np.ndarray],
+                       world_axis: Sequence[int]) -> np.ndarray:
     """Apply one weight matrix per world axis and reorder the result to voxel-axis order.
 
     Args:
@@ -417,13 +355,8 @@ def separable_resample(
     return np.ascontiguousarray(np.transpose(v, world_axis), dtype=np.float32)
 
 
-def grid_matrices(
-    grid: ScannerGrid,
-    world: WorldGrid,
-    shift_mm: np.ndarray,
-    protocol: SequenceProtocol | None,
-    blur: float = 1.0,
-) -> list[np.ndarray]:
+def grid_matrices(grid: ScannerGrid, world: WorldGrid, shift_mm: np.ndarray,
+                  protocol: SequenceProtocol | None, blur: float = 1.0) -> list[np.ndarray]:
     """Weight matrices sampling the world phantom, moved by ``shift_mm``, on ``grid``.
 
     ``protocol=None`` gives plain linear interpolation (used for label maps).
@@ -469,13 +402,8 @@ def bias_field(shape: Sequence[int], amplitude: float, rng: np.random.Generator)
     u = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
     c = rng.normal(0, 1, 9).astype(np.float32)
     c *= amplitude / max(float(np.abs(c).sum()), 1e-6)  # every term is within [-1, 1]: |log b| <= amp
-    p_xy = (
-        c[0] * u[0][:, None]
-        + c[1] * u[1][None, :]
-        + c[3] * (u[0] ** 2 - 0.33)[:, None]
-        + c[4] * (u[1] ** 2 - 0.33)[None, :]
-        + c[6] * u[0][:, None] * u[1][None, :]
-    )
+    p_xy = (c[0] * u[0][:, None] + c[1] * u[1][None, :] + c[3] * (u[0] ** 2 - 0.33)[:, None]
+            + c[4] * (u[1] ** 2 - 0.33)[None, :] + c[6] * u[0][:, None] * u[1][None, :])
     p_z = c[2] * u[2] + c[5] * (u[2] ** 2 - 0.33)
     out = np.exp(p_xy)[:, :, None] * np.exp(p_z)[None, None, :]
     out *= np.exp(c[7] * u[0][:, None] * u[2][None, :])[:, None, :]

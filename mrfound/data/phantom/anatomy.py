@@ -31,26 +31,9 @@ from mrfound.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------------ tissues
 TISSUES: tuple[str, ...] = (
-    "air",
-    "subcut_fat",
-    "muscle",
-    "visceral_fat",
-    "bowel",
-    "liver",
-    "portal_vein",
-    "hepatic_vein",
-    "ivc",
-    "aorta",
-    "spleen",
-    "kidney_cortex",
-    "kidney_medulla",
-    "marrow",
-    "disc",
-    "csf",
-    "gallbladder",
-    "stomach_fluid",
-    "lung",
-    "heart",
+    "air", "subcut_fat", "muscle", "visceral_fat", "bowel", "liver", "portal_vein", "hepatic_vein", "ivc",
+    "aorta", "spleen", "kidney_cortex", "kidney_medulla", "marrow", "disc", "csf", "gallbladder",
+    "stomach_fluid", "lung", "heart",
 )
 """Tissue classes of the world label map (index = label value)."""
 T = {name: i for i, name in enumerate(TISSUES)}
@@ -60,191 +43,53 @@ T = {name: i for i, name in enumerate(TISSUES)}
 # yields the India-ink artefact at fat-water boundaries. Post-contrast values are for late arterial /
 # portal venous / 3-min delayed phases.
 TISSUE_SIGNAL: dict[str, dict[str, float]] = {
-    "t2": {
-        "air": 0.0,
-        "subcut_fat": 0.35,
-        "muscle": 0.75,
-        "visceral_fat": 0.35,
-        "bowel": 1.7,
-        "liver": 1.0,
-        "portal_vein": 0.35,
-        "hepatic_vein": 0.35,
-        "ivc": 0.4,
-        "aorta": 0.25,
-        "spleen": 1.75,
-        "kidney_cortex": 1.9,
-        "kidney_medulla": 2.4,
-        "marrow": 0.8,
-        "disc": 2.3,
-        "csf": 4.0,
-        "gallbladder": 4.3,
-        "stomach_fluid": 3.8,
-        "lung": 0.05,
-        "heart": 0.3,
-    },
-    "dwi": {
-        "air": 0.0,
-        "subcut_fat": 0.06,
-        "muscle": 0.5,
-        "visceral_fat": 0.06,
-        "bowel": 0.9,
-        "liver": 1.0,
-        "portal_vein": 0.1,
-        "hepatic_vein": 0.1,
-        "ivc": 0.1,
-        "aorta": 0.08,
-        "spleen": 2.0,
-        "kidney_cortex": 1.7,
-        "kidney_medulla": 1.8,
-        "marrow": 0.55,
-        "disc": 0.9,
-        "csf": 0.6,
-        "gallbladder": 0.6,
-        "stomach_fluid": 0.5,
-        "lung": 0.03,
-        "heart": 0.05,
-    },
-    "t1_pre": {
-        "air": 0.0,
-        "subcut_fat": 0.15,
-        "muscle": 0.62,
-        "visceral_fat": 0.15,
-        "bowel": 0.6,
-        "liver": 1.0,
-        "portal_vein": 0.5,
-        "hepatic_vein": 0.5,
-        "ivc": 0.5,
-        "aorta": 0.5,
-        "spleen": 0.75,
-        "kidney_cortex": 0.72,
-        "kidney_medulla": 0.6,
-        "marrow": 0.35,
-        "disc": 0.45,
-        "csf": 0.25,
-        "gallbladder": 0.35,
-        "stomach_fluid": 0.3,
-        "lung": 0.03,
-        "heart": 0.5,
-    },
-    "t1_art": {
-        "air": 0.0,
-        "subcut_fat": 0.15,
-        "muscle": 0.7,
-        "visceral_fat": 0.15,
-        "bowel": 1.1,
-        "liver": 1.0,
-        "portal_vein": 1.9,
-        "hepatic_vein": 0.45,
-        "ivc": 0.6,
-        "aorta": 4.0,
-        "spleen": 1.6,
-        "kidney_cortex": 2.8,
-        "kidney_medulla": 0.9,
-        "marrow": 0.5,
-        "disc": 0.45,
-        "csf": 0.25,
-        "gallbladder": 0.3,
-        "stomach_fluid": 0.3,
-        "lung": 0.03,
-        "heart": 3.0,
-    },
-    "t1_pv": {
-        "air": 0.0,
-        "subcut_fat": 0.12,
-        "muscle": 0.55,
-        "visceral_fat": 0.12,
-        "bowel": 1.0,
-        "liver": 1.0,
-        "portal_vein": 1.9,
-        "hepatic_vein": 1.7,
-        "ivc": 1.6,
-        "aorta": 1.8,
-        "spleen": 1.05,
-        "kidney_cortex": 1.6,
-        "kidney_medulla": 1.5,
-        "marrow": 0.45,
-        "disc": 0.5,
-        "csf": 0.2,
-        "gallbladder": 0.25,
-        "stomach_fluid": 0.25,
-        "lung": 0.03,
-        "heart": 1.7,
-    },
-    "t1_del": {
-        "air": 0.0,
-        "subcut_fat": 0.12,
-        "muscle": 0.55,
-        "visceral_fat": 0.12,
-        "bowel": 0.9,
-        "liver": 1.0,
-        "portal_vein": 1.3,
-        "hepatic_vein": 1.25,
-        "ivc": 1.25,
-        "aorta": 1.3,
-        "spleen": 0.95,
-        "kidney_cortex": 1.3,
-        "kidney_medulla": 1.6,
-        "marrow": 0.45,
-        "disc": 0.6,
-        "csf": 0.2,
-        "gallbladder": 0.25,
-        "stomach_fluid": 0.25,
-        "lung": 0.03,
-        "heart": 1.3,
-    },
+    "t2": {"air": 0.0, "subcut_fat": 0.35, "muscle": 0.75, "visceral_fat": 0.35, "bowel": 1.7, "liver": 1.0,
+           "portal_vein": 0.35, "hepatic_vein": 0.35, "ivc": 0.4, "aorta": 0.25, "spleen": 1.75,
+           "kidney_cortex": 1.9, "kidney_medulla": 2.4, "marrow": 0.8, "disc": 2.3, "csf": 4.0,
+           "gallbladder": 4.3, "stomach_fluid": 3.8, "lung": 0.05, "heart": 0.3},
+    "dwi": {"air": 0.0, "subcut_fat": 0.06, "muscle": 0.5, "visceral_fat": 0.06, "bowel": 0.9, "liver": 1.0,
+            "portal_vein": 0.1, "hepatic_vein": 0.1, "ivc": 0.1, "aorta": 0.08, "spleen": 2.0,
+            "kidney_cortex": 1.7, "kidney_medulla": 1.8, "marrow": 0.55, "disc": 0.9, "csf": 0.6,
+            "gallbladder": 0.6, "stomach_fluid": 0.5, "lung": 0.03, "heart": 0.05},
+    "t1_pre": {"air": 0.0, "subcut_fat": 0.15, "muscle": 0.62, "visceral_fat": 0.15, "bowel": 0.6,
+               "liver": 1.0, "portal_vein": 0.5, "hepatic_vein": 0.5, "ivc": 0.5, "aorta": 0.5,
+               "spleen": 0.75, "kidney_cortex": 0.72, "kidney_medulla": 0.6, "marrow": 0.35, "disc": 0.45,
+               "csf": 0.25, "gallbladder": 0.35, "stomach_fluid": 0.3, "lung": 0.03, "heart": 0.5},
+    "t1_art": {"air": 0.0, "subcut_fat": 0.15, "muscle": 0.7, "visceral_fat": 0.15, "bowel": 1.1,
+               "liver": 1.0, "portal_vein": 1.9, "hepatic_vein": 0.45, "ivc": 0.6, "aorta": 4.0,
+               "spleen": 1.6, "kidney_cortex": 2.8, "kidney_medulla": 0.9, "marrow": 0.5, "disc": 0.45,
+               "csf": 0.25, "gallbladder": 0.3, "stomach_fluid": 0.3, "lung": 0.03, "heart": 3.0},
+    "t1_pv": {"air": 0.0, "subcut_fat": 0.12, "muscle": 0.55, "visceral_fat": 0.12, "bowel": 1.0,
+              "liver": 1.0, "portal_vein": 1.9, "hepatic_vein": 1.7, "ivc": 1.6, "aorta": 1.8, "spleen": 1.05,
+              "kidney_cortex": 1.6, "kidney_medulla": 1.5, "marrow": 0.45, "disc": 0.5, "csf": 0.2,
+              "gallbladder": 0.25, "stomach_fluid": 0.25, "lung": 0.03, "heart": 1.7},
+    "t1_del": {"air": 0.0, "subcut_fat": 0.12, "muscle": 0.55, "visceral_fat": 0.12, "bowel": 0.9,
+               "liver": 1.0, "portal_vein": 1.3, "hepatic_vein": 1.25, "ivc": 1.25, "aorta": 1.3,
+               "spleen": 0.95, "kidney_cortex": 1.3, "kidney_medulla": 1.6, "marrow": 0.45, "disc": 0.6,
+               "csf": 0.2, "gallbladder": 0.25, "stomach_fluid": 0.25, "lung": 0.03, "heart": 1.3},
 }
 
 T2_NO_FAT_SAT: dict[str, float] = {"subcut_fat": 1.6, "visceral_fat": 1.6, "marrow": 1.3}
 """T2 values that change without fat suppression (plain single-shot fast spin echo)."""
 
 DUAL_ECHO_WATER_FAT: dict[str, tuple[float, float]] = {
-    "air": (0.0, 0.0),
-    "subcut_fat": (0.08, 1.75),
-    "muscle": (0.6, 0.0),
-    "visceral_fat": (0.08, 1.75),
-    "bowel": (0.7, 0.1),
-    "liver": (1.0, 0.0),
-    "portal_vein": (0.9, 0.0),
-    "hepatic_vein": (0.8, 0.0),
-    "ivc": (0.8, 0.0),
-    "aorta": (1.0, 0.0),
-    "spleen": (0.8, 0.0),
-    "kidney_cortex": (0.75, 0.0),
-    "kidney_medulla": (0.6, 0.0),
-    "marrow": (0.45, 0.65),
-    "disc": (0.5, 0.0),
-    "csf": (0.3, 0.0),
-    "gallbladder": (0.4, 0.0),
-    "stomach_fluid": (0.3, 0.0),
-    "lung": (0.03, 0.0),
-    "heart": (0.9, 0.0),
+    "air": (0.0, 0.0), "subcut_fat": (0.08, 1.75), "muscle": (0.6, 0.0), "visceral_fat": (0.08, 1.75),
+    "bowel": (0.7, 0.1), "liver": (1.0, 0.0), "portal_vein": (0.9, 0.0), "hepatic_vein": (0.8, 0.0),
+    "ivc": (0.8, 0.0), "aorta": (1.0, 0.0), "spleen": (0.8, 0.0), "kidney_cortex": (0.75, 0.0),
+    "kidney_medulla": (0.6, 0.0), "marrow": (0.45, 0.65), "disc": (0.5, 0.0), "csf": (0.3, 0.0),
+    "gallbladder": (0.4, 0.0), "stomach_fluid": (0.3, 0.0), "lung": (0.03, 0.0), "heart": (0.9, 0.0),
 }
 """In-phase T1 (water, fat) signal pairs; the liver's pair is replaced by its fat fraction per case."""
 
 TISSUE_ADC: dict[str, float] = {
-    "liver": 1.1,
-    "spleen": 0.8,
-    "kidney_cortex": 1.9,
-    "kidney_medulla": 2.0,
-    "muscle": 1.4,
-    "bowel": 1.6,
-    "csf": 3.0,
-    "gallbladder": 3.0,
-    "stomach_fluid": 3.0,
-    "disc": 1.8,
-    "marrow": 0.6,
+    "liver": 1.1, "spleen": 0.8, "kidney_cortex": 1.9, "kidney_medulla": 2.0, "muscle": 1.4, "bowel": 1.6,
+    "csf": 3.0, "gallbladder": 3.0, "stomach_fluid": 3.0, "disc": 1.8, "marrow": 0.6,
 }
 """Apparent diffusion coefficients (10^-3 mm^2/s); tissues not listed keep their b=800 ratio."""
 
 
-def tissue_lut(
-    seq: str,
-    *,
-    b_value: float = 800.0,
-    t2_fat_sat: bool = True,
-    liver_adc: float = 1.1,
-    arterial_timing: float = 1.0,
-) -> np.ndarray:
+def tissue_lut(seq: str, *, b_value: float = 800.0, t2_fat_sat: bool = True, liver_adc: float = 1.1,
+               arterial_timing: float = 1.0) -> np.ndarray:
     """Signal of every tissue label in ``seq`` (relative to liver), as a lookup table.
 
     Args:
@@ -331,11 +176,8 @@ def _ellipsoid_field(grid: WorldGrid, sl, centre, radii, rot: np.ndarray | None 
     y = grid.coords(1)[sl[1]] - centre[1]
     z = grid.coords(2)[sl[2]] - centre[2]
     if rot is None:
-        return np.sqrt(
-            (x[:, None, None] / radii[0]) ** 2
-            + (y[None, :, None] / radii[1]) ** 2
-            + (z[None, None, :] / radii[2]) ** 2
-        )
+        return np.sqrt((x[:, None, None] / radii[0]) ** 2 + (y[None, :, None] / radii[1]) ** 2
+                       + (z[None, None, :] / radii[2]) ** 2)
     r = rot.T  # world -> body frame
     out = np.zeros((x.size, y.size, z.size), dtype=np.float32)
     for i in range(3):
@@ -344,16 +186,8 @@ def _ellipsoid_field(grid: WorldGrid, sl, centre, radii, rot: np.ndarray | None 
     return np.sqrt(out)
 
 
-def _paint_ellipsoid(
-    grid: WorldGrid,
-    labels: np.ndarray,
-    label: int,
-    centre,
-    radii,
-    rot=None,
-    where: np.ndarray | None = None,
-    only_on: tuple[int, ...] | None = None,
-) -> np.ndarray:
+def _paint_ellipsoid(grid: WorldGrid, labels: np.ndarray, label: int, centre, radii, rot=None,
+                     where: np.ndarray | None = None, only_on: tuple[int, ...] | None = None) -> np.ndarray:
     """Set ``label`` inside an ellipsoid; returns the boolean full-grid mask painted."""
     ext = max(radii) * 1.02
     sl = _box(grid, np.asarray(centre) - ext, np.asarray(centre) + ext)
@@ -379,15 +213,8 @@ def _segment_distance(grid: WorldGrid, sl, p0: np.ndarray, p1: np.ndarray) -> np
     return np.sqrt((x - t * d[0]) ** 2 + (y - t * d[1]) ** 2 + (z - t * d[2]) ** 2)
 
 
-def _grow_tree(
-    rng: np.random.Generator,
-    root: np.ndarray,
-    direction: np.ndarray,
-    length: float,
-    radius: float,
-    depth: int,
-    inside,
-) -> list[tuple[np.ndarray, np.ndarray, float]]:
+def _grow_tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarray, length: float,
+               radius: float, depth: int, inside) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Branching vessel segments (start, end, radius); a branch stops where it would leave the organ."""
     segs: list[tuple[np.ndarray, np.ndarray, float]] = []
     stack = [(root, direction / (np.linalg.norm(direction) + 1e-9), length, radius, depth)]
@@ -415,14 +242,8 @@ def _grow_tree(
     return segs
 
 
-def _paint_tree(
-    grid: WorldGrid,
-    labels: np.ndarray,
-    label: int,
-    segs,
-    allowed: np.ndarray | None,
-    protect: tuple[int, ...] = (),
-) -> None:
+def _paint_tree(grid: WorldGrid, labels: np.ndarray, label: int, segs, allowed: np.ndarray | None,
+                protect: tuple[int, ...] = ()) -> None:
     for p0, p1, r in segs:
         lo = np.minimum(p0, p1) - r - grid.spacing
         hi = np.maximum(p0, p1) + r + grid.spacing
@@ -444,46 +265,24 @@ def _inside_fn(grid: WorldGrid, mask: np.ndarray):
         if np.any(i < 0) or np.any(i >= np.array(grid.shape)):
             return False
         return bool(mask[tuple(i)])
-
     return inside
 
 
-def _add_vessel_trees(
-    grid: WorldGrid,
-    labels: np.ndarray,
-    liver: np.ndarray,
-    rng: np.random.Generator,
-    hilum: np.ndarray,
-    hv_root: np.ndarray,
-    right: np.ndarray,
-    ant: np.ndarray,
-    sup: np.ndarray,
-) -> None:
+def _add_vessel_trees(grid: WorldGrid, labels: np.ndarray, liver: np.ndarray, rng: np.random.Generator,
+                      hilum: np.ndarray, hv_root: np.ndarray, right: np.ndarray, ant: np.ndarray,
+                      sup: np.ndarray) -> None:
     """Portal venous tree from the hilum and three hepatic veins draining to ``hv_root``."""
     inside = _inside_fn(grid, liver)
     pv = []
-    for base, ln in (
-        (right * 0.9 + sup * 0.25 - ant * 0.15, 45.0),
-        (-right * 0.8 + ant * 0.5 + sup * 0.3, 40.0),
-    ):
-        pv += _grow_tree(
-            rng,
-            hilum,
-            base + rng.normal(0, 0.1, 3),
-            ln * rng.uniform(0.85, 1.15),
-            rng.uniform(5.5, 7.0),
-            3,
-            inside,
-        )
+    for base, ln in ((right * 0.9 + sup * 0.25 - ant * 0.15, 45.0),
+                     (-right * 0.8 + ant * 0.5 + sup * 0.3, 40.0)):
+        pv += _grow_tree(rng, hilum, base + rng.normal(0, 0.1, 3), ln * rng.uniform(0.85, 1.15),
+                         rng.uniform(5.5, 7.0), 3, inside)
     hv = []
-    for base in (
-        right * 0.8 + ant * 0.3 - sup * 0.5,
-        ant * 0.8 - sup * 0.5,
-        -right * 0.6 + ant * 0.7 - sup * 0.3,
-    ):
-        hv += _grow_tree(
-            rng, hv_root, base + rng.normal(0, 0.1, 3), rng.uniform(40, 60), rng.uniform(4.5, 6.0), 2, inside
-        )
+    for base in (right * 0.8 + ant * 0.3 - sup * 0.5, ant * 0.8 - sup * 0.5,
+                 -right * 0.6 + ant * 0.7 - sup * 0.3):
+        hv += _grow_tree(rng, hv_root, base + rng.normal(0, 0.1, 3), rng.uniform(40, 60),
+                         rng.uniform(4.5, 6.0), 2, inside)
     _paint_tree(grid, labels, T["hepatic_vein"], hv, liver)
     _paint_tree(grid, labels, T["portal_vein"], pv, liver)
 
@@ -507,14 +306,10 @@ def synthetic_anatomy(rng: np.random.Generator, spacing: float = 2.0, fov_si: fl
     cx, cy = bx - fat - wall, by - fat * 1.1 - wall
     ztop = 60.0
     zlo, zhi = ztop - 80.0 - fov_si / 2 - 14.0, ztop + 25.0
-    n = (
-        int(math.ceil(2 * (bx + 5) / spacing)),
-        int(math.ceil(2 * (by + 5) / spacing)),
-        int(math.ceil((zhi - zlo) / spacing)),
-    )
-    grid = WorldGrid(
-        origin=np.array([-(n[0] - 1) * spacing / 2, -(n[1] - 1) * spacing / 2, zlo]), spacing=spacing, shape=n
-    )
+    n = (int(math.ceil(2 * (bx + 5) / spacing)), int(math.ceil(2 * (by + 5) / spacing)),
+         int(math.ceil((zhi - zlo) / spacing)))
+    grid = WorldGrid(origin=np.array([-(n[0] - 1) * spacing / 2, -(n[1] - 1) * spacing / 2, zlo]),
+                     spacing=spacing, shape=n)
     X, Y, Z = _axes(grid)
     x2, y2 = X[:, :, 0], Y[:, :, 0]
     labels = np.zeros(n, dtype=np.uint8)
@@ -523,20 +318,19 @@ def synthetic_anatomy(rng: np.random.Generator, spacing: float = 2.0, fov_si: fl
     body = _superellipse(x2, y2, bx, by, pexp) <= 1.0
     inner_fat = _superellipse(x2, y2 - fat * 0.1, bx - fat, by - fat * 1.1, pexp) <= 1.0
     cavity2 = _superellipse(x2, y2 - fat * 0.1, cx, cy, pexp) <= 1.0
-    sec = np.where(
-        cavity2, T["visceral_fat"], np.where(inner_fat, T["muscle"], np.where(body, T["subcut_fat"], 0))
-    )
+    sec = np.where(cavity2, T["visceral_fat"],
+                   np.where(inner_fat, T["muscle"], np.where(body, T["subcut_fat"], 0)))
     labels[:] = sec.astype(np.uint8)[:, :, None]
     cavity = np.broadcast_to(cavity2[:, :, None], n)
 
     # spine, paraspinal muscles, aorta, IVC (vertical structures)
     sy = -cy * 0.72
-    spine = (x2**2 + (y2 - sy) ** 2) <= 17.0**2
-    canal = (x2**2 + (y2 - sy + 27) ** 2) <= 8.0**2
+    spine = (x2 ** 2 + (y2 - sy) ** 2) <= 17.0 ** 2
+    canal = (x2 ** 2 + (y2 - sy + 27) ** 2) <= 8.0 ** 2
     lamina = (np.abs(x2) < 14) & (y2 < sy - 17) & (y2 > sy - 45) & ~canal
     para = (((np.abs(x2) - 33) / 24) ** 2 + ((y2 - sy + 32) / 17) ** 2) <= 1.0
     zc = grid.coords(2)
-    disc_z = np.mod(zc - rng.uniform(0, 32), 32.0) < 8.0
+    disc_z = (np.mod(zc - rng.uniform(0, 32), 32.0) < 8.0)
     sp3 = np.broadcast_to(spine[:, :, None], n)
     labels[np.broadcast_to(para[:, :, None], n) & (labels > 0)] = T["muscle"]
     labels[np.broadcast_to(lamina[:, :, None], n)] = T["marrow"]
@@ -556,21 +350,15 @@ def synthetic_anatomy(rng: np.random.Generator, spacing: float = 2.0, fov_si: fl
     tilt = math.radians(rng.uniform(18, 30))
     rot_y = np.array([[math.cos(tilt), 0, math.sin(tilt)], [0, 1, 0], [-math.sin(tilt), 0, math.cos(tilt)]])
     parts = [
-        (
-            np.array([cx * rng.uniform(0.5, 0.58), -cy * 0.05, ztop - rng.uniform(68, 78)]),
-            np.array([cx * rng.uniform(0.4, 0.48), cy * rng.uniform(0.8, 0.92), rng.uniform(78, 90)]),
-            rot_y @ _rotation(rng, 6),
-        ),
-        (
-            np.array([cx * rng.uniform(0.12, 0.22), cy * 0.15, ztop - rng.uniform(38, 48)]),
-            np.array([cx * rng.uniform(0.3, 0.38), cy * rng.uniform(0.55, 0.68), rng.uniform(30, 38)]),
-            _rotation(rng, 8),
-        ),
-        (
-            np.array([-cx * rng.uniform(0.12, 0.25), cy * 0.42, ztop - rng.uniform(30, 38)]),
-            np.array([cx * rng.uniform(0.3, 0.42), cy * rng.uniform(0.32, 0.42), rng.uniform(18, 24)]),
-            _rotation(rng, 10),
-        ),
+        (np.array([cx * rng.uniform(0.5, 0.58), -cy * 0.05, ztop - rng.uniform(68, 78)]),
+         np.array([cx * rng.uniform(0.4, 0.48), cy * rng.uniform(0.8, 0.92), rng.uniform(78, 90)]),
+         rot_y @ _rotation(rng, 6)),
+        (np.array([cx * rng.uniform(0.12, 0.22), cy * 0.15, ztop - rng.uniform(38, 48)]),
+         np.array([cx * rng.uniform(0.3, 0.38), cy * rng.uniform(0.55, 0.68), rng.uniform(30, 38)]),
+         _rotation(rng, 8)),
+        (np.array([-cx * rng.uniform(0.12, 0.25), cy * 0.42, ztop - rng.uniform(30, 38)]),
+         np.array([cx * rng.uniform(0.3, 0.42), cy * rng.uniform(0.32, 0.42), rng.uniform(18, 24)]),
+         _rotation(rng, 10)),
     ]
     k = 0.2  # smooth-min width: gentle transitions between the parts
     f = None
@@ -590,27 +378,13 @@ def synthetic_anatomy(rng: np.random.Generator, spacing: float = 2.0, fov_si: fl
     ca, sa = math.cos(0.6), math.sin(0.6)
     spleen_rot = _rotation(rng, 10) @ np.array([[ca, -sa, 0], [sa, ca, 0], [0, 0, 1]])
     spleen_c = [-cx * rng.uniform(0.64, 0.74), -cy * rng.uniform(0.35, 0.5), ztop - rng.uniform(48, 62)]
-    _paint_ellipsoid(
-        grid,
-        labels,
-        T["spleen"],
-        spleen_c,
-        [rng.uniform(20, 26), rng.uniform(42, 55), rng.uniform(45, 58)],
-        spleen_rot,
-        where=cavity & below,
-    )
+    _paint_ellipsoid(grid, labels, T["spleen"], spleen_c, [rng.uniform(20, 26), rng.uniform(42, 55),
+                                                           rng.uniform(45, 58)], spleen_rot,
+                     where=cavity & below)
     st_c = np.array([-cx * 0.33, cy * 0.22, ztop - rng.uniform(40, 55)])
     st_r = [cx * 0.3, cy * 0.33, rng.uniform(38, 50)]
-    stomach = _paint_ellipsoid(
-        grid,
-        labels,
-        T["stomach_fluid"],
-        st_c,
-        st_r,
-        _rotation(rng, 15),
-        where=cavity & below,
-        only_on=(T["visceral_fat"],),
-    )
+    stomach = _paint_ellipsoid(grid, labels, T["stomach_fluid"], st_c, st_r, _rotation(rng, 15),
+                               where=cavity & below, only_on=(T["visceral_fat"],))
     labels[stomach & (Z > st_c[2] + st_r[2] * rng.uniform(0.2, 0.5))] = T["air"]
     for side, dz in ((1.0, -135.0), (-1.0, -122.0)):
         kc = [side * cx * 0.52, sy + 22.0, ztop + dz + rng.normal(0, 6)]
@@ -621,15 +395,9 @@ def synthetic_anatomy(rng: np.random.Generator, spacing: float = 2.0, fov_si: fl
     labels[liver & ~np.isin(labels, (T["kidney_cortex"], T["kidney_medulla"]))] = T["liver"]
     liver &= labels == T["liver"]
     gb_c = [cx * rng.uniform(0.08, 0.22), cy * rng.uniform(0.35, 0.5), ztop - rng.uniform(95, 115)]
-    gb = _paint_ellipsoid(
-        grid,
-        labels,
-        T["gallbladder"],
-        gb_c,
-        [rng.uniform(12, 17), rng.uniform(11, 15), rng.uniform(25, 35)],
-        _rotation(rng, 25),
-        where=cavity,
-    )
+    gb = _paint_ellipsoid(grid, labels, T["gallbladder"], gb_c, [rng.uniform(12, 17), rng.uniform(11, 15),
+                                                                  rng.uniform(25, 35)], _rotation(rng, 25),
+                          where=cavity)
     liver &= ~gb
     for c, r, lab in ((aorta_c, 11.0, T["aorta"]), (ivc_c, 12.0, T["ivc"])):
         tube = np.broadcast_to((((x2 - c[0]) ** 2 + (y2 - c[1]) ** 2) <= r * r)[:, :, None], n)
@@ -652,14 +420,8 @@ def synthetic_anatomy(rng: np.random.Generator, spacing: float = 2.0, fov_si: fl
     hv_root = np.array([ivc_c[0], ivc_c[1] + 8.0, ztop - 22.0])
     _add_vessel_trees(grid, labels, liver, rng, hilum, hv_root, right, ant, sup)
     # main portal vein trunk from the confluence (behind the pancreas head) to the hilum
-    _paint_tree(
-        grid,
-        labels,
-        T["portal_vein"],
-        [(np.array([-5.0, sy + 45, ztop - 128]), hilum, 7.0)],
-        cavity,
-        protect=(T["aorta"], T["ivc"], T["marrow"]),
-    )
+    _paint_tree(grid, labels, T["portal_vein"], [(np.array([-5.0, sy + 45, ztop - 128]), hilum, 7.0)],
+                cavity, protect=(T["aorta"], T["ivc"], T["marrow"]))
     liver_env = liver | (np.isin(labels, (T["portal_vein"], T["hepatic_vein"])) & _dilate_xy(liver))
 
     fov_centre = np.array([0.0, 0.0, 0.5 * (_zrange(liver, grid)[0] + _zrange(liver, grid)[1])])
@@ -703,18 +465,16 @@ def companion_image(label_path: Path) -> Path | None:
     for sub in ("images", "imagesTr", "image", "img"):
         d = label_path.parent.parent / sub
         if d.is_dir():
-            hits = sorted(
-                p for p in d.iterdir() if p.name.startswith(key) and p.name.endswith((".nii", ".nii.gz"))
-            )
+            hits = sorted(p for p in d.iterdir()
+                          if p.name.startswith(key) and p.name.endswith((".nii", ".nii.gz")))
             if hits:
                 return hits[0]
     return None
 
 
 @functools.lru_cache(maxsize=4)
-def _load_label_world(
-    path: str, spacing: float, liver_label: int, kidney_labels: tuple[int, ...], spleen_label: int
-) -> tuple:
+def _load_label_world(path: str, spacing: float, liver_label: int, kidney_labels: tuple[int, ...],
+                      spleen_label: int) -> tuple:
     """Resample a label map (and its companion image's body/air) onto an RAS world grid. Cached."""
     import nibabel as nib
     from scipy import ndimage
@@ -742,15 +502,8 @@ def _load_label_world(
     # world box: nonzero labels (or the body) plus a margin, in RAS
     src = body_src if body_src is not None else lab > 0
     idx = np.argwhere(src)
-    corners = np.array(
-        [
-            [i, j, k]
-            for i in (idx[:, 0].min(), idx[:, 0].max())
-            for j in (idx[:, 1].min(), idx[:, 1].max())
-            for k in (idx[:, 2].min(), idx[:, 2].max())
-        ],
-        dtype=float,
-    )
+    corners = np.array([[i, j, k] for i in (idx[:, 0].min(), idx[:, 0].max()) for j in (idx[:, 1].min(),
+                        idx[:, 1].max()) for k in (idx[:, 2].min(), idx[:, 2].max())], dtype=float)
     world = nib.affines.apply_affine(aff, corners)
     margin = np.array([6.0, 6.0, 6.0]) if body_src is not None else np.array([45.0, 45.0, 6.0])
     lo, hi = world.min(0) - margin, world.max(0) + margin
@@ -761,11 +514,8 @@ def _load_label_world(
     grid = WorldGrid(origin=lo.copy(), spacing=spacing, shape=shape)
     sample = _world_sampler(aff, lab.shape, grid)
 
-    organs = {
-        "liver": lab == liver_label,
-        "kidney": np.isin(lab, kidney_labels),
-        "spleen": lab == spleen_label,
-    }
+    organs = {"liver": lab == liver_label, "kidney": np.isin(lab, kidney_labels),
+              "spleen": lab == spleen_label}
     probs = {k: sample(v) for k, v in organs.items()}
     if body_src is not None:
         body = sample(body_src) > 0.5
@@ -787,9 +537,8 @@ def _world_sampler(aff: np.ndarray, src_shape: tuple[int, ...], grid: WorldGrid)
     from mrfound.data.phantom.acquisition import kernel_matrix
 
     m = aff[:3, :3]
-    axis_aligned = all(
-        np.count_nonzero(np.abs(m[:, a]) > 1e-6 * np.abs(m[:, a]).max()) == 1 for a in range(3)
-    )
+    axis_aligned = all(np.count_nonzero(np.abs(m[:, a]) > 1e-6 * np.abs(m[:, a]).max()) == 1
+                       for a in range(3))
     if axis_aligned:
         w_of = [int(np.argmax(np.abs(m[:, a]))) for a in range(3)]
         if sorted(w_of) == [0, 1, 2]:
@@ -812,21 +561,14 @@ def _world_sampler(aff: np.ndarray, src_shape: tuple[int, ...], grid: WorldGrid)
     vox = inv[:3, :3] @ np.stack([X.ravel(), Y.ravel(), Z.ravel()]) + inv[:3, 3:4]
 
     def sample_nd(arr: np.ndarray) -> np.ndarray:
-        return ndimage.map_coordinates(
-            arr.astype(np.float32), vox, order=1, mode="constant", cval=0.0
-        ).reshape(grid.shape)
+        return ndimage.map_coordinates(arr.astype(np.float32), vox, order=1, mode="constant",
+                                       cval=0.0).reshape(grid.shape)
 
     return sample_nd
 
 
-def label_map_anatomy(
-    path: str | Path,
-    rng: np.random.Generator,
-    spacing: float = 2.0,
-    liver_label: int = 1,
-    kidney_labels: tuple[int, ...] = (2, 3),
-    spleen_label: int = 4,
-) -> Anatomy:
+def label_map_anatomy(path: str | Path, rng: np.random.Generator, spacing: float = 2.0, liver_label: int = 1,
+                      kidney_labels: tuple[int, ...] = (2, 3), spleen_label: int = 4) -> Anatomy:
     """Anatomy from a real organ label map; body wall, spine, great vessels and hepatic vessels are drawn.
 
     Args:
@@ -836,9 +578,8 @@ def label_map_anatomy(
     """
     from scipy import ndimage
 
-    grid, probs, body, air = _load_label_world(
-        str(path), float(spacing), liver_label, tuple(kidney_labels), spleen_label
-    )
+    grid, probs, body, air = _load_label_world(str(path), float(spacing), liver_label, tuple(kidney_labels),
+                                               spleen_label)
     n = grid.shape
     stack = np.stack([np.full(n, 0.5, np.float32), probs["liver"], probs["kidney"], probs["spleen"]])
     organ = np.argmax(stack, axis=0)
@@ -874,12 +615,9 @@ def label_map_anatomy(
     x2 = grid.coords(0)[:, None]
     y2 = grid.coords(1)[None, :]
     free = np.isin(labels, (T["visceral_fat"], T["muscle"]))
-    for c, r, lab in (
-        ((mid_x, sy), 17.0, T["marrow"]),
-        ((mid_x, sy - 27.0), 8.0, T["csf"]),
-        ((mid_x - right_sign * 14.0, sy + 27.0), 11.0, T["aorta"]),
-        ((mid_x + right_sign * 22.0, sy + 33.0), 12.0, T["ivc"]),
-    ):
+    for c, r, lab in (((mid_x, sy), 17.0, T["marrow"]), ((mid_x, sy - 27.0), 8.0, T["csf"]),
+                      ((mid_x - right_sign * 14.0, sy + 27.0), 11.0, T["aorta"]),
+                      ((mid_x + right_sign * 22.0, sy + 33.0), 12.0, T["ivc"])):
         disc = np.broadcast_to((((x2 - c[0]) ** 2 + (y2 - c[1]) ** 2) <= r * r)[:, :, None], n)
         labels[disc & (free | (labels == T["lung"]))] = lab
     # hepatic vessels grown inside the real liver
@@ -898,14 +636,8 @@ def label_map_anatomy(
         "liver": smooth_noise(n, [n[0] / 6, n[1] / 6, n[2] / 6], rng),
         "spleen_bands": smooth_noise(n, [n[0] / 3, n[1] / 3, n[2] / 10], rng),
     }
-    return Anatomy(
-        grid=grid,
-        labels=labels,
-        liver=liver_env,
-        fov_centre=fov_centre,
-        source=Path(path).name,
-        textures=textures,
-    )
+    return Anatomy(grid=grid, labels=labels, liver=liver_env, fov_centre=fov_centre, source=Path(path).name,
+                   textures=textures)
 
 
 def _nearest_inside(grid: WorldGrid, mask: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -30,18 +30,8 @@ from mrfound.data.phantom import lesions as les
 from mrfound.data.sequences import CLASSES, SEQUENCES
 from mrfound.errors import ConfigError, MrfoundError
 
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "case",
-    "subject",
-    "center",
-    "label",
-    *SEQUENCES,
-    "mask",
-    "lesion_x",
-    "lesion_y",
-    "lesion_z",
-    "lesion_diameter_mm",
-)
+MANIFEST_COLUMNS: tuple[str, ...] = ("case", "subject", "center", "label", *SEQUENCES, "mask",
+                                     "lesion_x", "lesion_y", "lesion_z", "lesion_diameter_mm")
 """Columns of the written manifest (DESIGN §3 plus the lesion diameter as an extra column)."""
 
 
@@ -193,16 +183,9 @@ def plan_case(index: int, seed: int, config: PhantomConfig) -> CaseSpec:
             cls = first
     labeled = _rng(seed, index, _LABEL).random() >= config.unlabeled_fraction
     pre = config.id_prefix
-    return CaseSpec(
-        index=index,
-        case=f"{pre}ph{index:05d}",
-        subject=f"{pre}sub{subject_index:05d}",
-        exam=1 + (index - subject_index),
-        center=center.name,
-        cls=cls,
-        labeled=labeled,
-        subject_key=subject_index,
-    )
+    return CaseSpec(index=index, case=f"{pre}ph{index:05d}", subject=f"{pre}sub{subject_index:05d}",
+                    exam=1 + (index - subject_index), center=center.name, cls=cls, labeled=labeled,
+                    subject_key=subject_index)
 
 
 def plan_cohort(n_cases: int, seed: int, config: PhantomConfig) -> list[CaseSpec]:
@@ -218,14 +201,8 @@ def _center(config: PhantomConfig, name: str) -> acq.CenterProfile:
     return acq.get_centers([name])[0]
 
 
-def _place(
-    lesion: les.Lesion,
-    depth: np.ndarray,
-    grid: acq.WorldGrid,
-    step: int,
-    rng: np.random.Generator,
-    others: Sequence[les.Lesion],
-) -> bool:
+def _place(lesion: les.Lesion, depth: np.ndarray, grid: acq.WorldGrid, step: int, rng: np.random.Generator,
+           others: Sequence[les.Lesion]) -> bool:
     """Put ``lesion`` where the liver is deep enough; shrinks a lesion too big for this liver."""
     R = lesion.radius
     dmax = float(depth.max())
@@ -256,14 +233,8 @@ class _Physiology:
     t2_gain: float
 
 
-def _world_signal(
-    seq: str,
-    anatomy: anat.Anatomy,
-    lesions: Sequence[les.Lesion],
-    near_liver: np.ndarray,
-    center: acq.CenterProfile,
-    phys: _Physiology,
-) -> list[np.ndarray]:
+def _world_signal(seq: str, anatomy: anat.Anatomy, lesions: Sequence[les.Lesion], near_liver: np.ndarray,
+                  center: acq.CenterProfile, phys: _Physiology) -> list[np.ndarray]:
     """The phantom's signal (liver = 1) for ``seq`` on the world grid; dual echo -> [water, fat]."""
     labels = anatomy.labels
     is_liver = labels == anat.T["liver"]
@@ -275,19 +246,14 @@ def _world_signal(
         water_lut, fat_lut = anat.dual_echo_luts(phys.liver_fat)
         maps = [np.take(water_lut, labels) * liver_mult, np.take(fat_lut, labels) * liver_mult]
     else:
-        lut = anat.tissue_lut(
-            seq,
-            b_value=center.b_value,
-            t2_fat_sat=center.t2_fat_sat,
-            liver_adc=phys.liver_adc,
-            arterial_timing=phys.timing,
-        )
+        lut = anat.tissue_lut(seq, b_value=center.b_value, t2_fat_sat=center.t2_fat_sat,
+                              liver_adc=phys.liver_adc, arterial_timing=phys.timing)
         m = np.take(lut, labels) * liver_mult
         if seq == "t1_art":  # splenic moire (arcuate) enhancement, fades in late arterial phase
             amp = 0.35 * max(0.0, 1.0 - 0.8 * phys.timing)
             m *= 1.0 + amp * anatomy.textures["spleen_bands"] * (labels == anat.T["spleen"])
         if seq == "t2":
-            m *= phys.t2_gain**is_liver  # subject's liver T2 (fibrosis, iron): shifts all lesion ratios
+            m *= phys.t2_gain ** is_liver  # subject's liver T2 (fibrosis, iron): shifts all lesion ratios
         maps = [m]
     lut_seq = "t1_in" if seq in ("t1_in", "t1_opp") else seq
     for lesion in sorted(lesions, key=lambda x: x.target):  # target painted last
@@ -295,15 +261,8 @@ def _world_signal(
         sl = f["sl"]
         inside = f["inside"]
         halo = les.halo_multiplier(lesion, lut_seq, f, gain)
-        val = les.lesion_value(
-            lesion,
-            lut_seq,
-            f,
-            b_value=center.b_value,
-            liver_adc=phys.liver_adc,
-            arterial_timing=phys.timing,
-            gain=gain,
-        )
+        val = les.lesion_value(lesion, lut_seq, f, b_value=center.b_value, liver_adc=phys.liver_adc,
+                               arterial_timing=phys.timing, gain=gain)
         if seq in ("t1_in", "t1_opp"):
             # patchy fat, kept below 0.45: above 0.5 the opposed-phase signal would rise again
             ff = np.clip(lesion.geometry["fat_fraction"] * (1.0 + 0.4 * f["texture"]), 0.0, 0.45)
@@ -318,9 +277,8 @@ def _world_signal(
     return maps
 
 
-def _missing(
-    center: acq.CenterProfile, config: PhantomConfig, rng: np.random.Generator, mask_seq: str
-) -> set[str]:
+def _missing(center: acq.CenterProfile, config: PhantomConfig, rng: np.random.Generator,
+             mask_seq: str) -> set[str]:
     p = center.p_missing if config.p_missing is None else config.p_missing
     groups = [("t1_in", "t1_opp")] + [(s,) for s in center.sequences if s not in ("t1_in", "t1_opp")]
     missing: set[str] = set()
@@ -362,16 +320,9 @@ def _simulate(spec: CaseSpec, seed: int, config: PhantomConfig) -> PhantomCase:
     coarse = anatomy.liver[::step, ::step, ::step]
     depth = ndimage.distance_transform_edt(coarse, sampling=grid.spacing * step)
     near_liver = ndimage.binary_dilation(anatomy.liver, iterations=max(1, int(round(4.0 / grid.spacing))))
-    target = les.draw_lesion(
-        spec.cls,
-        crng,
-        variation=config.variation,
-        variants=config.variants,
-        textbook=config.textbook,
-        signatures=config.signatures,
-        diameter_range=config.diameter_range,
-        target=True,
-    )
+    target = les.draw_lesion(spec.cls, crng, variation=config.variation, variants=config.variants,
+                             textbook=config.textbook,
+                             signatures=config.signatures, diameter_range=config.diameter_range, target=True)
     if not _place(target, depth, grid, step, crng, []):
         raise MrfoundError(f"case {spec.case}: no room for a lesion in the liver ({anatomy.source})")
     lesions = [target]
@@ -381,15 +332,9 @@ def _simulate(spec: CaseSpec, seed: int, config: PhantomConfig) -> PhantomCase:
             oc = spec.cls if geo["other_class"] == "same" else str(geo["other_class"])
             if crng.random() < 0.3:
                 oc = "cyst"  # incidental cysts are common in any liver
-            o = les.draw_lesion(
-                oc,
-                crng,
-                variation=config.variation,
-                variants=config.variants,
-                signatures=config.signatures,
-                diameter_range=(8.0, max(10.0, min(25.0, target.diameter_mm))),
-                target=False,
-            )
+            o = les.draw_lesion(oc, crng, variation=config.variation, variants=config.variants,
+                                signatures=config.signatures,
+                                diameter_range=(8.0, max(10.0, min(25.0, target.diameter_mm))), target=False)
             if _place(o, depth, grid, step, crng, lesions):
                 lesions.append(o)
     # acquisition
@@ -403,11 +348,8 @@ def _simulate(spec: CaseSpec, seed: int, config: PhantomConfig) -> PhantomCase:
     for seq in center.sequences:
         proto = center.protocols[seq]
         # dual echo: one acquisition (grid, breath-hold); dynamic phases: one grid, separate breath-holds
-        shift = (
-            shifts["t1_in"]
-            if seq == "t1_opp"
-            else np.clip(crng.normal(0, 1, 3), -2, 2) * np.array(proto.shift_mm)
-        )
+        shift = (shifts["t1_in"] if seq == "t1_opp"
+                 else np.clip(crng.normal(0, 1, 3), -2, 2) * np.array(proto.shift_mm))
         sgrid = acq.ScannerGrid.from_protocol(proto, fov_centre, config.spacing_scale, config.fov_scale)
         scale = proto.scale * math.exp(crng.normal(0, 0.25))
         shifts[seq], grids[seq] = shift, sgrid
@@ -457,49 +399,24 @@ def _simulate(spec: CaseSpec, seed: int, config: PhantomConfig) -> PhantomCase:
         xyz = mgrid.affine[:3, :3] @ idx.mean(0) + mgrid.affine[:3, 3]
     else:  # a lesion smaller than a voxel of this grid: its centre still is the best estimate
         xyz = target.centre + mshift
-        mask[
-            tuple(
-                np.clip(
-                    np.round(np.linalg.solve(mgrid.affine[:3, :3], xyz - mgrid.affine[:3, 3])),
-                    0,
-                    np.array(mgrid.shape) - 1,
-                ).astype(int)
-            )
-        ] = 2
+        mask[tuple(np.clip(np.round(np.linalg.solve(mgrid.affine[:3, :3], xyz - mgrid.affine[:3, 3])), 0,
+                           np.array(mgrid.shape) - 1).astype(int))] = 2
     info = {
-        "variant": target.variant,
-        "arterial_timing": round(phys.timing, 3),
-        "b_value": center.b_value,
+        "variant": target.variant, "arterial_timing": round(phys.timing, 3), "b_value": center.b_value,
         "liver_fat_fraction": round(phys.liver_fat, 3),
         "lesion_fat_fraction": round(target.geometry["fat_fraction"], 3),
-        "n_other_lesions": len(lesions) - 1,
-        "anatomy": anatomy.source,
-        "exam": spec.exam,
+        "n_other_lesions": len(lesions) - 1, "anatomy": anatomy.source, "exam": spec.exam,
         "missing": sorted(missing),
     }
-    return PhantomCase(
-        case=spec.case,
-        subject=spec.subject,
-        center=spec.center,
-        label=spec.cls if spec.labeled else None,
-        true_class=spec.cls,
-        images=images,
-        mask=(mask, mgrid.affine),
-        mask_sequence=mask_seq,
-        lesion_xyz=tuple(float(v) for v in xyz),
-        lesion_diameter_mm=float(target.diameter_mm),
-        info=info,
-    )
+    return PhantomCase(case=spec.case, subject=spec.subject, center=spec.center,
+                       label=spec.cls if spec.labeled else None, true_class=spec.cls, images=images,
+                       mask=(mask, mgrid.affine), mask_sequence=mask_seq,
+                       lesion_xyz=tuple(float(v) for v in xyz), lesion_diameter_mm=float(target.diameter_mm),
+                       info=info)
 
 
-def simulate_case(
-    index: int,
-    seed: int,
-    config: PhantomConfig | None = None,
-    *,
-    cls: str | None = None,
-    center: str | None = None,
-) -> PhantomCase:
+def simulate_case(index: int, seed: int, config: PhantomConfig | None = None, *, cls: str | None = None,
+                  center: str | None = None) -> PhantomCase:
     """Simulate case ``index`` of the cohort of ``seed`` in memory.
 
     Args:
@@ -605,17 +522,9 @@ def default_workers() -> int:
     return max(1, min(n, 8))
 
 
-def generate_cohort(
-    out_dir: str | os.PathLike,
-    n_cases: int,
-    seed: int,
-    config: PhantomConfig | None = None,
-    *,
-    workers: int | None = None,
-    preview: bool = False,
-    progress: bool | None = None,
-    callback: Callable[[int], None] | None = None,
-) -> Path:
+def generate_cohort(out_dir: str | os.PathLike, n_cases: int, seed: int, config: PhantomConfig | None = None,
+                    *, workers: int | None = None, preview: bool = False, progress: bool | None = None,
+                    callback: Callable[[int], None] | None = None) -> Path:
     """Simulate a cohort and write it to ``out_dir`` atomically (built in a temporary sibling folder).
 
     Layout: ``out_dir/manifest.csv``, ``out_dir/cases/<case>/<sequence>.nii.gz`` and ``mask.nii.gz``,
@@ -644,10 +553,8 @@ def generate_cohort(
         raise ConfigError(f"--cases must be > 0, got {n_cases}")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.csv").exists())):
-        raise ConfigError(
-            f"--out {out} exists and is not an earlier phantom cohort (no manifest.csv); "
-            "choose a new or empty folder"
-        )
+        raise ConfigError(f"--out {out} exists and is not an earlier phantom cohort (no manifest.csv); "
+                          "choose a new or empty folder")
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
@@ -655,9 +562,8 @@ def generate_cohort(
     rows: dict[int, dict[str, str]] = {}
     with atomic_dir(out) as tmp:
         tasks = [(i, int(seed), config, str(tmp)) for i in range(n_cases)]
-        bar = tqdm(
-            total=n_cases, desc="phantom", unit="case", disable=(None if progress is None else not progress)
-        )
+        bar = tqdm(total=n_cases, desc="phantom", unit="case",
+                   disable=(None if progress is None else not progress))
         try:
             if workers == 1:
                 # one BLAS thread, as in the workers: a threaded matrix product may round differently

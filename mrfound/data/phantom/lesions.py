@@ -68,30 +68,21 @@ Magnitude = tuple[float, float]
 
 DEFAULT_GEOMETRY: dict[str, object] = {
     "diameter_mm": (15.0, 35.0, 80.0),  # min, median, max (log-normal, truncated)
-    "diameter_sd": 0.35,  # log-scale spread of the diameter
-    "lobulation": (0.06, 0.04),  # amplitude of lobes (fraction of radius): round .. lobulated
-    "elongation": 0.2,  # up to this fraction shorter secondary axes
-    "edge_mm": 1.5,  # edge width (10-90 %): 0.4 sharp (cyst) .. 3 infiltrative
-    "heterogeneity": 0.06,  # relative sd of the internal texture
-    "texture_mm": 8.0,  # correlation length of the internal texture
-    "centre_radius": 0.45,
-    "p_centre": 0.0,
-    "rim_width": 0.2,
-    "rim_min_mm": 4.0,  # a wall or rim is at least ~4 mm thick, also in small lesions
-    "capsule_mm": 2.5,
-    "p_capsule": 0.0,
-    "halo_mm": 8.0,
-    "p_halo": 0.0,
-    "scar_radius": 0.2,
-    "p_scar": 0.0,
-    "scar_min_diameter_mm": 0.0,  # small lesions show no scar
-    "fill_front": 0.15,  # irregularity of the fill-in front
-    "fat_fraction": (0.0, 0.0),
-    "p_fat": 0.0,
-    "adc": (1.1, 0.1),  # 10^-3 mm^2/s
-    "p_other": 0.15,
-    "other_class": "same",
-    "max_other": 3,
+    "diameter_sd": 0.35,                # log-scale spread of the diameter
+    "lobulation": (0.06, 0.04),         # amplitude of lobes (fraction of radius): round .. lobulated
+    "elongation": 0.2,                  # up to this fraction shorter secondary axes
+    "edge_mm": 1.5,                     # edge width (10-90 %): 0.4 sharp (cyst) .. 3 infiltrative
+    "heterogeneity": 0.06,              # relative sd of the internal texture
+    "texture_mm": 8.0,                  # correlation length of the internal texture
+    "centre_radius": 0.45, "p_centre": 0.0,
+    "rim_width": 0.2, "rim_min_mm": 4.0,  # a wall or rim is at least ~4 mm thick, also in small lesions
+    "capsule_mm": 2.5, "p_capsule": 0.0,
+    "halo_mm": 8.0, "p_halo": 0.0,
+    "scar_radius": 0.2, "p_scar": 0.0, "scar_min_diameter_mm": 0.0,  # small lesions show no scar
+    "fill_front": 0.15,                 # irregularity of the fill-in front
+    "fat_fraction": (0.0, 0.0), "p_fat": 0.0,
+    "adc": (1.1, 0.1),                  # 10^-3 mm^2/s
+    "p_other": 0.15, "other_class": "same", "max_other": 3,
 }
 
 GEOMETRY_SPREAD: dict[str, float] = {"heterogeneity": 0.5, "edge_mm": 0.6, "texture_mm": 0.5}
@@ -99,29 +90,12 @@ GEOMETRY_SPREAD: dict[str, float] = {"heterogeneity": 0.5, "edge_mm": 0.6, "text
 
 SIGNATURES: dict[str, dict] = {
     "hcc": {
-        "table": {
-            "t2": "mildly high",
-            "dwi": "high",
-            "t1_in": "low",
-            "t1_opp": "sometimes drops (fat)",
-            "t1_pre": "low",
-            "t1_art": "strong, non-rim",
-            "t1_pv": "washout (low)",
-            "t1_del": "washout + enhancing capsule rim",
-        },
-        "geometry": {
-            "diameter_mm": (15.0, 35.0, 80.0),
-            "lobulation": (0.07, 0.1),
-            "edge_mm": 1.5,
-            "heterogeneity": 0.12,
-            "texture_mm": 6.0,
-            "capsule_mm": 2.5,
-            "p_capsule": 0.7,
-            "fat_fraction": (0.15, 0.6),
-            "p_fat": 0.3,
-            "adc": (0.95, 0.3),
-            "p_other": 0.15,
-        },
+        "table": {"t2": "mildly high", "dwi": "high", "t1_in": "low", "t1_opp": "sometimes drops (fat)",
+                  "t1_pre": "low", "t1_art": "strong, non-rim", "t1_pv": "washout (low)",
+                  "t1_del": "washout + enhancing capsule rim"},
+        "geometry": {"diameter_mm": (15.0, 35.0, 80.0), "lobulation": (0.07, 0.1), "edge_mm": 1.5,
+                     "heterogeneity": 0.12, "texture_mm": 6.0, "capsule_mm": 2.5, "p_capsule": 0.7,
+                     "fat_fraction": (0.15, 0.6), "p_fat": 0.3, "adc": (0.95, 0.3), "p_other": 0.15},
         "signal": {
             "t2": {"core": (1.35, 0.36)},
             "dwi": {"core": (1.7, 0.45)},
@@ -132,40 +106,17 @@ SIGNATURES: dict[str, dict] = {
             "t1_del": {"core": (0.72, 0.15), "capsule": (1.45, 0.36)},
         },
         "variants": {"hypovascular": {"p": 0.12, "signal": {"t1_art": {"core": (1.0, 0.3)}}}},
-        "checks": {
-            "t2": ("ratio>1.1",),
-            "dwi": ("ratio>1.25",),
-            "t1_in": ("ratio<0.95",),
-            "t1_opp": ("ratio<1.0",),
-            "t1_pre": ("ratio<0.92",),
-            "t1_art": ("ratio>1.3",),
-            "t1_pv": ("ratio<0.93",),
-            "t1_del": ("ratio<0.9", "edge>1.1"),
-        },
+        "checks": {"t2": ("ratio>1.1",), "dwi": ("ratio>1.25",), "t1_in": ("ratio<0.95",),
+                   "t1_opp": ("ratio<1.0",), "t1_pre": ("ratio<0.92",), "t1_art": ("ratio>1.3",),
+                   "t1_pv": ("ratio<0.93",), "t1_del": ("ratio<0.9", "edge>1.1")},
     },
     "icca": {
-        "table": {
-            "t2": "moderately high, central low (fibrosis)",
-            "dwi": "high, target",
-            "t1_in": "low",
-            "t1_opp": "low",
-            "t1_pre": "low",
-            "t1_art": "rim",
-            "t1_pv": "progressive",
-            "t1_del": "central fill-in (delayed enhancement)",
-        },
-        "geometry": {
-            "diameter_mm": (25.0, 50.0, 85.0),
-            "lobulation": (0.16, 0.15),
-            "edge_mm": 3.0,
-            "heterogeneity": 0.08,
-            "texture_mm": 10.0,
-            "centre_radius": 0.6,
-            "p_centre": 1.0,
-            "rim_width": 0.25,
-            "adc": (1.0, 0.3),
-            "p_other": 0.15,
-        },
+        "table": {"t2": "moderately high, central low (fibrosis)", "dwi": "high, target", "t1_in": "low",
+                  "t1_opp": "low", "t1_pre": "low", "t1_art": "rim", "t1_pv": "progressive",
+                  "t1_del": "central fill-in (delayed enhancement)"},
+        "geometry": {"diameter_mm": (25.0, 50.0, 85.0), "lobulation": (0.16, 0.15), "edge_mm": 3.0,
+                     "heterogeneity": 0.08, "texture_mm": 10.0, "centre_radius": 0.6, "p_centre": 1.0,
+                     "rim_width": 0.25, "adc": (1.0, 0.3), "p_other": 0.15},
         "signal": {
             "t2": {"core": (1.8, 0.36), "centre": (1.0, 0.36)},
             "dwi": {"core": (1.8, 0.45), "centre": (0.95, 0.45)},
@@ -175,40 +126,17 @@ SIGNATURES: dict[str, dict] = {
             "t1_pv": {"core": (1.0, 0.3), "centre": (0.82, 0.36), "rim": (1.2, 0.3)},
             "t1_del": {"core": (1.12, 0.3), "centre": (1.3, 0.36), "rim": (1.05, 0.24)},
         },
-        "checks": {
-            "t2": ("ratio>1.2", "rim>centre"),
-            "dwi": ("ratio>1.15", "rim>centre"),
-            "t1_in": ("ratio<0.9",),
-            "t1_opp": ("ratio<1.0", "nodrop"),
-            "t1_pre": ("ratio<0.9",),
-            "t1_art": ("rim>centre",),
-            "t1_pv": ("rim>centre",),
-            "t1_del": ("ratio>1.0", "centre>rim"),
-        },
+        "checks": {"t2": ("ratio>1.2", "rim>centre"), "dwi": ("ratio>1.15", "rim>centre"),
+                   "t1_in": ("ratio<0.9",), "t1_opp": ("ratio<1.0", "nodrop"), "t1_pre": ("ratio<0.9",),
+                   "t1_art": ("rim>centre",), "t1_pv": ("rim>centre",),
+                   "t1_del": ("ratio>1.0", "centre>rim")},
     },
     "metastasis": {
-        "table": {
-            "t2": "moderately high",
-            "dwi": "high",
-            "t1_in": "low",
-            "t1_opp": "low",
-            "t1_pre": "low",
-            "t1_art": "thin rim",
-            "t1_pv": "low centre, rim",
-            "t1_del": "low, target",
-        },
-        "geometry": {
-            "diameter_mm": (10.0, 25.0, 60.0),
-            "lobulation": (0.1, 0.125),
-            "edge_mm": 2.0,
-            "heterogeneity": 0.1,
-            "texture_mm": 7.0,
-            "centre_radius": 0.45,
-            "p_centre": 0.35,
-            "rim_width": 0.22,
-            "adc": (0.95, 0.3),
-            "p_other": 0.55,
-        },
+        "table": {"t2": "moderately high", "dwi": "high", "t1_in": "low", "t1_opp": "low", "t1_pre": "low",
+                  "t1_art": "thin rim", "t1_pv": "low centre, rim", "t1_del": "low, target"},
+        "geometry": {"diameter_mm": (10.0, 25.0, 60.0), "lobulation": (0.1, 0.125), "edge_mm": 2.0,
+                     "heterogeneity": 0.1, "texture_mm": 7.0, "centre_radius": 0.45, "p_centre": 0.35,
+                     "rim_width": 0.22, "adc": (0.95, 0.3), "p_other": 0.55},
         "signal": {
             "t2": {"core": (1.75, 0.45), "centre": (2.4, 0.45)},
             "dwi": {"core": (1.9, 0.45), "centre": (1.5, 0.45)},
@@ -218,43 +146,20 @@ SIGNATURES: dict[str, dict] = {
             "t1_pv": {"core": (0.6, 0.3), "rim": (1.05, 0.3)},
             "t1_del": {"core": (0.68, 0.3), "rim": (0.95, 0.3)},
         },
-        "variants": {
-            "hypervascular": {"p": 0.2, "signal": {"t1_art": {"core": (1.55, 0.45), "rim": (1.6, 0.45)}}}
-        },
-        "checks": {
-            "t2": ("ratio>1.25",),
-            "dwi": ("ratio>1.3",),
-            "t1_in": ("ratio<0.9",),
-            "t1_opp": ("ratio<1.0", "nodrop"),
-            "t1_pre": ("ratio<0.9",),
-            "t1_art": ("rim>centre",),
-            "t1_pv": ("ratio<0.9", "rim>centre"),
-            "t1_del": ("ratio<0.9", "rim>centre"),
-        },
+        "variants": {"hypervascular": {"p": 0.2, "signal": {"t1_art": {"core": (1.55, 0.45),
+                                                                         "rim": (1.6, 0.45)}}}},
+        "checks": {"t2": ("ratio>1.25",), "dwi": ("ratio>1.3",), "t1_in": ("ratio<0.9",),
+                   "t1_opp": ("ratio<1.0", "nodrop"), "t1_pre": ("ratio<0.9",), "t1_art": ("rim>centre",),
+                   "t1_pv": ("ratio<0.9", "rim>centre"), "t1_del": ("ratio<0.9", "rim>centre")},
     },
     "hemangioma": {
-        "table": {
-            "t2": "very high",
-            "dwi": "high at low b (shine-through)",
-            "t1_in": "low",
-            "t1_opp": "low",
-            "t1_pre": "low",
-            "t1_art": "peripheral nodular, discontinuous",
-            "t1_pv": "centripetal fill-in",
-            "t1_del": "fills in, iso/high",
-        },
-        "geometry": {
-            "diameter_mm": (10.0, 30.0, 85.0),
-            "lobulation": (0.1, 0.125),
-            "edge_mm": 1.0,
-            "heterogeneity": 0.05,
-            "texture_mm": 8.0,
-            "scar_radius": 0.18,
-            "p_scar": 0.3,
-            "scar_min_diameter_mm": 50.0,
-            "adc": (1.75, 0.3),
-            "p_other": 0.3,
-        },
+        "table": {"t2": "very high", "dwi": "high at low b (shine-through)", "t1_in": "low", "t1_opp": "low",
+                  "t1_pre": "low", "t1_art": "peripheral nodular, discontinuous",
+                  "t1_pv": "centripetal fill-in", "t1_del": "fills in, iso/high"},
+        "geometry": {"diameter_mm": (10.0, 30.0, 85.0), "lobulation": (0.1, 0.125), "edge_mm": 1.0,
+                     "heterogeneity": 0.05, "texture_mm": 8.0, "scar_radius": 0.18, "p_scar": 0.3,
+                     "scar_min_diameter_mm": 50.0,
+                     "adc": (1.75, 0.3), "p_other": 0.3},
         "signal": {
             "t2": {"core": (3.2, 0.45), "scar": (4.0, 0.3)},
             "dwi": {"core": (1.45, 0.45)},
@@ -264,52 +169,21 @@ SIGNATURES: dict[str, dict] = {
             "t1_pv": {"core": (0.65, 0.3), "fill": (0.5, 0.75), "filled": (1.5, 0.36), "scar": (0.6, 0.3)},
             "t1_del": {"core": (0.9, 0.3), "fill": (0.85, 0.36), "filled": (1.2, 0.3), "scar": (0.7, 0.3)},
         },
-        "variants": {
-            "flash_filling": {
-                "p": 0.25,
-                "max_diameter_mm": 25.0,
-                "signal": {
-                    "t1_art": {"core": (1.7, 0.36)},
-                    "t1_pv": {"core": (1.4, 0.3)},
-                    "t1_del": {"core": (1.15, 0.24)},
-                },
-                "remove": {"t1_art": ("nodules",), "t1_pv": ("fill", "filled"), "t1_del": ("fill", "filled")},
-            }
-        },
-        "checks": {
-            "t2": ("ratio>2.2",),
-            "dwi": ("ratio>1.1",),
-            "t1_in": ("ratio<0.85",),
-            "t1_opp": ("ratio<0.95", "nodrop"),
-            "t1_pre": ("ratio<0.85",),
-            "t1_art": ("rim>centre",),
-            "t1_pv": ("rim>centre",),
-            "t1_del": ("ratio>0.85",),
-        },
+        "variants": {"flash_filling": {"p": 0.25, "max_diameter_mm": 25.0, "signal": {
+            "t1_art": {"core": (1.7, 0.36)}, "t1_pv": {"core": (1.4, 0.3)}, "t1_del": {"core": (1.15, 0.24)}},
+            "remove": {"t1_art": ("nodules",), "t1_pv": ("fill", "filled"), "t1_del": ("fill", "filled")}}},
+        "checks": {"t2": ("ratio>2.2",), "dwi": ("ratio>1.1",), "t1_in": ("ratio<0.85",),
+                   "t1_opp": ("ratio<0.95", "nodrop"), "t1_pre": ("ratio<0.85",), "t1_art": ("rim>centre",),
+                   "t1_pv": ("rim>centre",), "t1_del": ("ratio>0.85",)},
     },
     "fnh": {
-        "table": {
-            "t2": "iso/slightly high, central scar high",
-            "dwi": "iso",
-            "t1_in": "iso",
-            "t1_opp": "iso",
-            "t1_pre": "iso",
-            "t1_art": "strong homogeneous, scar dark",
-            "t1_pv": "iso",
-            "t1_del": "iso, scar enhances",
-        },
-        "geometry": {
-            "diameter_mm": (20.0, 35.0, 70.0),
-            "lobulation": (0.08, 0.1),
-            "edge_mm": 1.0,
-            "heterogeneity": 0.04,
-            "texture_mm": 8.0,
-            "scar_radius": 0.28,
-            "p_scar": 0.85,
-            "scar_min_diameter_mm": 25.0,
-            "adc": (1.2, 0.25),
-            "p_other": 0.1,
-        },
+        "table": {"t2": "iso/slightly high, central scar high", "dwi": "iso", "t1_in": "iso", "t1_opp": "iso",
+                  "t1_pre": "iso", "t1_art": "strong homogeneous, scar dark", "t1_pv": "iso",
+                  "t1_del": "iso, scar enhances"},
+        "geometry": {"diameter_mm": (20.0, 35.0, 70.0), "lobulation": (0.08, 0.1), "edge_mm": 1.0,
+                     "heterogeneity": 0.04, "texture_mm": 8.0, "scar_radius": 0.28, "p_scar": 0.85,
+                     "scar_min_diameter_mm": 25.0,
+                     "adc": (1.2, 0.25), "p_other": 0.1},
         "signal": {
             "t2": {"core": (1.08, 0.12), "scar": (2.3, 0.45)},
             "dwi": {"core": (1.05, 0.12)},
@@ -319,39 +193,19 @@ SIGNATURES: dict[str, dict] = {
             "t1_pv": {"core": (1.04, 0.1), "scar": (0.9, 0.3)},
             "t1_del": {"core": (1.0, 0.1), "scar": (1.45, 0.36)},
         },
-        "checks": {
-            "t2": ("ratio>0.95", "ratio<1.5", "centre>rim"),
-            "dwi": ("ratio>0.85", "ratio<1.25"),
-            "t1_in": ("ratio>0.88", "ratio<1.12"),
-            "t1_opp": ("ratio>0.88", "nodrop"),
-            "t1_pre": ("ratio>0.85", "ratio<1.12"),
-            "t1_art": ("ratio>1.3", "rim>centre"),
-            "t1_pv": ("ratio>0.88", "ratio<1.15"),
-            "t1_del": ("ratio>0.88", "ratio<1.2", "centre>rim"),
-        },
+        "checks": {"t2": ("ratio>0.95", "ratio<1.5", "centre>rim"), "dwi": ("ratio>0.85", "ratio<1.25"),
+                   "t1_in": ("ratio>0.88", "ratio<1.12"), "t1_opp": ("ratio>0.88", "nodrop"),
+                   "t1_pre": ("ratio>0.85", "ratio<1.12"), "t1_art": ("ratio>1.3", "rim>centre"),
+                   "t1_pv": ("ratio>0.88", "ratio<1.15"),
+                   "t1_del": ("ratio>0.88", "ratio<1.2", "centre>rim")},
     },
     "adenoma": {
-        "table": {
-            "t2": "iso/slightly high",
-            "dwi": "iso/slightly high",
-            "t1_in": "iso/slightly high",
-            "t1_opp": "clear drop (intracellular fat)",
-            "t1_pre": "iso/high",
-            "t1_art": "moderate",
-            "t1_pv": "iso/slightly low",
-            "t1_del": "iso",
-        },
-        "geometry": {
-            "diameter_mm": (20.0, 40.0, 80.0),
-            "lobulation": (0.06, 0.1),
-            "edge_mm": 1.2,
-            "heterogeneity": 0.08,
-            "texture_mm": 8.0,
-            "fat_fraction": (0.25, 0.6),
-            "p_fat": 0.9,
-            "adc": (1.15, 0.25),
-            "p_other": 0.2,
-        },
+        "table": {"t2": "iso/slightly high", "dwi": "iso/slightly high", "t1_in": "iso/slightly high",
+                  "t1_opp": "clear drop (intracellular fat)", "t1_pre": "iso/high", "t1_art": "moderate",
+                  "t1_pv": "iso/slightly low", "t1_del": "iso"},
+        "geometry": {"diameter_mm": (20.0, 40.0, 80.0), "lobulation": (0.06, 0.1), "edge_mm": 1.2,
+                     "heterogeneity": 0.08, "texture_mm": 8.0, "fat_fraction": (0.25, 0.6), "p_fat": 0.9,
+                     "adc": (1.15, 0.25), "p_other": 0.2},
         "signal": {
             "t2": {"core": (1.15, 0.15)},
             "dwi": {"core": (1.12, 0.15)},
@@ -361,50 +215,21 @@ SIGNATURES: dict[str, dict] = {
             "t1_pv": {"core": (0.95, 0.12)},
             "t1_del": {"core": (0.92, 0.12)},
         },
-        "variants": {
-            "inflammatory": {
-                "p": 0.2,
-                "geometry": {"p_fat": 0.0},
-                "signal": {
-                    "t2": {"core": (1.45, 0.36)},
-                    "t1_art": {"core": (1.7, 0.45)},
-                    "t1_pv": {"core": (1.08, 0.21)},
-                    "t1_del": {"core": (1.02, 0.18)},
-                },
-            }
-        },
-        "checks": {
-            "t2": ("ratio>0.95", "ratio<1.5"),
-            "dwi": ("ratio>0.9", "ratio<1.4"),
-            "t1_in": ("ratio>0.95",),
-            "t1_opp": ("drop",),
-            "t1_pre": ("ratio>0.95",),
-            "t1_art": ("ratio>1.15",),
-            "t1_pv": ("ratio>0.8", "ratio<1.08"),
-            "t1_del": ("ratio>0.8", "ratio<1.1"),
-        },
+        "variants": {"inflammatory": {"p": 0.2, "geometry": {"p_fat": 0.0}, "signal": {
+            "t2": {"core": (1.45, 0.36)}, "t1_art": {"core": (1.7, 0.45)}, "t1_pv": {"core": (1.08, 0.21)},
+            "t1_del": {"core": (1.02, 0.18)}}}},
+        "checks": {"t2": ("ratio>0.95", "ratio<1.5"), "dwi": ("ratio>0.9", "ratio<1.4"),
+                   "t1_in": ("ratio>0.95",), "t1_opp": ("drop",), "t1_pre": ("ratio>0.95",),
+                   "t1_art": ("ratio>1.15",), "t1_pv": ("ratio>0.8", "ratio<1.08"),
+                   "t1_del": ("ratio>0.8", "ratio<1.1")},
     },
     "cyst": {
-        "table": {
-            "t2": "very high (fluid), sharp edge",
-            "dwi": "low at high b",
-            "t1_in": "very low",
-            "t1_opp": "very low",
-            "t1_pre": "very low",
-            "t1_art": "none",
-            "t1_pv": "none",
-            "t1_del": "none",
-        },
-        "geometry": {
-            "diameter_mm": (8.0, 18.0, 60.0),
-            "lobulation": (0.02, 0.05),
-            "elongation": 0.1,
-            "edge_mm": 0.4,
-            "heterogeneity": 0.02,
-            "texture_mm": 10.0,
-            "adc": (3.1, 0.2),
-            "p_other": 0.4,
-        },
+        "table": {"t2": "very high (fluid), sharp edge", "dwi": "low at high b", "t1_in": "very low",
+                  "t1_opp": "very low", "t1_pre": "very low", "t1_art": "none", "t1_pv": "none",
+                  "t1_del": "none"},
+        "geometry": {"diameter_mm": (8.0, 18.0, 60.0), "lobulation": (0.02, 0.05), "elongation": 0.1,
+                     "edge_mm": 0.4, "heterogeneity": 0.02, "texture_mm": 10.0, "adc": (3.1, 0.2),
+                     "p_other": 0.4},
         "signal": {
             "t2": {"core": (3.6, 0.45)},
             "dwi": {"core": (0.5, 0.6)},
@@ -414,41 +239,17 @@ SIGNATURES: dict[str, dict] = {
             "t1_pv": {"core": (0.24, 0.25)},
             "t1_del": {"core": (0.25, 0.25)},
         },
-        "checks": {
-            "t2": ("ratio>2.2",),
-            "dwi": ("ratio<0.85",),
-            "t1_in": ("ratio<0.6",),
-            "t1_opp": ("ratio<0.6", "nodrop"),
-            "t1_pre": ("ratio<0.6",),
-            "t1_art": ("ratio<0.6",),
-            "t1_pv": ("ratio<0.6",),
-            "t1_del": ("ratio<0.6",),
-        },
+        "checks": {"t2": ("ratio>2.2",), "dwi": ("ratio<0.85",), "t1_in": ("ratio<0.6",),
+                   "t1_opp": ("ratio<0.6", "nodrop"), "t1_pre": ("ratio<0.6",), "t1_art": ("ratio<0.6",),
+                   "t1_pv": ("ratio<0.6",), "t1_del": ("ratio<0.6",)},
     },
     "abscess": {
-        "table": {
-            "t2": "high centre, oedema halo",
-            "dwi": "very high centre",
-            "t1_in": "low",
-            "t1_opp": "low",
-            "t1_pre": "low",
-            "t1_art": "rim + perfusion halo",
-            "t1_pv": "rim",
-            "t1_del": "rim",
-        },
-        "geometry": {
-            "diameter_mm": (25.0, 50.0, 90.0),
-            "lobulation": (0.18, 0.15),
-            "edge_mm": 2.0,
-            "heterogeneity": 0.1,
-            "texture_mm": 8.0,
-            "rim_width": 0.3,
-            "rim_min_mm": 6.0,
-            "halo_mm": 10.0,
-            "p_halo": 0.9,
-            "adc": (0.6, 0.3),
-            "p_other": 0.2,
-        },
+        "table": {"t2": "high centre, oedema halo", "dwi": "very high centre", "t1_in": "low",
+                  "t1_opp": "low", "t1_pre": "low", "t1_art": "rim + perfusion halo", "t1_pv": "rim",
+                  "t1_del": "rim"},
+        "geometry": {"diameter_mm": (25.0, 50.0, 90.0), "lobulation": (0.18, 0.15), "edge_mm": 2.0,
+                     "heterogeneity": 0.1, "texture_mm": 8.0, "rim_width": 0.3, "rim_min_mm": 6.0,
+                     "halo_mm": 10.0, "p_halo": 0.9, "adc": (0.6, 0.3), "p_other": 0.2},
         "signal": {
             "t2": {"core": (2.6, 0.45), "rim": (1.4, 0.36), "halo": (1.25, 0.18)},
             "dwi": {"core": (2.8, 0.54), "rim": (1.3, 0.36)},
@@ -458,16 +259,10 @@ SIGNATURES: dict[str, dict] = {
             "t1_pv": {"core": (0.45, 0.36), "rim": (1.35, 0.36), "halo": (1.1, 0.15)},
             "t1_del": {"core": (0.5, 0.36), "rim": (1.3, 0.36)},
         },
-        "checks": {
-            "t2": ("ratio>1.6", "halo>1.05"),
-            "dwi": ("ratio>1.8",),
-            "t1_in": ("ratio<0.85",),
-            "t1_opp": ("ratio<1.0", "nodrop"),
-            "t1_pre": ("ratio<0.85",),
-            "t1_art": ("rim>centre", "halo>1.05"),
-            "t1_pv": ("rim>centre",),
-            "t1_del": ("rim>centre",),
-        },
+        "checks": {"t2": ("ratio>1.6", "halo>1.05"), "dwi": ("ratio>1.8",), "t1_in": ("ratio<0.85",),
+                   "t1_opp": ("ratio<1.0", "nodrop"), "t1_pre": ("ratio<0.85",),
+                   "t1_art": ("rim>centre", "halo>1.05"),
+                   "t1_pv": ("rim>centre",), "t1_del": ("rim>centre",)},
     },
 }
 """The signature table: one entry per class of :data:`mrfound.CLASSES` (see the module docstring)."""
@@ -535,17 +330,10 @@ class Lesion:
         return 2.0 * self.radius
 
 
-def draw_lesion(
-    cls: str,
-    rng: np.random.Generator,
-    *,
-    variation: float = 1.0,
-    variants: bool = True,
-    signatures: Mapping[str, dict] | None = None,
-    diameter_range: tuple[float, float] | None = None,
-    target: bool = True,
-    textbook: bool = False,
-) -> Lesion:
+def draw_lesion(cls: str, rng: np.random.Generator, *, variation: float = 1.0, variants: bool = True,
+                signatures: Mapping[str, dict] | None = None,
+                diameter_range: tuple[float, float] | None = None, target: bool = True,
+                textbook: bool = False) -> Lesion:
     """Draw a lesion's size, variant and every magnitude of its signature (not yet placed).
 
     Args:
@@ -602,32 +390,14 @@ def draw_lesion(
     lob_mean, lob_sd = geo["lobulation"]
     g["lobulation"] = float(max(0.0, lob_mean + lob_sd * variation * _truncnorm(rng)))
     g["rim_min_mm"] = float(geo["rim_min_mm"])
-    for k in (
-        "edge_mm",
-        "heterogeneity",
-        "texture_mm",
-        "centre_radius",
-        "rim_width",
-        "capsule_mm",
-        "halo_mm",
-        "scar_radius",
-        "fill_front",
-        "elongation",
-    ):
+    for k in ("edge_mm", "heterogeneity", "texture_mm", "centre_radius", "rim_width", "capsule_mm", "halo_mm",
+              "scar_radius", "fill_front", "elongation"):
         g[k] = float(geo[k]) * math.exp(GEOMETRY_SPREAD.get(k, 0.35) * variation * _truncnorm(rng))
     g["centre_radius"] = min(g["centre_radius"], 0.8)
     g["heterogeneity"] = min(g["heterogeneity"], 0.25)
     g["rim_width"] = min(g["rim_width"], 0.5)
-    return Lesion(
-        cls=cls,
-        centre=np.zeros(3),
-        radius=d / 2.0,
-        target=target,
-        variant=variant,
-        signal=signal,
-        geometry=g,
-        seed=int(rng.integers(2**31)),
-    )
+    return Lesion(cls=cls, centre=np.zeros(3), radius=d / 2.0, target=target, variant=variant, signal=signal,
+                  geometry=g, seed=int(rng.integers(2**31)))
 
 
 def _sig(x: np.ndarray) -> np.ndarray:
@@ -666,10 +436,8 @@ def lesion_fields(lesion: Lesion, grid: WorldGrid, near_liver: np.ndarray) -> di
     axes = np.array([1.0, 1.0 - g["elongation"] * rng.random(), 1.0 - g["elongation"] * rng.random()])
     comp = []
     for i in range(3):
-        comp.append(
-            (q[0, i] * x[:, None, None] + q[1, i] * y[None, :, None] + q[2, i] * z[None, None, :])
-            / (R * axes[i])
-        )
+        comp.append((q[0, i] * x[:, None, None] + q[1, i] * y[None, :, None] + q[2, i] * z[None, None, :])
+                    / (R * axes[i]))
     r = np.sqrt(comp[0] ** 2 + comp[1] ** 2 + comp[2] ** 2).astype(np.float32) + 1e-6
     u = [c / r for c in comp]
     # lobulation: smooth angular bumps on the surface
@@ -705,23 +473,14 @@ def lesion_fields(lesion: Lesion, grid: WorldGrid, near_liver: np.ndarray) -> di
     # irregular fill-in front: region with rho > 1 - fill is enhanced
     f["front"] = rho + g["fill_front"] * blobs * 0.5
     halo_w = g["halo_mm"] / R
-    f["halo"] = (np.exp(-np.clip(rho - 1.0, 0, None) / max(halo_w, 1e-3)) * (rho > 0.9)).astype(
-        np.float32
-    ) * g["has_halo"]
+    f["halo"] = (np.exp(-np.clip(rho - 1.0, 0, None) / max(halo_w, 1e-3)) * (rho > 0.9)).astype(np.float32) \
+        * g["has_halo"]
     lesion._fields = f
     return f
 
 
-def lesion_value(
-    lesion: Lesion,
-    seq: str,
-    f: dict,
-    *,
-    b_value: float = 800.0,
-    liver_adc: float = 1.1,
-    arterial_timing: float = 1.0,
-    gain: float = 1.0,
-) -> np.ndarray:
+def lesion_value(lesion: Lesion, seq: str, f: dict, *, b_value: float = 800.0, liver_adc: float = 1.1,
+                 arterial_timing: float = 1.0, gain: float = 1.0) -> np.ndarray:
     """Lesion signal (ratio to liver) on its box for ``seq`` (``t1_in`` = in-phase total signal).
 
     Args:

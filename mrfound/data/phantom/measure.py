@@ -25,18 +25,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-STAT_NAMES: tuple[str, ...] = (
-    "ratio",
-    "mean",
-    "std",
-    "p10",
-    "p90",
-    "rim",
-    "centre",
-    "rim_centre",
-    "edge",
-    "halo",
-)
+STAT_NAMES: tuple[str, ...] = ("ratio", "mean", "std", "p10", "p90", "rim", "centre", "rim_centre", "edge",
+                                "halo")
 """Per-sequence statistics returned by :func:`lesion_statistics` (all relative to the liver median)."""
 
 
@@ -50,15 +40,13 @@ def sample_world(array: np.ndarray, affine: np.ndarray, xyz: np.ndarray, order: 
     ok = np.all((ijk > -0.5) & (ijk < shape - 0.5), axis=1)
     out = np.full(len(xyz), np.nan, dtype=np.float64)
     if ok.any():
-        out[ok] = ndimage.map_coordinates(
-            np.asarray(array, dtype=np.float32), ijk[ok].T, order=order, mode="nearest"
-        )
+        out[ok] = ndimage.map_coordinates(np.asarray(array, dtype=np.float32), ijk[ok].T, order=order,
+                                          mode="nearest")
     return out
 
 
-def lesion_regions(
-    mask: np.ndarray, affine: np.ndarray, max_points: int = 4000, margin_mm: float = 32.0, seed: int = 0
-) -> dict[str, np.ndarray]:
+def lesion_regions(mask: np.ndarray, affine: np.ndarray, max_points: int = 4000, margin_mm: float = 32.0,
+                   seed: int = 0) -> dict[str, np.ndarray]:
     """World points (N, 3) of the regions of the module docstring, subsampled to ``max_points`` each.
 
     Returns an empty dict when the mask has no target lesion (label 2).
@@ -105,9 +93,8 @@ def lesion_regions(
     return out
 
 
-def lesion_statistics(
-    images: Mapping[str, tuple[np.ndarray, np.ndarray]], mask: np.ndarray, mask_affine: np.ndarray, **kwargs
-) -> dict[str, dict[str, float]]:
+def lesion_statistics(images: Mapping[str, tuple[np.ndarray, np.ndarray]], mask: np.ndarray,
+                      mask_affine: np.ndarray, **kwargs) -> dict[str, dict[str, float]]:
     """Per-sequence lesion statistics relative to the surrounding liver (see :data:`STAT_NAMES`).
 
     Args:
@@ -136,32 +123,26 @@ def lesion_statistics(
                 mean = functools.partial(_region_stat, vals, liver, np.mean)  # a scar or necrosis counts
                 p90 = functools.partial(_region_stat, vals, liver, lambda v: np.percentile(v, 90))
                 stats.update(
-                    liver=float(liver),
-                    ratio=float(np.median(les)) if les.size else float("nan"),
+                    liver=float(liver), ratio=float(np.median(les)) if les.size else float("nan"),
                     mean=float(allv.mean()) if allv.size else float("nan"),
                     std=float(allv.std()) if allv.size else float("nan"),
                     p10=float(np.percentile(allv, 10)) if allv.size else float("nan"),
                     p90=float(np.percentile(allv, 90)) if allv.size else float("nan"),
-                    rim=mean("rim"),
-                    centre=mean("centre"),
-                    halo=med("halo"),
-                    edge=p90("edge"),
+                    rim=mean("rim"), centre=mean("centre"), halo=med("halo"), edge=p90("edge"),
                 )
                 stats["rim_centre"] = stats["rim"] / stats["centre"] if stats["centre"] > 0 else float("nan")
         out[seq] = stats
     return out
 
 
-def _region_stat(
-    vals: Mapping[str, np.ndarray], liver: float, fn: Callable[[np.ndarray], float], name: str
-) -> float:
+def _region_stat(vals: Mapping[str, np.ndarray], liver: float, fn: Callable[[np.ndarray], float],
+                 name: str) -> float:
     v = vals[name][np.isfinite(vals[name])]
     return float(fn(v) / liver) if v.size else float("nan")
 
 
-def load_case_images(
-    row: Mapping[str, str], root, sequences
-) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+def load_case_images(row: Mapping[str, str], root,
+                     sequences) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
     """Read a manifest row's NIfTIs: ({seq: (array, affine)}, mask array, mask affine)."""
     from pathlib import Path
 

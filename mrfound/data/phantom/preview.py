@@ -35,9 +35,8 @@ class PreviewRow:
     diameter_mm: float
 
 
-def axial_plane(
-    array: np.ndarray, affine: np.ndarray, centre, half_mm: float, pixel_mm: float = 0.8, order: int = 1
-) -> np.ndarray:
+def axial_plane(array: np.ndarray, affine: np.ndarray, centre, half_mm: float, pixel_mm: float = 0.8,
+                order: int = 1) -> np.ndarray:
     """Axial (R-L x A-P) plane through ``centre``, displayed radiologically (patient right on the left,
     anterior up)."""
     n = int(round(2 * half_mm / pixel_mm)) + 1
@@ -48,9 +47,8 @@ def axial_plane(
     return sample_world(array, affine, pts, order=order).reshape(n, n)
 
 
-def montage(
-    rows: Sequence[PreviewRow], path: str | os.PathLike, sequences: Sequence[str] = SEQUENCES, title: str = ""
-) -> Path:
+def montage(rows: Sequence[PreviewRow], path: str | os.PathLike, sequences: Sequence[str] = SEQUENCES,
+            title: str = "") -> Path:
     """Draw the montage PNG (matplotlib Agg) and write it atomically."""
     import matplotlib
 
@@ -65,47 +63,27 @@ def montage(
     mask_cmap = ListedColormap(["black", "#4a6a8a", "#ffcc33", "#ff6655"])
     for r, row in enumerate(rows):
         half = float(np.clip(1.1 * row.diameter_mm, 30.0, 75.0))
-        stats = lesion_statistics(row.images, row.mask[0], row.mask[1]) if row.mask is not None else {}
+        stats = (lesion_statistics(row.images, row.mask[0], row.mask[1]) if row.mask is not None else {})
         for c, seq in enumerate(sequences):
             ax = axes[r, c]
             ax.set_xticks([])
             ax.set_yticks([])
             if seq not in row.images:
                 ax.set_facecolor("#303030")
-                ax.text(
-                    0.5,
-                    0.5,
-                    "missing",
-                    color="#bbbbbb",
-                    ha="center",
-                    va="center",
-                    transform=ax.transAxes,
-                    fontsize=7,
-                )
+                ax.text(0.5, 0.5, "missing", color="#bbbbbb", ha="center", va="center",
+                        transform=ax.transAxes, fontsize=7)
             else:
                 arr, aff = row.images[seq]
                 plane = axial_plane(arr, aff, row.lesion_xyz, half)
                 liver = stats.get(seq, {}).get("liver", float("nan"))
                 if not np.isfinite(liver) or liver <= 0:
                     liver = float(np.nanpercentile(plane, 60)) or 1.0
-                ax.imshow(
-                    np.nan_to_num(plane / liver),
-                    cmap="gray",
-                    vmin=0.0,
-                    vmax=WINDOW_MAX.get(seq, 2.2),
-                    interpolation="bilinear",
-                )
+                ax.imshow(np.nan_to_num(plane / liver), cmap="gray", vmin=0.0, vmax=WINDOW_MAX.get(seq, 2.2),
+                          interpolation="bilinear")
                 ratio = stats.get(seq, {}).get("ratio", float("nan"))
                 if np.isfinite(ratio):
-                    ax.text(
-                        0.03,
-                        0.04,
-                        f"{ratio:.2f}",
-                        color="yellow",
-                        fontsize=6,
-                        transform=ax.transAxes,
-                        bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0},
-                    )
+                    ax.text(0.03, 0.04, f"{ratio:.2f}", color="yellow", fontsize=6, transform=ax.transAxes,
+                            bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
             if r == 0:
                 ax.set_title(seq, fontsize=9)
             if c == 0:
@@ -118,11 +96,8 @@ def montage(
             ax.imshow(np.nan_to_num(plane), cmap=mask_cmap, vmin=0, vmax=3, interpolation="nearest")
         if r == 0:
             ax.set_title("mask", fontsize=9)
-    fig.suptitle(
-        title
-        or "lesion signatures (axial, lesion-centred; window relative to liver; yellow: lesion/liver median)",
-        fontsize=9,
-    )
+    fig.suptitle(title or "lesion signatures (axial, lesion-centred; window relative to liver; "
+                 "yellow: lesion/liver median)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     path = Path(path)
     atomic_write_with(path, lambda p: fig.savefig(p, dpi=110, format="png"))
@@ -131,18 +106,12 @@ def montage(
 
 
 def _row_from_case(case, title: str) -> PreviewRow:
-    return PreviewRow(
-        title=title,
-        images=case.images,
-        mask=case.mask,
-        lesion_xyz=case.lesion_xyz,
-        diameter_mm=case.lesion_diameter_mm,
-    )
+    return PreviewRow(title=title, images=case.images, mask=case.mask, lesion_xyz=case.lesion_xyz,
+                      diameter_mm=case.lesion_diameter_mm)
 
 
-def typicality(
-    stats: Mapping[str, Mapping[str, float]], cls: str, signatures: Mapping | None = None
-) -> float:
+def typicality(stats: Mapping[str, Mapping[str, float]], cls: str,
+               signatures: Mapping | None = None) -> float:
     """Mean squared log distance between measured lesion/liver ratios and the table's core means
     (lower = more typical of ``cls``); sequences without a measurement are skipped."""
     from mrfound.data.phantom.lesions import SIGNATURES
@@ -161,16 +130,9 @@ def typicality(
     return float(np.mean(d)) if d else float("inf")
 
 
-def cohort_preview(
-    manifest: str | os.PathLike,
-    path: str | os.PathLike,
-    *,
-    seed: int = 0,
-    config=None,
-    classes: Sequence[str] = CLASSES,
-    candidates: int = 8,
-    max_typicality: float = 0.04,
-) -> Path:
+def cohort_preview(manifest: str | os.PathLike, path: str | os.PathLike, *, seed: int = 0, config=None,
+                   classes: Sequence[str] = CLASSES, candidates: int = 8,
+                   max_typicality: float = 0.04) -> Path:
     """Montage of a written phantom cohort: per class, its most typical labelled case.
 
     Among (up to ``candidates``) complete labelled exams of a class, preferring lesions of at least
@@ -207,27 +169,14 @@ def cohort_preview(
         if best is not None and best[0] <= max_typicality:
             _, row, images, mask, aff = best
             xyz = tuple(float(row[c]) for c in ("lesion_x", "lesion_y", "lesion_z"))
-            rows.append(
-                PreviewRow(
-                    f"{cls}\n{row['case']} {row['center']}",
-                    images,
-                    (mask, aff),
-                    xyz,
-                    float(row.get("lesion_diameter_mm") or 30.0),
-                )
-            )
+            rows.append(PreviewRow(f"{cls}\n{row['case']} {row['center']}", images, (mask, aff), xyz,
+                                   float(row.get("lesion_diameter_mm") or 30.0)))
         else:
             complete = next((c for c in _centers(config) if len(c.sequences) == len(SEQUENCES)), None)
-            extra = dataclasses.replace(
-                config,
-                textbook=True,
-                p_missing=0.0,
-                variation=min(config.variation, 0.3),
-                diameter_range=(35.0, 55.0),
-            )
-            case = simulate_case(
-                10_000_000 + k, seed, extra, cls=cls, center=complete.name if complete else "uni_3t"
-            )
+            extra = dataclasses.replace(config, textbook=True, p_missing=0.0,
+                                        variation=min(config.variation, 0.3), diameter_range=(35.0, 55.0))
+            case = simulate_case(10_000_000 + k, seed, extra, cls=cls,
+                                 center=complete.name if complete else "uni_3t")
             rows.append(_row_from_case(case, f"{cls}\n(extra, textbook) {case.center}"))
     return montage(rows, path)
 
