@@ -286,6 +286,7 @@ def sample_batch(
     organ_aug: float = 0.0,
     spatial_aug: float = 0.0,
     organ_scale: tuple[float, float] = DEFAULT_ORGAN_SCALE,
+    organ_dark: tuple[float, float] = (0.0, 0.2),
 ) -> tuple:
     """Random crops: half centred on a liver voxel, half on a body voxel (same for every model).
 
@@ -298,7 +299,9 @@ def sample_batch(
     (:func:`mrfound.data.augment.augment_intensity`); no draw is made when it is 0, so runs without it
     see the crops they saw before the option existed. Before that, with probability ``organ_aug``, the
     liver of a crop gets its own random gain (:func:`mrfound.data.augment.augment_organ_contrast`; again
-    no draw when 0), drawn log-uniformly in ``organ_scale``.
+    no draw when 0), drawn log-uniformly in ``organ_scale``; with ``organ_dark = (share, low)``, that
+    share of those crops draws it in ``(low, organ_scale[0])`` instead: livers darker than any training
+    subject's, on a few crops only (no draw when the share is 0).
     """
     import torch
 
@@ -325,7 +328,10 @@ def sample_batch(
         if warp:
             image, mask = augment_spatial(image, mask, rng, out_size=roi)
         if organ_aug > 0 and rng.random() < organ_aug:
-            image = augment_organ_contrast(image, mask, rng, scale=organ_scale)
+            scale = tuple(organ_scale)
+            if organ_dark[0] > 0 and rng.random() < organ_dark[0]:
+                scale = (organ_dark[1], organ_scale[0])
+            image = augment_organ_contrast(image, mask, rng, scale=scale)
         if intensity_aug > 0 and rng.random() < intensity_aug:
             image = augment_intensity(image, rng)
         images.append(image)
@@ -483,6 +489,7 @@ def train_timed(
             args.organ_aug,
             args.spatial_aug,
             tuple(args.organ_scale),
+            organ_dark=tuple(getattr(args, "organ_dark", (0.0, 0.2))),
         )
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = net.loss(image, mask)
@@ -838,6 +845,15 @@ def main() -> None:
         help="log-uniform range of that liver gain (%(default)s)",
     )
     ap.add_argument(
+        "--organ-dark",
+        type=float,
+        nargs=2,
+        metavar=("SHARE", "LOW"),
+        default=[0.0, 0.2],
+        help="that share of the liver-gain crops draws the gain in LOW..(--organ-scale's low) instead "
+        "(0 0.2: none)",
+    )
+    ap.add_argument(
         "--spatial-aug",
         type=float,
         default=0.0,
@@ -1051,6 +1067,7 @@ SETTINGS = (
     "intensity_aug",
     "organ_aug",
     "organ_scale",
+    "organ_dark",
     "spatial_aug",
     "roi",
     "patch",
@@ -1074,6 +1091,7 @@ SETTING_DEFAULTS = {
     "intensity_aug": 0.0,
     "organ_aug": 0.0,
     "organ_scale": list(DEFAULT_ORGAN_SCALE),
+    "organ_dark": [0.0, 0.2],
     "spatial_aug": 0.0,
     "fp32_max_voxels": 0,
     "overlap": 0.25,

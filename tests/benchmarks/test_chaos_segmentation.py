@@ -224,9 +224,10 @@ def test_merge_combines_runs_of_different_folds(chaos, tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "out3" / "chaos_segmentation.json").read_text())
     assert doc["summary"]["mrfound"]["dice_per_fold"] == [0.95, 0.7]
     assert doc["replaced"] == [{"fold": 0, "model": "mrfound", "by": "c.json", "replaced": "a.json"}]
-    assert "Fold 0 of mrfound: from c.json, a rerun (replaces a.json)." in (
-        tmp_path / "out3" / "chaos_segmentation.md"
-    ).read_text()
+    assert (
+        "Fold 0 of mrfound: from c.json, a rerun (replaces a.json)."
+        in (tmp_path / "out3" / "chaos_segmentation.md").read_text()
+    )
     # a model missing from one fold is refused; so is a different augmentation
     second["per_fold"][0]["models"].pop("unet")
     b.write_text(json.dumps(second))
@@ -329,6 +330,20 @@ def test_sample_batch_intensity_augmentation(chaos) -> None:
     x, liver = dark_x.numpy()[:, 0], dark_y.numpy()[:, 0] == 1
     assert x[liver].min() == pytest.approx(0.4 * 0.2, abs=2e-3)
     assert x[liver].max() < 0.4
+    # --organ-dark 1 0.1: every liver-gain crop draws from 0.1..0.35, below the normal range
+    dark_x, dark_y = chaos.sample_batch(
+        [case], 8, 6, np.random.default_rng(0), organ_aug=1.0, organ_dark=(1.0, 0.1)
+    )
+    x, liver = dark_x.numpy()[:, 0], dark_y.numpy()[:, 0] == 1
+    from scipy.ndimage import binary_erosion
+
+    core = np.stack([binary_erosion(m, iterations=3, border_value=1) for m in liver])  # past the edge
+    assert core.any() and 0.4 * 0.1 - 1e-3 < x[liver].min() and x[core].max() < 0.4 * 0.35 + 2e-3
+    # share 0 makes no extra draw: the crops equal those of a run without the option
+    same_x, _ = chaos.sample_batch(
+        [case], 8, 6, np.random.default_rng(0), organ_aug=1.0, organ_dark=(0.0, 0.1)
+    )
+    np.testing.assert_array_equal(same_x.numpy(), organ_x.numpy())
 
 
 def test_sample_batch_spatial_augmentation_keeps_image_and_labels_aligned(chaos) -> None:
@@ -378,7 +393,7 @@ def test_train_timed_skips_non_finite_steps(chaos, monkeypatch) -> None:
     monkeypatch.setattr(
         chaos,
         "sample_batch",
-        lambda cases, roi, batch, rng, aug=0.0, organ=0.0, spatial=0.0, organ_scale=None: (
+        lambda cases, roi, batch, rng, aug=0.0, organ=0.0, spatial=0.0, organ_scale=None, **kw: (
             torch.ones(1, 1, 2, 2, 2),
             torch.zeros(1, 1, 2, 2, 2),
         ),
