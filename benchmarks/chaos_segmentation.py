@@ -745,7 +745,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"mrfound decoder feature size {result.get('feature_size', 16)}, "
         f"intensity augmentation {result.get('intensity_aug', 0.0)}, "
         f"organ contrast augmentation {result.get('organ_aug', 0.0)} "
-        f"(gain {'-'.join(str(g) for g in result.get('organ_scale', DEFAULT_ORGAN_SCALE))}), "
+        f"(gain {'-'.join(str(g) for g in result.get('organ_scale', DEFAULT_ORGAN_SCALE))}"
+        f"{_dark_text(result.get('organ_dark'), result.get('organ_scale', DEFAULT_ORGAN_SCALE))}), "
         f"spatial augmentation {result.get('spatial_aug', 0.0)}, "
         f"inference overlap {result.get('overlap', 0.25):.3f}, test-time augmentation "
         f"{result.get('tta', 'none')}, "
@@ -781,6 +782,13 @@ def markdown(result: dict[str, Any]) -> str:
     commands = [r["command"] for r in result.get("runs", [])] + [result["command"]]
     lines += ["", "Command(s): " + "; then ".join(f"`{c}`" for c in commands), ""]
     return "\n".join(lines)
+
+
+def _dark_text(dark: Any, scale: list[float]) -> str:
+    """The ``--organ-dark`` part of the settings line (empty when off or not recorded)."""
+    if not isinstance(dark, list | tuple) or len(dark) != 2 or not dark[0]:
+        return ""
+    return f"; {100 * dark[0]:g} % of those crops {dark[1]}-{scale[0]}"
 
 
 def _pretraining_text(info: dict[str, Any] | None) -> str:
@@ -887,7 +895,7 @@ def main() -> None:
         default="none",
         help="test-time augmentation of every model: 'mirror' averages the probabilities over the 8 "
         "mirrorings of each volume; only for models trained on mirrored crops, which these are not (fold 0, "
-        "commit 19197a3: mrfound Dice 0.13, UNet 0.42: a mirrored liver sits on the wrong side) (none)",
+        "commit 19197a3: mrfound Dice 0.13, UNet 0.42: mirrored volumes are outside their training) (none)",
     )
     ap.add_argument(
         "--fp32-max-voxels",

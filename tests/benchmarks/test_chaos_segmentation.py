@@ -477,3 +477,9 @@ def test_main_runs_end_to_end_on_four_real_subjects(chaos, tmp_path: Path, monke
     saved = sorted(p.name for p in (tmp_path / "pred" / "unet").iterdir())
     assert saved == [f"{c}.nii.gz" for c in fold["test"]]
     assert doc["target_met"] is None  # no mrfound model in the run
+
+
+def test_settings_line_names_the_dark_liver_share(chaos) -> None:
+    assert chaos._dark_text([0.1, 0.2], [0.35, 1.5]) == "; 10 % of those crops 0.2-0.35"
+    for off in ([0.0, 0.2], None, 1):  # off, or a run recorded before the option
+        assert chaos._dark_text(off, [0.35, 1.5]) == ""
