@@ -98,6 +98,9 @@ from mrfound.utils.machine import load_average as _load  # noqa: E402
 
 MODELS = ("mrfound", "unet", "unetr", "mrfound_scratch")
 
+NO_ORGAN_DARK = (0.0, 0.2)
+"""``--organ-dark`` off: no crop draws a darker liver gain (0.2, the low end it would use, is recorded)."""
+
 
 def build_manifests(data: Path, work: Path) -> tuple[Path, Path]:
     """CHAOS manifest with liver masks (via ``mrfound manifest``) and an unlabelled copy for pretraining."""
@@ -286,7 +289,7 @@ def sample_batch(
     organ_aug: float = 0.0,
     spatial_aug: float = 0.0,
     organ_scale: tuple[float, float] = DEFAULT_ORGAN_SCALE,
-    organ_dark: tuple[float, float] = (0.0, 0.2),
+    organ_dark: tuple[float, float] = NO_ORGAN_DARK,
 ) -> tuple:
     """Random crops: half centred on a liver voxel, half on a body voxel (same for every model).
 
@@ -489,7 +492,7 @@ def train_timed(
             args.organ_aug,
             args.spatial_aug,
             tuple(args.organ_scale),
-            organ_dark=tuple(getattr(args, "organ_dark", (0.0, 0.2))),
+            organ_dark=tuple(getattr(args, "organ_dark", NO_ORGAN_DARK)),
         )
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = net.loss(image, mask)
@@ -857,7 +860,7 @@ def main() -> None:
         type=float,
         nargs=2,
         metavar=("SHARE", "LOW"),
-        default=[0.0, 0.2],
+        default=list(NO_ORGAN_DARK),
         help="that share of the liver-gain crops draws the gain in LOW..(--organ-scale's low) instead "
         "(0 0.2: none)",
     )
@@ -1099,7 +1102,7 @@ SETTING_DEFAULTS = {
     "intensity_aug": 0.0,
     "organ_aug": 0.0,
     "organ_scale": list(DEFAULT_ORGAN_SCALE),
-    "organ_dark": [0.0, 0.2],
+    "organ_dark": list(NO_ORGAN_DARK),
     "spatial_aug": 0.0,
     "fp32_max_voxels": 0,
     "overlap": 0.25,

@@ -441,8 +441,6 @@ def _segment_prepared(
     model: MRFoundModel, prepared: PreparedCase, overlap: float | None, sw_batch_size: int
 ) -> np.ndarray:
     """Labels on the common grid (X, Y, Z) uint8 (``overlap`` None: :func:`default_overlap`)."""
-    if overlap is None:
-        overlap = default_overlap(min(model.model.roi_size), model.model.encoder.config.patch_size)
     image = torch.from_numpy(np.asarray(prepared.sample["image"], dtype=np.float32))[None].to(model.device)
     available = torch.from_numpy(np.asarray(prepared.sample["available"], dtype=bool))[None].to(model.device)
     labels = model.model.segment(image, available, overlap=overlap, sw_batch_size=sw_batch_size)

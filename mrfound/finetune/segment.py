@@ -209,10 +209,6 @@ def segmentation_volume(
     ``available`` (S,)); inference code then resamples the labels to the case's reference grid. ``overlap``
     None: :func:`mrfound.inference.default_overlap`, the default of ``mrfound predict``.
     """
-    if overlap is None:
-        from mrfound.inference import default_overlap
-
-        overlap = default_overlap(min(model.roi_size), model.encoder.config.patch_size)
     image = torch.as_tensor(np.asarray(sample["image"]), dtype=torch.float32)[None]
     avail = torch.as_tensor(np.asarray(sample["available"]), dtype=torch.bool)[None]
     dev = next(model.parameters()).device

@@ -573,7 +573,7 @@ class Segmenter(nn.Module):
         image: torch.Tensor,
         available: torch.Tensor,
         roi_size: Sequence[int] | None = None,
-        overlap: float = 0.25,
+        overlap: float | None = 0.25,
         sw_batch_size: int = 2,
         mode: str = "gaussian",
         return_probs: bool = False,
@@ -585,7 +585,8 @@ class Segmenter(nn.Module):
             image: (B, S, D, H, W) volumes of any size (padded when smaller than the window).
             available: (B, S) bool.
             roi_size: Window (default: the encoder's ROI; must equal it since the position grid is fixed).
-            overlap: Window overlap fraction.
+            overlap: Window overlap fraction; None: :func:`mrfound.inference.default_overlap` (windows
+                half a patch apart, the default of ``mrfound predict``).
             sw_batch_size: Windows per forward.
             mode: Blending (``"gaussian"`` or ``"constant"``).
             return_probs: Return softmax probabilities (B, K, D, H, W) instead of labels.
@@ -602,6 +603,10 @@ class Segmenter(nn.Module):
         roi = tuple(roi_size or self.roi_size)
         if roi != self.roi_size:
             raise ConfigError(f"roi_size {roi} must equal the encoder ROI {self.roi_size}")
+        if overlap is None:
+            from mrfound.inference import default_overlap  # lazy: inference imports this module
+
+            overlap = default_overlap(min(roi), self.encoder.config.patch_size)
         was = self.training
         self.eval()
         try:
