@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from testutils import load_module
 
 
 @pytest.fixture(scope="session")
-def inference_setup(tmp_path_factory) -> dict[str, Path]:
+def inference_builders() -> ModuleType:
+    """``tests/test_inference.py`` (cohort and checkpoint builders), loaded by path (importlib mode)."""
+    return load_module("tests/test_inference.py")
+
+
+@pytest.fixture(scope="session")
+def inference_setup(inference_builders, tmp_path_factory) -> dict[str, Path]:
     """A 3-case cohort's manifest and tiny checkpoints (autoencoder, segmenter, ...), built once for the
-    ``predict`` and ``impute`` tests by ``tests/test_inference.py``'s builders (loaded by path)."""
-    h = load_module("tests/test_inference.py")
+    ``predict`` and ``impute`` tests by ``tests/test_inference.py``'s builders."""
+    h = inference_builders
     folder = tmp_path_factory.mktemp("inference_cmd")
     return {"manifest": h.make_cohort(folder / "cohort", n=3), **h.make_checkpoints(folder / "ckpt")}

@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from testutils import load_module
 
 from mrfound.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _helpers():
-    """``tests/test_inference.py`` (cohort and checkpoint builders), loaded by path (importlib mode)."""
-    return load_module("tests/test_inference.py")
-
-
-@pytest.fixture(scope="module")
-def setup(inference_setup) -> dict[str, Path]:
-    """The session's 3-case cohort and checkpoints (tests/commands/conftest.py)."""
-    return inference_setup
-
-
-def test_impute_writes_volumes_on_reference_grids(setup, tmp_path, capsys) -> None:
+def test_impute_writes_volumes_on_reference_grids(inference_setup, tmp_path, capsys) -> None:
     out = tmp_path / "synth"
     rc = main(
         [
             "impute",
             "--checkpoint",
-            str(setup["autoencoder"]),
+            str(inference_setup["autoencoder"]),
             "--manifest",
-            str(setup["manifest"]),
+            str(inference_setup["manifest"]),
             "--sequence",
             "C+A",
             "--out",
@@ -44,10 +28,10 @@ def test_impute_writes_volumes_on_reference_grids(setup, tmp_path, capsys) -> No
     assert rc == 0
     assert "synthesised 3 volume(s)" in capsys.readouterr().out
     table = pd.read_csv(out / "imputed_t1_art.csv", dtype=str, keep_default_na=False)
-    manifest = pd.read_csv(setup["manifest"], dtype=str, keep_default_na=False)
+    manifest = pd.read_csv(inference_setup["manifest"], dtype=str, keep_default_na=False)
     for row in table.itertuples():
         src = manifest.loc[manifest["case"] == row.case].iloc[0]
-        ref = nib.load(str(setup["manifest"].parent / src[row.reference_sequence]))
+        ref = nib.load(str(inference_setup["manifest"].parent / src[row.reference_sequence]))
         img = nib.load(str(out / f"{row.case}_t1_art.nii.gz"))
         assert row.file == f"{row.case}_t1_art.nii.gz"
         assert img.shape == ref.shape
@@ -65,14 +49,14 @@ def test_impute_writes_volumes_on_reference_grids(setup, tmp_path, capsys) -> No
         ("autoencoder", ["--sequence", "t2", "--sw-batch-size", "0"], "--sw-batch-size must be >= 1"),
     ],
 )
-def test_impute_bad_input_one_line_exit_2(setup, tmp_path, capsys, which, extra, message) -> None:
+def test_impute_bad_input_one_line_exit_2(inference_setup, tmp_path, capsys, which, extra, message) -> None:
     rc = main(
         [
             "impute",
             "--checkpoint",
-            str(setup[which]),
+            str(inference_setup[which]),
             "--manifest",
-            str(setup["manifest"]),
+            str(inference_setup["manifest"]),
             "--out",
             str(tmp_path / "o"),
             *extra,
@@ -83,8 +67,8 @@ def test_impute_bad_input_one_line_exit_2(setup, tmp_path, capsys, which, extra,
     assert err.startswith("mrfound impute: error:") and message in err and "\n" not in err
 
 
-def test_impute_case_with_only_the_target(setup, tmp_path, capsys) -> None:
-    frame = _helpers().absolute_frame(setup["manifest"])
+def test_impute_case_with_only_the_target(inference_setup, inference_builders, tmp_path, capsys) -> None:
+    frame = inference_builders.absolute_frame(inference_setup["manifest"])
     only = frame.iloc[[0]].copy()
     keep = next(c for c in ("t2", "dwi", "t1_pv") if only.iloc[0][c])
     for col in ("t2", "dwi", "t1_in", "t1_opp", "t1_pre", "t1_art", "t1_pv", "t1_del"):
@@ -93,7 +77,15 @@ def test_impute_case_with_only_the_target(setup, tmp_path, capsys) -> None:
     only["case"] = "lonely"
     path = tmp_path / "m.csv"
     pd.concat([only, frame.iloc[[1]]]).to_csv(path, index=False)
-    args = ["impute", "--checkpoint", str(setup["autoencoder"]), "--manifest", str(path), "--sequence", keep]
+    args = [
+        "impute",
+        "--checkpoint",
+        str(inference_setup["autoencoder"]),
+        "--manifest",
+        str(path),
+        "--sequence",
+        keep,
+    ]
     assert main([*args, "--out", str(tmp_path / "stop")]) == 2
     err = capsys.readouterr().err
     assert "case 'lonely'" in err and "at least one other sequence" in err

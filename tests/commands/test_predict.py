@@ -12,33 +12,21 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from testutils import load_module
 
 from mrfound.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _helpers():
-    """``tests/test_inference.py`` (cohort and checkpoint builders), loaded by path (importlib mode)."""
-    return load_module("tests/test_inference.py")
-
-
-@pytest.fixture(scope="module")
-def setup(inference_setup) -> dict[str, Path]:
-    """The session's 3-case cohort and checkpoints (tests/commands/conftest.py)."""
-    return inference_setup
-
-
-def test_predict_segmenter_writes_csv_and_segmentations(setup, tmp_path, capsys) -> None:
+def test_predict_segmenter_writes_csv_and_segmentations(inference_setup, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     rc = main(
         [
             "predict",
             "--checkpoint",
-            str(setup["segmenter"]),
+            str(inference_setup["segmenter"]),
             "--manifest",
-            str(setup["manifest"]),
+            str(inference_setup["manifest"]),
             "--out",
             str(out),
             "--batch-size",
@@ -56,10 +44,10 @@ def test_predict_segmenter_writes_csv_and_segmentations(setup, tmp_path, capsys)
         "liver_ml",
         "lesion_ml",
     ]
-    manifest = pd.read_csv(setup["manifest"], dtype=str, keep_default_na=False)
+    manifest = pd.read_csv(inference_setup["manifest"], dtype=str, keep_default_na=False)
     for row in frame.itertuples():
         src = manifest.loc[manifest["case"] == row.case].iloc[0]
-        ref = nib.load(str(setup["manifest"].parent / src[row.reference_sequence]))
+        ref = nib.load(str(inference_setup["manifest"].parent / src[row.reference_sequence]))
         img = nib.load(str(out / row.segmentation))
         assert img.shape == ref.shape
         np.testing.assert_allclose(img.affine, ref.affine, atol=1e-4)
@@ -67,11 +55,17 @@ def test_predict_segmenter_writes_csv_and_segmentations(setup, tmp_path, capsys)
     assert "mrfound predict" in summary and not (out / "skipped.csv").exists()
 
 
-def test_predict_largest_component_leaves_one_foreground_component(setup, tmp_path) -> None:
+def test_predict_largest_component_leaves_one_foreground_component(inference_setup, tmp_path) -> None:
     from scipy import ndimage
 
     out = tmp_path / "out"
-    args = ["predict", "--checkpoint", str(setup["segmenter"]), "--manifest", str(setup["manifest"])]
+    args = [
+        "predict",
+        "--checkpoint",
+        str(inference_setup["segmenter"]),
+        "--manifest",
+        str(inference_setup["manifest"]),
+    ]
     assert main([*args, "--out", str(out), "--largest-component"]) == 0
     frame = pd.read_csv(out / "predictions.csv", dtype={"case": str})
     for row in frame.itertuples():
@@ -80,16 +74,16 @@ def test_predict_largest_component_leaves_one_foreground_component(setup, tmp_pa
     assert "--largest-component" in (out / "predict.json").read_text()
 
 
-def test_predict_classifier_cli(setup, tmp_path) -> None:
+def test_predict_classifier_cli(inference_setup, tmp_path) -> None:
     out = tmp_path / "out"
     assert (
         main(
             [
                 "predict",
                 "--checkpoint",
-                str(setup["classifier"]),
+                str(inference_setup["classifier"]),
                 "--manifest",
-                str(setup["manifest"]),
+                str(inference_setup["manifest"]),
                 "--out",
                 str(out),
             ]
@@ -110,14 +104,14 @@ def test_predict_classifier_cli(setup, tmp_path) -> None:
         ("classifier", ["--overlap", "1.5"], "--overlap must be in"),
     ],
 )
-def test_predict_bad_input_one_line_exit_2(setup, tmp_path, capsys, which, extra, message) -> None:
+def test_predict_bad_input_one_line_exit_2(inference_setup, tmp_path, capsys, which, extra, message) -> None:
     rc = main(
         [
             "predict",
             "--checkpoint",
-            str(setup[which]),
+            str(inference_setup[which]),
             "--manifest",
-            str(setup["manifest"]),
+            str(inference_setup["manifest"]),
             "--out",
             str(tmp_path / "o"),
             *extra,
@@ -128,14 +122,14 @@ def test_predict_bad_input_one_line_exit_2(setup, tmp_path, capsys, which, extra
     assert err.startswith("mrfound predict: error:") and message in err and "\n" not in err
 
 
-def test_predict_missing_file_stops_or_skips(setup, tmp_path, capsys) -> None:
-    frame = _helpers().absolute_frame(setup["manifest"])
+def test_predict_missing_file_stops_or_skips(inference_setup, inference_builders, tmp_path, capsys) -> None:
+    frame = inference_builders.absolute_frame(inference_setup["manifest"])
     case = frame["case"][1]
     col = next(c for c in ("t2", "dwi", "t1_pv") if frame.loc[1, c])
     frame.loc[1, col] = str(tmp_path / "gone.nii.gz")
     bad = tmp_path / "bad.csv"
     frame.to_csv(bad, index=False)
-    args = ["predict", "--checkpoint", str(setup["classifier"]), "--manifest", str(bad)]
+    args = ["predict", "--checkpoint", str(inference_setup["classifier"]), "--manifest", str(bad)]
     assert main([*args, "--out", str(tmp_path / "stop")]) == 2
     err = capsys.readouterr().err.strip()
     assert f"case '{case}', column '{col}'" in err and "--on-error skip" in err and "\n" not in err
@@ -149,13 +143,13 @@ def test_predict_missing_file_stops_or_skips(setup, tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_two_concurrent_runs_on_one_out_do_not_mix(setup, tmp_path) -> None:
+def test_two_concurrent_runs_on_one_out_do_not_mix(inference_setup, inference_builders, tmp_path) -> None:
     """Two processes finish computing while the test holds the output lock, then publish one by one."""
     from filelock import FileLock
 
     out = tmp_path / "shared"
     out.mkdir()
-    frame = _helpers().absolute_frame(setup["manifest"])
+    frame = inference_builders.absolute_frame(inference_setup["manifest"])
     parts = []
     for i, rows in enumerate((frame.iloc[:2], frame.iloc[2:])):
         path = tmp_path / f"part{i}.csv"
@@ -172,7 +166,7 @@ def test_two_concurrent_runs_on_one_out_do_not_mix(setup, tmp_path) -> None:
                     "mrfound",
                     "predict",
                     "--checkpoint",
-                    str(setup["segmenter"]),
+                    str(inference_setup["segmenter"]),
                     "--manifest",
                     str(p),
                     "--out",
