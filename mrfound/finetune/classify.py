@@ -16,116 +16,26 @@ Outputs in ``RUN``: ``config.json`` (resolved config), ``log.jsonl``, ``tb/``, `
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from mrfound.errors import ConfigError
 from mrfound.finetune.common import (
     BalancedDataset,
-    EncoderSource,
     FinalEvaluation,
     class_weights,
+    finetune_param_groups,
     fit_and_save,
-    hold_encoder,
-    holdout_split,
-    labels_fraction_subset,
-    load_encoder,
-    resolve_steps,
+    prepare_run,
+    set_steps,
 )
 from mrfound.finetune.config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
-
-
-def source_for(config: FinetuneConfig) -> EncoderSource:
-    """The encoder a fine-tuning run starts from (pretrained, or random for ``from_scratch``)."""
-    if config.checkpoint:
-        src = load_encoder(
-            config.checkpoint,
-            random_init=config.from_scratch,
-            seed=config.seed,
-            model_overrides=config.model_overrides,
-        )
-    else:
-        src = load_encoder(f"random:{config.model}", seed=config.seed, model_overrides=config.model_overrides)
-    if config.preprocess:
-        from mrfound.data.preprocess import PreprocessConfig
-
-        try:
-            src.preprocess = PreprocessConfig.from_dict({**src.preprocess.to_dict(), **config.preprocess})
-        except (ConfigError, TypeError, ValueError) as e:
-            raise ConfigError(f"config key 'preprocess': {e}") from None
-    if config.spacing is not None:
-        src.preprocess = dataclasses.replace(src.preprocess, spacing=float(config.spacing))
-    return src
-
-
-def split_cases(
-    config: FinetuneConfig, manifest: Any, usable: Sequence[bool], strata: Sequence[str]
-) -> tuple[list[Any], list[Any], pd.DataFrame]:
-    """Training and validation cases plus a ``split.csv`` table (case, subject, label, role).
-
-    Validation: ``val_manifest`` if given, else a stratified subject-grouped holdout of
-    ``val_fraction``. The labels fraction is applied to the training part only.
-    """
-    from mrfound.data.manifest import read_manifest
-
-    cases = [c for c, u in zip(manifest.cases, usable) if u]
-    strata = [s for s, u in zip(strata, usable) if u]
-    if not cases:
-        raise ConfigError(f"manifest {config.manifest}: no usable case for task {config.task!r}")
-    role = np.array(["train"] * len(cases), dtype=object)
-    val_cases: list[Any] = []
-    if config.val_manifest:
-        vm = read_manifest(config.val_manifest, vocabulary=manifest.vocabulary)
-        val_cases = list(vm.cases)
-        overlap = {c.subject for c in val_cases} & {c.subject for c in cases}
-        if overlap:
-            raise ConfigError(f"subjects {sorted(overlap)[:3]} are in both --manifest and --val-manifest")
-    elif config.val_fraction > 0:
-        val = holdout_split(strata, [c.subject for c in cases], config.val_fraction, config.seed)
-        role[val] = "val"
-        val_cases = [c for c, v in zip(cases, val) if v]
-    if config.val_max_cases is not None and len(val_cases) > config.val_max_cases:
-        dropped = {c.case for c in val_cases[config.val_max_cases :]}
-        val_cases = val_cases[: config.val_max_cases]
-        role[[c.case in dropped for c in cases]] = "unused"
-    train_idx = np.flatnonzero(role == "train")
-    keep = train_idx[
-        labels_fraction_subset([strata[i] for i in train_idx], config.labels_fraction, config.seed)
-    ]
-    role[np.setdiff1d(train_idx, keep)] = "unused"
-    train_cases = [cases[i] for i in keep]
-    table = pd.DataFrame(
-        {
-            "case": [c.case for c in cases],
-            "subject": [c.subject for c in cases],
-            "label": [c.label or "" for c in cases],
-            "role": role,
-        }
-    )
-    if config.val_manifest:
-        table = pd.concat(
-            [
-                table,
-                pd.DataFrame(
-                    {
-                        "case": [c.case for c in val_cases],
-                        "subject": [c.subject for c in val_cases],
-                        "label": [c.label or "" for c in val_cases],
-                        "role": "val",
-                    }
-                ),
-            ]
-        )
-    return train_cases, val_cases, table
 
 
 def predict_classifier(
@@ -213,30 +123,14 @@ def finetune_classifier(config: FinetuneConfig) -> dict[str, Any]:
         Summary: ``final`` (checkpoint folder), ``n_train``, ``n_val``, ``steps``, ``val_metrics``
         (or ``None``), ``train_result`` (last logs).
     """
-    import accelerate.utils
-
     from mrfound.data.dataset import MRDataset
-    from mrfound.data.manifest import Manifest, read_manifest
-    from mrfound.models.heads import Classifier, make_classification_head, param_groups_layer_decay
-    from mrfound.pretrain.trainer import make_accelerator
+    from mrfound.models.heads import Classifier, make_classification_head
 
-    config.validate()
-    accelerate.utils.set_seed(config.seed)
-    src = source_for(config)
-    vocab = src.vocabulary
-    manifest = read_manifest(config.manifest, vocabulary=vocab)
-    labelled = [c.label is not None for c in manifest.cases]
-    train_cases, val_cases, split = split_cases(
-        config, manifest, labelled, [c.label or "" for c in manifest.cases]
-    )
-    run = Path(config.out)
-    pre = src.preprocess
-    cache_dir = config.cache_dir or str(run / "cache")
-    train_m = Manifest.from_cases(train_cases, manifest.root, vocab)
-    val_m = Manifest.from_cases(val_cases, manifest.root, vocab) if val_cases else None
+    run = prepare_run(config, lambda c: c.label is not None, lambda c: c.label)
+    src, acc, train_cases, val_m = run.source, run.accelerator, run.train_cases, run.val_manifest
+    vocab, pre, cache_dir = src.vocabulary, src.preprocess, run.cache_dir
     y = [vocab.class_index(c.label) for c in train_cases]
 
-    acc = make_accelerator(config)
     if len(train_cases) < config.batch_size * acc.num_processes:
         logger.warning(
             "only %d training cases: batch_size lowered from %d to %d",
@@ -246,7 +140,7 @@ def finetune_classifier(config: FinetuneConfig) -> dict[str, Any]:
         )
         config.batch_size = max(1, len(train_cases) // acc.num_processes)
     dataset: Any = MRDataset(
-        train_m,
+        run.train_manifest,
         pre,
         mode="lesion",
         cache_dir=cache_dir,
@@ -256,11 +150,7 @@ def finetune_classifier(config: FinetuneConfig) -> dict[str, Any]:
     )
     if config.balance == "sampler":
         dataset = BalancedDataset(dataset, y, seed=config.seed)
-    config.steps = resolve_steps(
-        config.steps, config.epochs, len(dataset), config.batch_size, acc.num_processes
-    )
-    if config.warmup_steps is not None and config.warmup_steps > config.steps:
-        config.warmup_steps = config.steps
+    set_steps(config, len(dataset), acc.num_processes)
 
     encoder = src.encoder
     torch.manual_seed(config.seed)
@@ -280,11 +170,7 @@ def finetune_classifier(config: FinetuneConfig) -> dict[str, Any]:
         sequence_dropout=config.sequence_dropout,
         label_smoothing=config.label_smoothing,
     )
-    if config.freeze_encoder:
-        model.encoder.requires_grad_(False)
-    groups = param_groups_layer_decay(model, config.weight_decay, config.layer_decay)
-    if not config.freeze_encoder:
-        groups = hold_encoder(groups, model, config.head_only_steps, config.steps)
+    groups = finetune_param_groups(model, config)
 
     def val_logs(m: torch.nn.Module) -> dict[str, float]:
         metrics, _ = evaluate_classifier(
@@ -316,9 +202,9 @@ def finetune_classifier(config: FinetuneConfig) -> dict[str, Any]:
         task="classify",
         groups=groups,
         source=src,
-        split=split,
+        split=run.split,
         n_train=len(train_cases),
-        n_val=len(val_cases),
+        n_val=len(run.val_cases),
         val_logs=val_logs if val_m is not None else None,
         final_evaluation=final_evaluation if val_m is not None else None,
     )

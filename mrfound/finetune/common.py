@@ -1,6 +1,7 @@
 """Shared pieces of probing and fine-tuning: getting an encoder, holding out validation subjects,
-label-fraction subsets, class weights, class-balanced resampling, and the train-evaluate-save run that
-both fine-tuning tasks end with."""
+label-fraction subsets, class weights, class-balanced resampling, and the start (:func:`prepare_run`,
+:func:`set_steps`, :func:`finetune_param_groups`) and the train-evaluate-save end (:func:`fit_and_save`)
+that both fine-tuning tasks share."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -307,6 +309,182 @@ def hold_encoder(
         if held:
             out.append({**g, "params": held, "hold_steps": int(steps)})
     return out
+
+
+def source_for(config: Any) -> EncoderSource:
+    """The encoder a fine-tuning run starts from (pretrained, or random for ``from_scratch``)."""
+    if config.checkpoint:
+        src = load_encoder(
+            config.checkpoint,
+            random_init=config.from_scratch,
+            seed=config.seed,
+            model_overrides=config.model_overrides,
+        )
+    else:
+        src = load_encoder(f"random:{config.model}", seed=config.seed, model_overrides=config.model_overrides)
+    if config.preprocess:
+        from mrfound.data.preprocess import PreprocessConfig
+
+        try:
+            src.preprocess = PreprocessConfig.from_dict({**src.preprocess.to_dict(), **config.preprocess})
+        except (ConfigError, TypeError, ValueError) as e:
+            raise ConfigError(f"config key 'preprocess': {e}") from None
+    if config.spacing is not None:
+        src.preprocess = replace(src.preprocess, spacing=float(config.spacing))
+    return src
+
+
+def split_cases(
+    config: Any, manifest: Any, usable: Sequence[bool], strata: Sequence[str]
+) -> tuple[list[Any], list[Any], pd.DataFrame]:
+    """Training and validation cases plus a ``split.csv`` table (case, subject, label, role).
+
+    Validation: ``val_manifest`` if given, else a stratified subject-grouped holdout of
+    ``val_fraction``. The labels fraction is applied to the training part only.
+    """
+    from mrfound.data.manifest import read_manifest
+
+    cases = [c for c, u in zip(manifest.cases, usable) if u]
+    strata = [s for s, u in zip(strata, usable) if u]
+    if not cases:
+        raise ConfigError(f"manifest {config.manifest}: no usable case for task {config.task!r}")
+    role = np.array(["train"] * len(cases), dtype=object)
+    val_cases: list[Any] = []
+    if config.val_manifest:
+        vm = read_manifest(config.val_manifest, vocabulary=manifest.vocabulary)
+        val_cases = list(vm.cases)
+        overlap = {c.subject for c in val_cases} & {c.subject for c in cases}
+        if overlap:
+            raise ConfigError(f"subjects {sorted(overlap)[:3]} are in both --manifest and --val-manifest")
+    elif config.val_fraction > 0:
+        val = holdout_split(strata, [c.subject for c in cases], config.val_fraction, config.seed)
+        role[val] = "val"
+        val_cases = [c for c, v in zip(cases, val) if v]
+    if config.val_max_cases is not None and len(val_cases) > config.val_max_cases:
+        dropped = {c.case for c in val_cases[config.val_max_cases :]}
+        val_cases = val_cases[: config.val_max_cases]
+        role[[c.case in dropped for c in cases]] = "unused"
+    train_idx = np.flatnonzero(role == "train")
+    keep = train_idx[
+        labels_fraction_subset([strata[i] for i in train_idx], config.labels_fraction, config.seed)
+    ]
+    role[np.setdiff1d(train_idx, keep)] = "unused"
+    train_cases = [cases[i] for i in keep]
+    table = pd.DataFrame(
+        {
+            "case": [c.case for c in cases],
+            "subject": [c.subject for c in cases],
+            "label": [c.label or "" for c in cases],
+            "role": role,
+        }
+    )
+    if config.val_manifest:
+        table = pd.concat(
+            [
+                table,
+                pd.DataFrame(
+                    {
+                        "case": [c.case for c in val_cases],
+                        "subject": [c.subject for c in val_cases],
+                        "label": [c.label or "" for c in val_cases],
+                        "role": "val",
+                    }
+                ),
+            ]
+        )
+    return train_cases, val_cases, table
+
+
+@dataclass
+class RunInputs:
+    """What a fine-tuning task starts from, built the same way for both tasks by :func:`prepare_run`.
+
+    Attributes:
+        source: The encoder, with its vocabulary and preprocessing.
+        train_cases: Training cases (after the labels fraction).
+        val_cases: Validation cases (empty without validation).
+        split: The ``split.csv`` table (case, subject, label, role).
+        train_manifest: ``train_cases`` as a manifest.
+        val_manifest: ``val_cases`` as a manifest, ``None`` without validation.
+        cache_dir: Preprocessed-volume cache (``config.cache_dir`` or ``RUN/cache``).
+        accelerator: The run's Accelerate accelerator.
+    """
+
+    source: EncoderSource
+    train_cases: list[Any]
+    val_cases: list[Any]
+    split: Any
+    train_manifest: Any
+    val_manifest: Any | None
+    cache_dir: str
+    accelerator: Any
+
+
+def prepare_run(
+    config: Any,
+    usable: Callable[[Any], bool],
+    stratum: Callable[[Any], str],
+    *,
+    scorable: Callable[[Any], bool] | None = None,
+) -> RunInputs:
+    """Validate ``config``, seed, load the encoder and the manifest, split the cases, make the accelerator.
+
+    Args:
+        config: A :class:`~mrfound.finetune.config.FinetuneConfig`.
+        usable: Which manifest cases the task can train on (a label, a mask).
+        stratum: Each usable case's stratum for the validation holdout and the labels fraction.
+        scorable: If given, validation keeps only the cases it accepts (segmentation cannot score a case
+            without a mask); otherwise every validation case is kept (and predicted, scored or not).
+    """
+    import accelerate.utils
+
+    from mrfound.data.manifest import Manifest, read_manifest
+    from mrfound.pretrain.trainer import make_accelerator
+
+    config.validate()
+    accelerate.utils.set_seed(config.seed)
+    src = source_for(config)
+    vocab = src.vocabulary
+    manifest = read_manifest(config.manifest, vocabulary=vocab)
+    ok = [usable(c) for c in manifest.cases]
+    train_cases, val_cases, split = split_cases(
+        config, manifest, ok, [stratum(c) if u else "" for c, u in zip(manifest.cases, ok)]
+    )
+    if scorable is not None:
+        val_cases = [c for c in val_cases if scorable(c)]
+    return RunInputs(
+        source=src,
+        train_cases=train_cases,
+        val_cases=val_cases,
+        split=split,
+        train_manifest=Manifest.from_cases(train_cases, manifest.root, vocab),
+        val_manifest=Manifest.from_cases(val_cases, manifest.root, vocab) if val_cases else None,
+        cache_dir=config.cache_dir or str(Path(config.out) / "cache"),
+        accelerator=make_accelerator(config),
+    )
+
+
+def set_steps(config: Any, n_items: int, processes: int) -> None:
+    """Resolve ``config.steps`` (from ``epochs`` when set) and keep the warm-up within it, in place."""
+    config.steps = resolve_steps(config.steps, config.epochs, n_items, config.batch_size, processes)
+    if config.warmup_steps is not None and config.warmup_steps > config.steps:
+        config.warmup_steps = config.steps
+
+
+def finetune_param_groups(model: torch.nn.Module, config: Any) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: layer-wise LR decay over ``model``, the encoder frozen
+    (``freeze_encoder``) or held at learning rate 0 for ``head_only_steps`` (:func:`hold_encoder`).
+
+    Call after :func:`set_steps` (the hold is checked against the resolved steps).
+    """
+    from mrfound.models.heads import param_groups_layer_decay
+
+    if config.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    groups = param_groups_layer_decay(model, config.weight_decay, config.layer_decay)
+    if not config.freeze_encoder:
+        groups = hold_encoder(groups, model, config.head_only_steps, config.steps)
+    return groups
 
 
 FinalEvaluation = tuple[dict[str, Any], dict[str, str], dict[str, Any]]

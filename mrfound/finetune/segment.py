@@ -14,20 +14,19 @@ Outputs in ``RUN``: ``config.json``, ``log.jsonl``, ``tb/``, ``checkpoints/``, `
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from mrfound.finetune.classify import source_for, split_cases
 from mrfound.finetune.common import (
     ConcatWithEpoch,
     FinalEvaluation,
+    finetune_param_groups,
     fit_and_save,
-    hold_encoder,
-    resolve_steps,
+    prepare_run,
+    set_steps,
 )
 from mrfound.finetune.config import FinetuneConfig
 
@@ -104,28 +103,15 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
         Summary: ``final``, ``n_train``, ``n_val``, ``steps``, ``val_metrics`` (or ``None``),
         ``train_result``.
     """
-    import accelerate.utils
-
     from mrfound.data.dataset import MRDataset
-    from mrfound.data.manifest import Manifest, read_manifest
-    from mrfound.models.heads import Segmenter, make_segmentation_head, param_groups_layer_decay
-    from mrfound.pretrain.trainer import make_accelerator
+    from mrfound.models.heads import Segmenter, make_segmentation_head
 
-    config.validate()
-    accelerate.utils.set_seed(config.seed)
-    src = source_for(config)
-    vocab = src.vocabulary
-    manifest = read_manifest(config.manifest, vocabulary=vocab)
-    has_mask = [c.mask is not None for c in manifest.cases]
-    train_cases, val_cases, split = split_cases(config, manifest, has_mask, ["seg"] * len(manifest.cases))
-    val_cases = [c for c in val_cases if c.mask is not None]
-    run = Path(config.out)
-    pre = src.preprocess
-    cache_dir = config.cache_dir or str(run / "cache")
-    train_m = Manifest.from_cases(train_cases, manifest.root, vocab)
-    val_m = Manifest.from_cases(val_cases, manifest.root, vocab) if val_cases else None
+    def has_mask(case: Any) -> bool:
+        return case.mask is not None
 
-    acc = make_accelerator(config)
+    run = prepare_run(config, has_mask, lambda case: "seg", scorable=has_mask)
+    src, acc, val_m = run.source, run.accelerator, run.val_manifest
+    pre, cache_dir = src.preprocess, run.cache_dir
     common = {
         "cache_dir": cache_dir,
         "seed": config.seed,
@@ -136,34 +122,26 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
     dataset = ConcatWithEpoch(
         [
             MRDataset(
-                train_m,
+                run.train_manifest,
                 pre,
                 mode="random",
                 samples_per_case=config.samples_per_case,
                 background_fraction=config.background_crops,
                 **common,
             ),
-            MRDataset(train_m, pre, mode="lesion", **common),
+            MRDataset(run.train_manifest, pre, mode="lesion", **common),
         ]
     )
     if len(dataset) < config.batch_size * acc.num_processes:
         config.batch_size = max(1, len(dataset) // acc.num_processes)
         logger.warning("few training crops: batch_size lowered to %d", config.batch_size)
-    config.steps = resolve_steps(
-        config.steps, config.epochs, len(dataset), config.batch_size, acc.num_processes
-    )
-    if config.warmup_steps is not None and config.warmup_steps > config.steps:
-        config.warmup_steps = config.steps
+    set_steps(config, len(dataset), acc.num_processes)
 
     encoder = src.encoder
     torch.manual_seed(config.seed)
     head = make_segmentation_head(encoder, feature_size=config.feature_size, skip_source=config.skip_source)
     model = Segmenter(encoder, head, sequence_dropout=config.sequence_dropout)
-    if config.freeze_encoder:
-        model.encoder.requires_grad_(False)
-    groups = param_groups_layer_decay(model, config.weight_decay, config.layer_decay)
-    if not config.freeze_encoder:
-        groups = hold_encoder(groups, model, config.head_only_steps, config.steps)
+    groups = finetune_param_groups(model, config)
 
     def evaluate(m: torch.nn.Module) -> tuple[dict[str, Any], pd.DataFrame]:
         return evaluate_segmenter(
@@ -191,9 +169,9 @@ def finetune_segmenter(config: FinetuneConfig) -> dict[str, Any]:
         task="segment",
         groups=groups,
         source=src,
-        split=split,
-        n_train=len(train_cases),
-        n_val=len(val_cases),
+        split=run.split,
+        n_train=len(run.train_cases),
+        n_val=len(run.val_cases),
         val_logs=val_logs if val_m is not None else None,
         final_evaluation=final_evaluation if val_m is not None else None,
         extra_provenance={"other_lesions_label_3": "trained as lesion (2)"},

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mrfound.errors import ConfigError
-from mrfound.finetune.classify import finetune_classifier, predict_classifier, source_for
+from mrfound.finetune.classify import finetune_classifier, predict_classifier
+from mrfound.finetune.common import source_for
 from mrfound.finetune.config import FinetuneConfig
 from mrfound.models.checkpoint import load_model
 from mrfound.pretrain.trainer import read_log

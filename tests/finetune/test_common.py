@@ -12,11 +12,13 @@ from mrfound.errors import ConfigError
 from mrfound.finetune.common import (
     BalancedDataset,
     class_weights,
+    finetune_param_groups,
     hold_encoder,
     holdout_split,
     labels_fraction_subset,
     load_encoder,
     resolve_steps,
+    set_steps,
 )
 
 
@@ -159,3 +161,32 @@ def test_hold_encoder_marks_every_group_outside_the_head() -> None:
     assert hold_encoder(param_groups_layer_decay(model, 0.05), model, 0, 20)[0].get("hold_steps") is None
     with pytest.raises(ConfigError, match="head_only_steps"):
         hold_encoder(groups, model, 20, 20)
+
+
+def test_set_steps_resolves_epochs_and_keeps_the_warmup_inside() -> None:
+    from mrfound.finetune.config import FinetuneConfig
+
+    cfg = FinetuneConfig(steps=100, epochs=2, batch_size=8, warmup_steps=50)
+    set_steps(cfg, 50, processes=1)
+    assert (cfg.steps, cfg.warmup_steps) == (13, 13)  # ceil(2 * 50 / 8); the warm-up cut to the steps
+    cfg = FinetuneConfig(steps=100, batch_size=8, warmup_steps=10)
+    set_steps(cfg, 50, processes=1)
+    assert (cfg.steps, cfg.warmup_steps) == (100, 10)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_finetune_param_groups_freeze_or_hold_the_encoder(freeze: bool) -> None:
+    from mrfound.finetune.config import FinetuneConfig
+    from mrfound.models.config import EncoderConfig
+    from mrfound.models.encoder import MultiSequenceViT
+    from mrfound.models.heads import Classifier, make_classification_head
+
+    enc = MultiSequenceViT(EncoderConfig(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2))
+    model = Classifier(enc, make_classification_head(enc, 2), ("a", "b"))
+    cfg = FinetuneConfig(steps=20, head_only_steps=5, freeze_encoder=freeze)
+    groups = finetune_param_groups(model, cfg)
+    trainable = any(p.requires_grad for p in enc.parameters())
+    held = any("hold_steps" in g for g in groups)
+    # frozen: no encoder gradient and nothing to hold; trained: the encoder waits head_only_steps
+    assert (trainable, held) == (not freeze, not freeze)
+    assert all(p.requires_grad for p in model.head.parameters())
