@@ -413,7 +413,7 @@ class RunInputs:
     source: EncoderSource
     train_cases: list[Any]
     val_cases: list[Any]
-    split: Any
+    split: pd.DataFrame
     train_manifest: Any
     val_manifest: Any | None
     cache_dir: str
