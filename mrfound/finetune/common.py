@@ -321,7 +321,9 @@ def source_for(config: Any) -> EncoderSource:
             model_overrides=config.model_overrides,
         )
     else:
-        src = load_encoder(f"random:{config.model}", seed=config.seed, model_overrides=config.model_overrides)
+        src = load_encoder(
+            f"{RANDOM_PREFIX}{config.model}", seed=config.seed, model_overrides=config.model_overrides
+        )
     if config.preprocess:
         from mrfound.data.preprocess import PreprocessConfig
 
