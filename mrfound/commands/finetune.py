@@ -214,9 +214,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
         value = getattr(cfg, key)
         if value:
             setattr(cfg, key, str(Path(value).expanduser().resolve()))
+    from mrfound.finetune.common import RANDOM_PREFIX
+
     if (
         cfg.checkpoint
-        and not cfg.checkpoint.startswith(("random:", "hf://"))
+        and not cfg.checkpoint.startswith((RANDOM_PREFIX, "hf://"))
         and Path(cfg.checkpoint).exists()
     ):
         cfg.checkpoint = str(Path(cfg.checkpoint).resolve())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -22,3 +23,22 @@ def inference_setup(inference_builders, tmp_path_factory) -> dict[str, Path]:
     h = inference_builders
     folder = tmp_path_factory.mktemp("inference_cmd")
     return {"manifest": h.make_cohort(folder / "cohort", n=3), **h.make_checkpoints(folder / "ckpt")}
+
+
+@pytest.fixture()
+def run_command(inference_setup) -> Callable[..., int]:
+    """``run(command, which, out, *extra, manifest=None)`` runs ``mrfound COMMAND --checkpoint
+    <inference_setup[which]> --manifest <manifest, the 3-case cohort by default> --out OUT *extra`` and
+    returns its exit code."""
+    from mrfound.cli import main
+
+    def run(command: str, which: str, out: Path, *extra: str, manifest: Path | None = None) -> int:
+        inputs = [
+            "--checkpoint",
+            str(inference_setup[which]),
+            "--manifest",
+            str(manifest or inference_setup["manifest"]),
+        ]
+        return main([command, *inputs, "--out", str(out), *extra])
+
+    return run

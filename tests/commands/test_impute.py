@@ -7,25 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mrfound.cli import main
 
-
-def test_impute_writes_volumes_on_reference_grids(inference_setup, tmp_path, capsys) -> None:
+def test_impute_writes_volumes_on_reference_grids(inference_setup, run_command, tmp_path, capsys) -> None:
     out = tmp_path / "synth"
-    rc = main(
-        [
-            "impute",
-            "--checkpoint",
-            str(inference_setup["autoencoder"]),
-            "--manifest",
-            str(inference_setup["manifest"]),
-            "--sequence",
-            "C+A",
-            "--out",
-            str(out),
-        ]
-    )
-    assert rc == 0
+    assert run_command("impute", "autoencoder", out, "--sequence", "C+A") == 0
     assert "synthesised 3 volume(s)" in capsys.readouterr().out
     table = pd.read_csv(out / "imputed_t1_art.csv", dtype=str, keep_default_na=False)
     manifest = pd.read_csv(inference_setup["manifest"], dtype=str, keep_default_na=False)
@@ -49,25 +34,15 @@ def test_impute_writes_volumes_on_reference_grids(inference_setup, tmp_path, cap
         ("autoencoder", ["--sequence", "t2", "--sw-batch-size", "0"], "--sw-batch-size must be >= 1"),
     ],
 )
-def test_impute_bad_input_one_line_exit_2(inference_setup, tmp_path, capsys, which, extra, message) -> None:
-    rc = main(
-        [
-            "impute",
-            "--checkpoint",
-            str(inference_setup[which]),
-            "--manifest",
-            str(inference_setup["manifest"]),
-            "--out",
-            str(tmp_path / "o"),
-            *extra,
-        ]
-    )
+def test_impute_bad_input_one_line_exit_2(run_command, tmp_path, capsys, which, extra, message) -> None:
+    assert run_command("impute", which, tmp_path / "o", *extra) == 2
     err = capsys.readouterr().err.strip()
-    assert rc == 2
     assert err.startswith("mrfound impute: error:") and message in err and "\n" not in err
 
 
-def test_impute_case_with_only_the_target(inference_setup, inference_builders, tmp_path, capsys) -> None:
+def test_impute_case_with_only_the_target(
+    inference_setup, inference_builders, run_command, tmp_path, capsys
+) -> None:
     frame = inference_builders.absolute_frame(inference_setup["manifest"])
     only = frame.iloc[[0]].copy()
     keep = next(c for c in ("t2", "dwi", "t1_pv") if only.iloc[0][c])
@@ -77,19 +52,12 @@ def test_impute_case_with_only_the_target(inference_setup, inference_builders, t
     only["case"] = "lonely"
     path = tmp_path / "m.csv"
     pd.concat([only, frame.iloc[[1]]]).to_csv(path, index=False)
-    args = [
-        "impute",
-        "--checkpoint",
-        str(inference_setup["autoencoder"]),
-        "--manifest",
-        str(path),
-        "--sequence",
-        keep,
-    ]
-    assert main([*args, "--out", str(tmp_path / "stop")]) == 2
+    args = ("--sequence", keep)
+    assert run_command("impute", "autoencoder", tmp_path / "stop", *args, manifest=path) == 2
     err = capsys.readouterr().err
     assert "case 'lonely'" in err and "at least one other sequence" in err
-    assert main([*args, "--out", str(tmp_path / "skip"), "--on-error", "skip"]) == 0
+    skip = ("--on-error", "skip")
+    assert run_command("impute", "autoencoder", tmp_path / "skip", *args, *skip, manifest=path) == 0
     table = pd.read_csv(tmp_path / "skip" / f"imputed_{keep}.csv", dtype=str, keep_default_na=False)
     assert table.set_index("case").loc["lonely", "error"] != ""
     assert not (tmp_path / "skip" / f"lonely_{keep}.nii.gz").exists()

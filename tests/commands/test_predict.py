@@ -13,27 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mrfound.cli import main
-
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_predict_segmenter_writes_csv_and_segmentations(inference_setup, tmp_path, capsys) -> None:
+def test_predict_segmenter_writes_csv_and_segmentations(
+    inference_setup, run_command, tmp_path, capsys
+) -> None:
     out = tmp_path / "out"
-    rc = main(
-        [
-            "predict",
-            "--checkpoint",
-            str(inference_setup["segmenter"]),
-            "--manifest",
-            str(inference_setup["manifest"]),
-            "--out",
-            str(out),
-            "--batch-size",
-            "2",
-        ]
-    )
-    assert rc == 0
+    assert run_command("predict", "segmenter", out, "--batch-size", "2") == 0
     assert "predicted 3 case(s)" in capsys.readouterr().out
     frame = pd.read_csv(out / "predictions.csv", dtype={"case": str})
     assert list(frame.columns) == [
@@ -55,18 +42,11 @@ def test_predict_segmenter_writes_csv_and_segmentations(inference_setup, tmp_pat
     assert "mrfound predict" in summary and not (out / "skipped.csv").exists()
 
 
-def test_predict_largest_component_leaves_one_foreground_component(inference_setup, tmp_path) -> None:
+def test_predict_largest_component_leaves_one_foreground_component(run_command, tmp_path) -> None:
     from scipy import ndimage
 
     out = tmp_path / "out"
-    args = [
-        "predict",
-        "--checkpoint",
-        str(inference_setup["segmenter"]),
-        "--manifest",
-        str(inference_setup["manifest"]),
-    ]
-    assert main([*args, "--out", str(out), "--largest-component"]) == 0
+    assert run_command("predict", "segmenter", out, "--largest-component") == 0
     frame = pd.read_csv(out / "predictions.csv", dtype={"case": str})
     for row in frame.itertuples():
         labels = np.asarray(nib.load(str(out / row.segmentation)).dataobj)
@@ -74,22 +54,9 @@ def test_predict_largest_component_leaves_one_foreground_component(inference_set
     assert "--largest-component" in (out / "predict.json").read_text()
 
 
-def test_predict_classifier_cli(inference_setup, tmp_path) -> None:
+def test_predict_classifier_cli(run_command, tmp_path) -> None:
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(inference_setup["classifier"]),
-                "--manifest",
-                str(inference_setup["manifest"]),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert run_command("predict", "classifier", out) == 0
     frame = pd.read_csv(out / "predictions.csv")
     probs = frame[[c for c in frame.columns if c.startswith("p_")]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
@@ -104,37 +71,26 @@ def test_predict_classifier_cli(inference_setup, tmp_path) -> None:
         ("classifier", ["--overlap", "1.5"], "--overlap must be in"),
     ],
 )
-def test_predict_bad_input_one_line_exit_2(inference_setup, tmp_path, capsys, which, extra, message) -> None:
-    rc = main(
-        [
-            "predict",
-            "--checkpoint",
-            str(inference_setup[which]),
-            "--manifest",
-            str(inference_setup["manifest"]),
-            "--out",
-            str(tmp_path / "o"),
-            *extra,
-        ]
-    )
+def test_predict_bad_input_one_line_exit_2(run_command, tmp_path, capsys, which, extra, message) -> None:
+    assert run_command("predict", which, tmp_path / "o", *extra) == 2
     err = capsys.readouterr().err.strip()
-    assert rc == 2
     assert err.startswith("mrfound predict: error:") and message in err and "\n" not in err
 
 
-def test_predict_missing_file_stops_or_skips(inference_setup, inference_builders, tmp_path, capsys) -> None:
+def test_predict_missing_file_stops_or_skips(
+    inference_setup, inference_builders, run_command, tmp_path, capsys
+) -> None:
     frame = inference_builders.absolute_frame(inference_setup["manifest"])
     case = frame["case"][1]
     col = next(c for c in ("t2", "dwi", "t1_pv") if frame.loc[1, c])
     frame.loc[1, col] = str(tmp_path / "gone.nii.gz")
     bad = tmp_path / "bad.csv"
     frame.to_csv(bad, index=False)
-    args = ["predict", "--checkpoint", str(inference_setup["classifier"]), "--manifest", str(bad)]
-    assert main([*args, "--out", str(tmp_path / "stop")]) == 2
+    assert run_command("predict", "classifier", tmp_path / "stop", manifest=bad) == 2
     err = capsys.readouterr().err.strip()
     assert f"case '{case}', column '{col}'" in err and "--on-error skip" in err and "\n" not in err
     assert not (tmp_path / "stop" / "predictions.csv").exists()
-    assert main([*args, "--out", str(tmp_path / "skip"), "--on-error", "skip"]) == 0
+    assert run_command("predict", "classifier", tmp_path / "skip", "--on-error", "skip", manifest=bad) == 0
     assert f"{case}:" in capsys.readouterr().out
     kept = pd.read_csv(tmp_path / "skip" / "predictions.csv", dtype=str)["case"]
     assert case not in set(kept) and len(kept) == 2
