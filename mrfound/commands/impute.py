@@ -41,22 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mrfound.data.guard import checked_manifest_reported
+    from mrfound.commands._inference import model_and_manifest
     from mrfound.errors import ConfigError
     from mrfound.inference import impute_manifest
-    from mrfound.pipeline import load_pretrained
 
-    if args.overlap is not None and not 0 <= args.overlap < 1:
-        raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
     if args.sw_batch_size < 1:
         raise ConfigError(f"--sw-batch-size must be >= 1, got {args.sw_batch_size}")
-    if args.num_workers < 0:
-        raise ConfigError(f"--num-workers must be >= 0, got {args.num_workers}")
-    model = load_pretrained(args.checkpoint, device=args.device)
-    # validate before anything is written: a bad row fails here (one line, no --out), or is set aside
-    manifest = checked_manifest_reported(
-        args.manifest, on_error=args.on_error, out_dir=args.out, vocabulary=model.vocabulary
-    )
+    model, manifest = model_and_manifest(args)
     summary = impute_manifest(
         model,
         manifest,

@@ -32,6 +32,7 @@ def test_impute_writes_volumes_on_reference_grids(inference_setup, run_command, 
         ("segmenter", ["--sequence", "t2"], "cannot impute"),
         ("autoencoder", ["--sequence", "flair"], "unknown sequence 'flair'"),
         ("autoencoder", ["--sequence", "t2", "--sw-batch-size", "0"], "--sw-batch-size must be >= 1"),
+        ("autoencoder", ["--sequence", "t2", "--overlap", "1.5"], "--overlap must be in"),
     ],
 )
 def test_impute_bad_input_one_line_exit_2(run_command, tmp_path, capsys, which, extra, message) -> None:

@@ -69,6 +69,7 @@ def test_predict_classifier_cli(run_command, tmp_path) -> None:
         ("autoencoder", [], "cannot predict"),
         ("classifier", ["--batch-size", "0"], "--batch-size must be >= 1"),
         ("classifier", ["--overlap", "1.5"], "--overlap must be in"),
+        ("classifier", ["--num-workers", "-1"], "--num-workers must be >= 0"),
     ],
 )
 def test_predict_bad_input_one_line_exit_2(run_command, tmp_path, capsys, which, extra, message) -> None:
