@@ -198,7 +198,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
     Paths are made absolute so the saved config can be rerun from anywhere.
     """
-    from mrfound.finetune.config import FinetuneConfig
+    from mrfound.finetune.config import RANDOM_PREFIX, FinetuneConfig
     from mrfound.pretrain.config import apply_overrides, load_config_file, parse_set_options
 
     cfg = FinetuneConfig()
@@ -214,8 +214,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
         value = getattr(cfg, key)
         if value:
             setattr(cfg, key, str(Path(value).expanduser().resolve()))
-    from mrfound.finetune.common import RANDOM_PREFIX
-
     if (
         cfg.checkpoint
         and not cfg.checkpoint.startswith((RANDOM_PREFIX, "hf://"))
@@ -233,7 +231,7 @@ def _check_manifests(cfg: Any, on_error: str) -> None:
     """
     from mrfound.data.guard import checked_manifest
     from mrfound.data.sequences import Vocabulary
-    from mrfound.finetune.common import RANDOM_PREFIX
+    from mrfound.finetune.config import RANDOM_PREFIX
 
     ckpt = cfg.checkpoint or f"{RANDOM_PREFIX}{cfg.model}"
     if ckpt.startswith(RANDOM_PREFIX):

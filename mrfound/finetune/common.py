@@ -20,9 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mrfound.errors import CheckpointError, ConfigError
+from mrfound.finetune.config import RANDOM_PREFIX
 from mrfound.utils.io import atomic_write_json, atomic_write_text
-
-RANDOM_PREFIX = "random:"
 
 
 @dataclass

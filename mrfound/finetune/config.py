@@ -12,6 +12,9 @@ from typing import Any
 from mrfound.models.config import HEAD_POOLING, SKIP_SOURCES
 from mrfound.pretrain.config import TrainerConfig, _check, _finite, _is_int
 
+RANDOM_PREFIX = "random:"
+"""``--checkpoint random:<size>``: the registry architecture ``<size>`` at random init (no weights)."""
+
 TASKS = ("classify", "segment")
 BALANCE = ("loss", "sampler", "none")
 # sequence-dropout augmentation when --sequence-dropout is not given, per task
