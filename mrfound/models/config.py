@@ -223,6 +223,11 @@ class MAEConfig(_ConfigBase):
             token bottleneck then carries the contrast mapping, not every voxel, so syntheses keep the
             sources' anatomy (see ``mrfound.models.mae``). Costs one (targets x S x p^3) gather per
             step. Needs ``norm_pix_loss=False``.
+        source_features: Width H of a per-voxel hidden layer added to the source mix (0 = off): each
+            synthesised voxel adds ``sum_h u_h gelu(W v + c_h)``, ``v`` the voxel's source values and
+            ``u``, ``c`` linear maps of the decoder token, so the contrast map can be non-linear and
+            differ between tissues inside one patch (a vessel and the parenchyma around it). Costs
+            about ``targets x p^3 x S x H`` multiply-adds per step. Needs ``source_mixing``.
         consistency_weight: Weight of the cross-view consistency term (0 = off, the design's objective):
             the mean-pooled encoder features of the training view (sequences dropped, patches masked)
             regress on a stop-gradient *full view* of the same case (every available sequence, patches
@@ -244,6 +249,7 @@ class MAEConfig(_ConfigBase):
     max_decoded: int | None = None
     decoder_seq_embed_std: float = 0.02
     source_mixing: bool = False
+    source_features: int = 0
     consistency_weight: float = 0.0
 
     def __post_init__(self) -> None:
@@ -266,6 +272,11 @@ class MAEConfig(_ConfigBase):
         if self.source_mixing and self.norm_pix_loss:
             raise ConfigError(
                 "MAEConfig.source_mixing needs norm_pix_loss=false (it mixes raw source voxels)"
+            )
+        _check_int(self, "source_features", low=0)
+        if self.source_features and not self.source_mixing:
+            raise ConfigError(
+                "MAEConfig.source_features needs source_mixing=true (it extends the source mix)"
             )
         if self.max_decoded is not None:
             _check_int(self, "max_decoded")
