@@ -214,13 +214,18 @@ def test_hub_ids_resolve_offline_from_the_local_cache(model, ckpt, tmp_path, bat
 
 def test_source_mixing_model_round_trips(enc_cfg, mae_cfg, tmp_path, batch) -> None:
     torch.manual_seed(0)
-    cfg = mae_cfg.replace(norm_pix_loss=False, source_mixing=True, decoder_seq_embed_std=0.5)
+    cfg = mae_cfg.replace(
+        norm_pix_loss=False, source_mixing=True, source_features=4, decoder_seq_embed_std=0.5
+    )
     model = MaskedModalityAutoencoder(enc_cfg.replace(seq_embed_std=0.5), cfg).eval()
     with torch.no_grad():
         model.decoder_mix_table.normal_()  # non-zero, so a lost table would show
+        model.decoder_voxel_out.weight.normal_()  # likewise the per-voxel features' output weights
     loaded, config = load_model(save_checkpoint(tmp_path / "mix", model))
     assert config["mae"]["source_mixing"] and config["encoder"]["seq_embed_std"] == 0.5
+    assert config["mae"]["source_features"] == 4
     torch.testing.assert_close(loaded.decoder_mix_table, model.decoder_mix_table)
+    torch.testing.assert_close(loaded.decoder_voxel_out.weight, model.decoder_voxel_out.weight)
     with torch.no_grad():
         a = model.reconstruct(batch["image"], batch["available"] | True, ["t1_del"])
         b = loaded.reconstruct(batch["image"], batch["available"] | True, ["t1_del"])

@@ -281,6 +281,60 @@ def test_source_mixing_learns_a_voxelwise_copy_the_plain_decoder_cannot(enc_cfg,
     assert losses[True] < 0.2 * losses[False]
 
 
+def test_source_features_need_source_mixing(mae_cfg) -> None:
+    raw = mae_cfg.replace(norm_pix_loss=False)
+    with pytest.raises(ConfigError, match="source_features needs source_mixing=true"):
+        raw.replace(source_features=4)
+    with pytest.raises(ConfigError, match="source_features must be an int >= 0"):
+        raw.replace(source_mixing=True, source_features=-1)
+    assert raw.replace(source_mixing=True, source_features=4).source_features == 4
+    assert mae_cfg.source_features == 0  # off by default: the design's decoder
+
+
+def test_source_features_start_as_the_linear_mix_and_never_read_the_target(enc_cfg, mae_cfg, batch) -> None:
+    torch.manual_seed(0)
+    cfg = mae_cfg.replace(norm_pix_loss=False, source_mixing=True)
+    model = MaskedModalityAutoencoder(enc_cfg, cfg.replace(source_features=4)).eval()
+    linear = MaskedModalityAutoencoder(enc_cfg, cfg).eval()
+    linear.load_state_dict(model.state_dict(), strict=False)  # same weights, no per-voxel layer
+    image, avail = batch["image"], batch["available"] | True
+    with torch.no_grad():
+        torch.nn.init.normal_(model.decoder_mix.weight, std=0.5)  # a non-trivial linear mix, in both
+        linear.decoder_mix.weight.copy_(model.decoder_mix.weight)
+        # zero-initialised output weights: the model starts as the linear source mix
+        torch.testing.assert_close(
+            model.reconstruct(image, avail, ["t2"]), linear.reconstruct(image, avail, ["t2"])
+        )
+        torch.nn.init.normal_(model.decoder_voxel_out.weight, std=0.5)
+        base = model.reconstruct(image, avail, ["t2"])[:, 0]
+        assert not torch.allclose(base, linear.reconstruct(image, avail, ["t2"])[:, 0])
+        other = image.clone()
+        other[:, 0] = torch.randn_like(other[:, 0]) * 5  # the hidden target's own voxels never count
+        torch.testing.assert_close(model.reconstruct(other, avail, ["t2"])[:, 0], base)
+
+
+def test_source_features_learn_a_step_shaped_contrast_no_linear_mix_can(enc_cfg, mae_cfg) -> None:
+    """t1_del = 2 [t1_pv > 0.5] voxel by voxel (two 'tissues'); a linear map of t1_pv leaves MSE >= 0.25."""
+    g = torch.Generator().manual_seed(0)
+    pv = torch.rand(2, 32, 32, 32, generator=g)
+    image = torch.zeros(2, 8, 32, 32, 32)
+    image[:, 6], image[:, 7] = pv, 2.0 * (pv > 0.5)
+    avail = torch.zeros(2, 8, dtype=torch.bool)
+    avail[:, 6:] = True
+    torch.manual_seed(0)
+    cfg = mae_cfg.replace(norm_pix_loss=False, source_mixing=True, source_features=16, sequence_drop=0.5)
+    model = MaskedModalityAutoencoder(enc_cfg, cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        model(image, avail)["loss"].backward()
+        opt.step()
+    with torch.no_grad():
+        synth = model.eval().reconstruct(image, avail, ["t1_del"])[:, 7]
+    # var(2 [u > 0.5]) = 1, of which a linear map of u explains 3/4: no linear mix gets below 0.25
+    assert float(((synth - image[:, 7]) ** 2).mean()) < 0.2
+
+
 def test_consistency_off_by_default_and_on_adds_a_finite_term(enc_cfg, mae_cfg, batch) -> None:
     torch.manual_seed(0)
     plain = MaskedModalityAutoencoder(enc_cfg, mae_cfg)
