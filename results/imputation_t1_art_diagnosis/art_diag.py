@@ -7,15 +7,17 @@ mrfound's synthesis and of the mean image, PSNR, the MSE split into the squared 
 and the rest, and the body mean of truth and synthesis. The second argument picks the cases: ``test``
 (the benchmark's held-out cases, default) or ``train`` (the first 48 training cases, to tell an offset the
 model learnt from one it meets only on unseen cases). Writes ``cases_<which>.json`` and
-``summary_<which>.json`` beside this script and prints the summary.
+``summary_<which>.json`` beside this script (or into ``--out``) and prints the summary. ``--run`` names
+another pretraining run folder of the same work folder (default: the 8000-step run).
 
 Usage::
 
-    python results/imputation_t1_art_diagnosis/art_diag.py WORK/full [test|train]
+    python results/imputation_t1_art_diagnosis/art_diag.py WORK/full [test|train] [--run NAME] [--out DIR]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -35,15 +37,14 @@ from mrfound.data.preprocess import preprocess_case  # noqa: E402
 from mrfound.data.sequences import SEQUENCES  # noqa: E402
 
 METHODS = ("mrfound", "mean_image")
+DEFAULT_RUN = "pretrain_phantom_240_n8000_s4_r32_27dee1"
 
 
-def main(work: Path, which: str = "test") -> None:
-    if which not in ("test", "train"):
-        raise SystemExit(f"second argument must be test or train, got {which!r}")
+def main(work: Path, which: str = "test", run: str = DEFAULT_RUN, out: Path = HERE) -> None:
     torch.set_num_threads(1)
     b = im.BUDGETS["full"] | {"cases": 240}
     split = im.phantom_split(b, work, seed=0)
-    wrapped = load_pretrained(work / "pretrain_phantom_240_n8000_s4_r32_27dee1" / "final")
+    wrapped = load_pretrained(work / run / "final")
     mae, pp = wrapped.model.eval(), wrapped.preprocessing
     stats = im.baseline_stats(split.train_cases, pp, b["mean_box"], seed=0)
     t = SEQUENCES.index("t1_art")
@@ -74,7 +75,8 @@ def main(work: Path, which: str = "test") -> None:
                 f"{k}_bias2": float(d.mean() ** 2),
             }
         rows.append(row)
-    (HERE / f"cases_{which}.json").write_text(json.dumps(rows, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"cases_{which}.json").write_text(json.dumps(rows, indent=1))
     truth = np.array([r["truth_liver_mean"] for r in rows])
     summary: dict[str, object] = {"cases": which, "n_cases": len(rows)}
     summary["truth_liver_mean"] = float(truth.mean())
@@ -94,8 +96,14 @@ def main(work: Path, which: str = "test") -> None:
         np.mean([r["mrfound_body_mean"] - r["truth_body_mean"] for r in rows])
     )
     print(json.dumps(summary, indent=1))
-    (HERE / f"summary_{which}.json").write_text(json.dumps(summary, indent=1))
+    (out / f"summary_{which}.json").write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), *sys.argv[2:3])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("work", type=Path)
+    ap.add_argument("which", nargs="?", choices=("test", "train"), default="test")
+    ap.add_argument("--run", default=DEFAULT_RUN)
+    ap.add_argument("--out", type=Path, default=HERE)
+    a = ap.parse_args()
+    main(a.work, a.which, a.run, a.out)
