@@ -223,6 +223,9 @@ class MAEConfig(_ConfigBase):
             token bottleneck then carries the contrast mapping, not every voxel, so syntheses keep the
             sources' anatomy (see ``mrfound.models.mae``). Costs one (targets x S x p^3) gather per
             step. Needs ``norm_pix_loss=False``.
+        source_set_mixing: Let the source-mix weights depend on which sources are present: a
+            (target, present source, weight) table adds, for each source present, its own shift to every
+            weight, so the mix suits one source and seven alike. Needs ``source_mixing``.
         source_features: Width H of a per-voxel hidden layer added to the source mix (0 = off): each
             synthesised voxel adds ``sum_h u_h gelu(W v + c_h)``, ``v`` the voxel's source values and
             ``u``, ``c`` linear maps of the decoder token, so the contrast map can be non-linear and
@@ -249,6 +252,7 @@ class MAEConfig(_ConfigBase):
     max_decoded: int | None = None
     decoder_seq_embed_std: float = 0.02
     source_mixing: bool = False
+    source_set_mixing: bool = False
     source_features: int = 0
     consistency_weight: float = 0.0
 
@@ -273,10 +277,10 @@ class MAEConfig(_ConfigBase):
             raise ConfigError(
                 "MAEConfig.source_mixing needs norm_pix_loss=false (it mixes raw source voxels)"
             )
+        _check_bool(self, "source_set_mixing")
         _check_int(self, "source_features", low=0)
-        if self.source_features and not self.source_mixing:
-            raise ConfigError(
-                "MAEConfig.source_features needs source_mixing=true (it extends the source mix)"
-            )
+        for name in ("source_set_mixing", "source_features"):
+            if getattr(self, name) and not self.source_mixing:
+                raise ConfigError(f"MAEConfig.{name} needs source_mixing=true (it extends the source mix)")
         if self.max_decoded is not None:
             _check_int(self, "max_decoded")

@@ -291,6 +291,36 @@ def test_source_features_need_source_mixing(mae_cfg) -> None:
     assert mae_cfg.source_features == 0  # off by default: the design's decoder
 
 
+def test_source_set_mixing_starts_as_the_plain_mix_and_depends_on_the_sources_present(
+    enc_cfg, mae_cfg, batch
+) -> None:
+    raw = mae_cfg.replace(norm_pix_loss=False)
+    with pytest.raises(ConfigError, match="source_set_mixing needs source_mixing=true"):
+        raw.replace(source_set_mixing=True)
+    torch.manual_seed(0)
+    model = MaskedModalityAutoencoder(enc_cfg, raw.replace(source_mixing=True, source_set_mixing=True)).eval()
+    plain = MaskedModalityAutoencoder(enc_cfg, raw.replace(source_mixing=True)).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    image, avail = batch["image"][:1], batch["available"][:1] | True
+    few = avail.clone()
+    few[0, 1:5] = False  # t2 from t1_art, t1_pv and t1_del only
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.reconstruct(image, avail, ["t2"]), plain.reconstruct(image, avail, ["t2"])
+        )
+        # t2's weight of t1_del moves by 1 for every other source present: 7 here, 3 with `few`
+        model.decoder_mix_pairs[0, :, 7] = 1.0 / 20.0  # MIX_TABLE_GAIN undone
+        plain.decoder_mix_table[0, 7] = 7.0 / 20.0
+        torch.testing.assert_close(
+            model.reconstruct(image, avail, ["t2"]), plain.reconstruct(image, avail, ["t2"])
+        )
+        plain.decoder_mix_table[0, 7] = 3.0 / 20.0
+        torch.testing.assert_close(
+            model.reconstruct(image, few, ["t2"]), plain.reconstruct(image, few, ["t2"])
+        )
+    assert "decoder_mix_pairs" in model.no_weight_decay()
+
+
 def test_source_features_start_as_the_linear_mix_and_never_read_the_target(enc_cfg, mae_cfg, batch) -> None:
     torch.manual_seed(0)
     cfg = mae_cfg.replace(norm_pix_loss=False, source_mixing=True)
