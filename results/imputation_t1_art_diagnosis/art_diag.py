@@ -12,7 +12,8 @@ another pretraining run folder of the same work folder (default: the 8000-step r
 
 Usage::
 
-    python results/imputation_t1_art_diagnosis/art_diag.py WORK/full [test|train] [--run NAME] [--out DIR]
+    python results/imputation_t1_art_diagnosis/art_diag.py WORK/full [test|train] [--run NAME] [--out DIR] \\
+        [--cases N]
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ METHODS = ("mrfound", "mean_image")
 DEFAULT_RUN = "pretrain_phantom_240_n8000_s4_r32_27dee1"
 
 
-def main(work: Path, which: str = "test", run: str = DEFAULT_RUN, out: Path = HERE) -> None:
+def main(work: Path, which: str = "test", run: str = DEFAULT_RUN, out: Path = HERE, cases: int = 240) -> None:
     torch.set_num_threads(1)
-    b = im.BUDGETS["full"] | {"cases": 240}
+    b = im.BUDGETS["full"] | {"cases": cases}
     split = im.phantom_split(b, work, seed=0)
     wrapped = load_pretrained(work / run / "final")
     mae, pp = wrapped.model.eval(), wrapped.preprocessing
@@ -105,5 +106,6 @@ if __name__ == "__main__":
     ap.add_argument("which", nargs="?", choices=("test", "train"), default="test")
     ap.add_argument("--run", default=DEFAULT_RUN)
     ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--cases", type=int, default=240, help="the run's --cases (cohort size)")
     a = ap.parse_args()
-    main(a.work, a.which, a.run, a.out)
+    main(a.work, a.which, a.run, a.out, a.cases)
