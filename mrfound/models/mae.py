@@ -42,8 +42,9 @@ voxel is known; the encoder still sees only the visible tokens.
 sources there are, but the right weights do: a model trained with whole-sequence dropout fits a mix of a
 few sources, and with every other sequence present (as in imputation) it adds too much of them. On the
 phantom, a 60-case imputation model (the recipe with a 256-wide decoder) synthesised the arterial liver
-0.016 too dark from one source and 0.012-0.016 too bright from six or seven. This adds a zero-initialised (target, present source, weight) table, so
-each source present moves each weight (a second-order contrast map).
+0.016 too dark from one source and 0.012-0.016 too bright from six or seven. This adds a
+zero-initialised (target, present source, weight) table, so each source present moves each weight (a
+second-order contrast map).
 
 **Per-voxel source features (option, ``source_features`` H > 0).** The mix above weighs a whole source patch
 alike, so inside one patch it maps every tissue with the same weights: a hepatic vein bright in the portal
