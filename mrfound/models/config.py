@@ -225,7 +225,8 @@ class MAEConfig(_ConfigBase):
             step. Needs ``norm_pix_loss=False``.
         source_set_mixing: Let the source-mix weights depend on which sources are present: a
             (target, present source, weight) table adds, for each source present, its own shift to every
-            weight, so the mix suits one source and seven alike. Needs ``source_mixing``.
+            weight, so the mix suits one source and seven alike. Needs ``source_mixing``. Measured worse
+            on the phantom imputation benchmark (README), hence off.
         source_features: Width H of a per-voxel hidden layer added to the source mix (0 = off): each
             synthesised voxel adds ``sum_h u_h gelu(W v + c_h)``, ``v`` the voxel's source values and
             ``u``, ``c`` linear maps of the decoder token, so the contrast map can be non-linear and
