@@ -22,42 +22,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _art_windows import ART, art_cases, load_run, random_window, synthesise_window  # noqa: E402
 
-import imputation as im  # noqa: E402
-
-from mrfound import load_pretrained  # noqa: E402
-from mrfound.data.preprocess import preprocess_case  # noqa: E402
 from mrfound.data.sequences import SEQUENCES  # noqa: E402
 from mrfound.utils.io import atomic_write_json  # noqa: E402
 
-ROI = 32
-
 
 def main(work: Path, run: str, cases: int, which: str, out: Path) -> dict[str, object]:
-    torch.set_num_threads(1)
-    split = im.phantom_split(im.BUDGETS["full"] | {"cases": cases}, work, seed=0)
-    wrapped = load_pretrained(work / run / "final")
-    mae, pp = wrapped.model.eval(), wrapped.preprocessing
-    t = SEQUENCES.index("t1_art")
+    split, mae, pp = load_run(work, run, cases)
     rng = np.random.default_rng(0)
     offsets: dict[int, list[float]] = {}
-    for c in split.test_cases if which == "test" else split.train_cases[:12]:
-        s = preprocess_case(c, pp)
-        if not s["available"][t]:
-            continue
-        liver = (s["mask"][0] > 0) & im.fov_mask(c.sequences["t1_art"], s["affine"], s["mask"][0].shape)
-        if liver.sum() < 1000:
-            continue
-        truth = s["image"][t]
-        others = [j for j in np.flatnonzero(s["available"]) if j != t]
-        target = torch.zeros(len(SEQUENCES), dtype=torch.bool)
-        target[t] = True
-        idx = np.argwhere(liver)
+    for _, s, liver in art_cases(split.test_cases if which == "test" else split.train_cases[:12], pp):
+        truth = s["image"][ART]
+        others = [j for j in np.flatnonzero(s["available"]) if j != ART]
         for _ in range(4):
-            lo = np.clip(idx[rng.integers(len(idx))] - ROI // 2, 0, np.array(truth.shape) - ROI)
-            win = tuple(slice(int(v), int(v) + ROI) for v in lo)
+            win = random_window(rng, liver)
             lv = liver[win]
             if lv.sum() < 200:
                 continue
@@ -65,11 +45,7 @@ def main(work: Path, run: str, cases: int, which: str, out: Path) -> dict[str, o
                 for _ in range(2 if k < len(others) else 1):
                     src = torch.zeros(len(SEQUENCES), dtype=torch.bool)
                     src[rng.choice(others, size=k, replace=False)] = True
-                    img = torch.as_tensor(s["image"])[(slice(None), *win)].clone()
-                    img[~src] = 0
-                    with torch.no_grad():
-                        pred = mae.reconstruct(img[None], src[None], target)[0, t].numpy()
-                    pred = np.clip(pred, *pp.clip)
+                    pred = synthesise_window(mae, s["image"], src, win, pp.clip)
                     offsets.setdefault(k, []).append(float((pred - truth[win])[lv].mean()))
     result: dict[str, object] = {
         "command": " ".join(["python", *sys.argv]),

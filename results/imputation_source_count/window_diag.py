@@ -22,52 +22,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _art_windows import ART, ROI, art_cases, load_run, random_window, synthesise_window  # noqa: E402
 
-import imputation as im  # noqa: E402
-
-from mrfound import load_pretrained  # noqa: E402
-from mrfound.data.preprocess import preprocess_case  # noqa: E402
-from mrfound.data.sequences import SEQUENCES  # noqa: E402
 from mrfound.inference import synthesise_volume  # noqa: E402
 from mrfound.utils.io import atomic_write_json  # noqa: E402
 
-ROI = 32
-
 
 def main(work: Path, run: str, cases: int, out: Path) -> dict[str, object]:
-    torch.set_num_threads(1)
-    split = im.phantom_split(im.BUDGETS["full"] | {"cases": cases}, work, seed=0)
-    wrapped = load_pretrained(work / run / "final")
-    mae, pp = wrapped.model.eval(), wrapped.preprocessing
-    t = SEQUENCES.index("t1_art")
+    split, mae, pp = load_run(work, run, cases)
     rng = np.random.default_rng(0)
+    centre = np.zeros((ROI,) * 3, dtype=bool)
+    centre[ROI // 4 : 3 * ROI // 4, ROI // 4 : 3 * ROI // 4, ROI // 4 : 3 * ROI // 4] = True
     rows = []
-    for c in split.test_cases:
-        s = preprocess_case(c, pp)
-        if not s["available"][t]:
-            continue
-        liver = (s["mask"][0] > 0) & im.fov_mask(c.sequences["t1_art"], s["affine"], s["mask"][0].shape)
-        if liver.sum() < 1000:
-            continue
-        assembled = synthesise_volume(mae, s["image"], s["available"], t, clip=tuple(pp.clip))
-        truth = s["image"][t]
+    for c, s, liver in art_cases(split.test_cases, pp):
+        assembled = synthesise_volume(mae, s["image"], s["available"], ART, clip=tuple(pp.clip))
+        truth = s["image"][ART]
         src = torch.as_tensor(s["available"]).clone()
-        src[t] = False
-        img = torch.as_tensor(s["image"]).clone()
-        img[~src] = 0
-        target = torch.zeros(len(SEQUENCES), dtype=torch.bool)
-        target[t] = True
-        idx = np.argwhere(liver)
-        centre = np.zeros((ROI,) * 3, dtype=bool)
-        centre[ROI // 4 : 3 * ROI // 4, ROI // 4 : 3 * ROI // 4, ROI // 4 : 3 * ROI // 4] = True
+        src[ART] = False
         for _ in range(6):
-            lo = np.clip(idx[rng.integers(len(idx))] - ROI // 2, 0, np.array(truth.shape) - ROI)
-            win = tuple(slice(int(v), int(v) + ROI) for v in lo)
-            with torch.no_grad():
-                pred = mae.reconstruct(img[(slice(None), *win)][None], src[None], target)[0, t].numpy()
-            pred = np.clip(pred, *pp.clip)
+            win = random_window(rng, liver)
+            pred = synthesise_window(mae, s["image"], src, win, pp.clip)
             lv = liver[win]
             if lv.sum() < 200:
                 continue
