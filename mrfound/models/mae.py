@@ -482,14 +482,15 @@ class MaskedModalityAutoencoder(nn.Module):
         ).reshape(b, nt, s, -1)
         # a target never reads its own sequence, nor a sequence that is not a source
         allowed = source.bool().unsqueeze(1) & (seq != t_seq.unsqueeze(-1))
+        flags = allowed.to(weights.dtype)
         if self.decoder_mix_pairs is not None:
             pairs = MIX_TABLE_GAIN * self.decoder_mix_pairs[t_seq].to(weights.dtype)  # (B, Nt, S, S + 1)
-            weights = weights + torch.einsum("bns,bnsw->bnw", allowed.to(weights.dtype), pairs)
-        w = weights[..., :s] * allowed.to(weights.dtype)
+            weights = weights + torch.einsum("bns,bnsw->bnw", flags, pairs)
+        w = weights[..., :s] * flags
         mixed = torch.einsum("bns,bnsv->bnv", w, patches.to(w.dtype)) + weights[..., s:]
         if self.decoder_voxel_in is None:
             return mixed
-        flags = allowed.to(x.dtype)
+        flags = flags.to(x.dtype)
         voxels = (patches.to(x.dtype) * flags.unsqueeze(-1)).transpose(-1, -2)  # (B, Nt, p^3, S)
         bias = self.decoder_voxel_ctx(x) + self.decoder_voxel_avail(flags)  # (B, Nt, H)
         hidden = F.gelu(self.decoder_voxel_in(VOXEL_IN_GAIN * voxels) + bias.unsqueeze(2))

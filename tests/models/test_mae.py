@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mrfound.errors import ConfigError, MrfoundError
-from mrfound.models.mae import MaskedModalityAutoencoder, dirichlet_quotas, sample_gamma
+from mrfound.models.mae import MIX_TABLE_GAIN, MaskedModalityAutoencoder, dirichlet_quotas, sample_gamma
 
 L = 64  # tokens per sequence of the test config (32^3 ROI, patch 8)
 
@@ -309,12 +309,12 @@ def test_source_set_mixing_starts_as_the_plain_mix_and_depends_on_the_sources_pr
             model.reconstruct(image, avail, ["t2"]), plain.reconstruct(image, avail, ["t2"])
         )
         # t2's weight of t1_del moves by 1 for every other source present: 7 here, 3 with `few`
-        model.decoder_mix_pairs[0, :, 7] = 1.0 / 20.0  # MIX_TABLE_GAIN undone
-        plain.decoder_mix_table[0, 7] = 7.0 / 20.0
+        model.decoder_mix_pairs[0, :, 7] = 1.0 / MIX_TABLE_GAIN
+        plain.decoder_mix_table[0, 7] = 7.0 / MIX_TABLE_GAIN
         torch.testing.assert_close(
             model.reconstruct(image, avail, ["t2"]), plain.reconstruct(image, avail, ["t2"])
         )
-        plain.decoder_mix_table[0, 7] = 3.0 / 20.0
+        plain.decoder_mix_table[0, 7] = 3.0 / MIX_TABLE_GAIN
         torch.testing.assert_close(
             model.reconstruct(image, few, ["t2"]), plain.reconstruct(image, few, ["t2"])
         )
