@@ -208,6 +208,12 @@ class MAEConfig(_ConfigBase):
         sequence_drop: Largest fraction of a sample's available sequences dropped whole; the number
             dropped is uniform in ``0 .. min(A - 1, floor(sequence_drop * A))`` for A available
             sequences, so at least one is always kept. 0 disables whole-sequence dropout.
+        single_drop_prob: Probability that a sample drops exactly one sequence instead (when it has two
+            or more available): the imputation regime, one sequence synthesised from all the others.
+            With the uniform count alone a dropped sequence is rarely synthesised from every other one
+            (with 8 sequences and ``sequence_drop`` 0.75, 1 in 21 dropped targets), and a source mix
+            fitted to few sources adds too much of seven (see ``mrfound.models.mae``). 0 = off, the
+            uniform count only (and no extra random draw, so older runs replay exactly).
         dirichlet_alpha: If set, the visible tokens are split across the kept sequences with
             proportions drawn from Dirichlet(alpha) (MultiMAE); ``None`` = uniform over all kept tokens.
         norm_pix_loss: Targets are per-patch normalised voxels (MAE). The decoder then also predicts
@@ -247,6 +253,7 @@ class MAEConfig(_ConfigBase):
     decoder_mlp_ratio: float = 4.0
     mask_ratio: float = 0.75
     sequence_drop: float = 0.5
+    single_drop_prob: float = 0.0
     dirichlet_alpha: float | None = None
     norm_pix_loss: bool = True
     stats_loss_weight: float = 1.0
@@ -267,6 +274,7 @@ class MAEConfig(_ConfigBase):
         _check_float(self, "decoder_mlp_ratio", 0.0, 64.0, low_open=True)
         _check_float(self, "mask_ratio", 0.0, 1.0, low_open=True, high_open=True)
         _check_float(self, "sequence_drop", 0.0, 1.0)
+        _check_float(self, "single_drop_prob", 0.0, 1.0)
         if self.dirichlet_alpha is not None:
             _check_float(self, "dirichlet_alpha", 0.0, 1e6, low_open=True)
         _check_bool(self, "norm_pix_loss")

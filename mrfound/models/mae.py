@@ -5,6 +5,8 @@ RNG-state checkpointing makes resumed runs exact):
 
 1. **Sequence dropout.** Of the A available sequences, ``k`` whole sequences are dropped, ``k``
    uniform in ``0 .. min(A - 1, floor(sequence_drop * A))``: at least one sequence is always kept.
+   With probability ``single_drop_prob`` a sample with A >= 2 drops exactly one instead (the
+   imputation regime).
 2. **Patch masking.** Of the T tokens of the kept sequences, ``V = clamp(floor((1 - mask_ratio) * T
    + 0.5), 1, T)`` are visible: uniformly over all kept tokens, or split across the kept sequences
    with Dirichlet(``dirichlet_alpha``) proportions (MultiMAE; quotas capped at L tokens per sequence
@@ -344,6 +346,9 @@ class MaskedModalityAutoencoder(nn.Module):
         k_max = k_max.clamp_min(0)
         k = torch.floor(torch.rand(b, dtype=torch.float64, **kw) * (k_max + 1).double()).long()
         k = torch.minimum(k, k_max)
+        if cfg.single_drop_prob > 0:
+            single = torch.rand(b, dtype=torch.float64, **kw) < cfg.single_drop_prob
+            k = torch.where(single & (n_avail >= 2), torch.ones_like(k), k)
         seq_noise = torch.where(available, torch.rand(b, s, **kw), torch.full((b, s), 2.0, device=dev))
         dropped = available & (_ranks(seq_noise) < k.unsqueeze(1))
         kept = available & ~dropped

@@ -44,6 +44,7 @@ def test_mae_config_json_round_trip() -> None:
         (MAEConfig, {"mask_ratio": 1.0}, "mask_ratio"),
         (MAEConfig, {"mask_ratio": 0.0}, "mask_ratio"),
         (MAEConfig, {"sequence_drop": -0.1}, "sequence_drop"),
+        (MAEConfig, {"single_drop_prob": 1.5}, "single_drop_prob"),
         (MAEConfig, {"dirichlet_alpha": 0.0}, "dirichlet_alpha"),
         (MAEConfig, {"max_decoded": 0}, "max_decoded"),
         (MAEConfig, {"norm_pix_loss": "yes"}, "norm_pix_loss"),

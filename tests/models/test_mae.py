@@ -58,6 +58,29 @@ def test_masking_invariants(model, mae_cfg, alpha) -> None:
     assert not model.random_masking(single)["dropped"].any()
 
 
+def test_single_drop_puts_samples_in_the_imputation_regime(model, mae_cfg) -> None:
+    avail = _random_available(256, 8, 3)
+    n_avail = avail.sum(1)
+    off = model.random_masking(avail, torch.Generator().manual_seed(4))
+    # p = 1: every sample with two or more sequences drops exactly one; a lone sequence is never dropped
+    model.config = mae_cfg.replace(single_drop_prob=1.0)
+    one = model.random_masking(avail, torch.Generator().manual_seed(4))
+    _check_invariants(one, avail, 0.75, 0.5)
+    assert torch.equal(one["dropped"].sum(1), (n_avail >= 2).long())
+    # p = 0.5: about half the samples, the rest keep the uniform count
+    model.config = mae_cfg.replace(single_drop_prob=0.5)
+    half = model.random_masking(avail, torch.Generator().manual_seed(4))
+    _check_invariants(half, avail, 0.75, 0.5)
+    multi = n_avail >= 4  # the uniform count is 1 for at most 1 in 3 of these
+    share_one = float((half["dropped"][multi].sum(1) == 1).float().mean())
+    share_off = float((off["dropped"][multi].sum(1) == 1).float().mean())
+    assert share_one > share_off + 0.25
+    # p = 0 (the default) draws nothing extra: the masks replay a run made before the option existed
+    model.config = mae_cfg.replace(single_drop_prob=0.0)
+    again = model.random_masking(avail, torch.Generator().manual_seed(4))
+    assert all(torch.equal(again[k], off[k]) for k in off)
+
+
 def test_dirichlet_split_is_uneven_and_capped(model, mae_cfg) -> None:
     model.config = mae_cfg.replace(dirichlet_alpha=0.2, mask_ratio=0.5, sequence_drop=0.0)
     avail = torch.ones(32, 4, dtype=torch.bool)
