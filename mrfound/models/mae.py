@@ -48,6 +48,9 @@ phantom, a 60-case imputation model (the recipe with a 256-wide decoder) synthes
 zero-initialised (target, present source, weight) table, so each source present moves each weight (a
 second-order contrast map). Measured on the 240-case phantom benchmark it did not calibrate the count:
 the offset at three to six sources grew and the mean liver PSNR fell (README); kept, off, as the record.
+Nor did training in the imputation regime (``single_drop_prob``): with 80 % of the samples dropping one
+sequence the arterial liver still came out +0.022 too bright from seven sources, so the source count is not
+the main cause of that offset (README).
 
 **Per-voxel source features (option, ``source_features`` H > 0).** The mix above weighs a whole source patch
 alike, so inside one patch it maps every tissue with the same weights: a hepatic vein bright in the portal
