@@ -13,6 +13,10 @@ embeddings 0.5 with the 75 % mask 14.3; all four (the default) 17.6. ``--mae '{"
 gives the plain raw-loss model, ``--mae '{}'`` the library default (per-patch normalised voxels plus the
 stats head).
 
+``--extra-unlabeled N`` adds N simulated cases from another cohort seed (``u``-prefixed ids, no subject
+shared with the split) to pretraining and to the baselines' fits, to measure what more unlabeled data buys;
+the held-out cases are the same.
+
 For every held-out case and every sequence it has (with at least one other), that sequence is hidden and
 synthesised from the case's other sequences over the whole volume (:func:`mrfound.inference.
 synthesise_volume`, the function behind ``mrfound impute``), and compared with the real one inside the
@@ -188,7 +192,7 @@ def fov_mask(path: Any, grid_affine: np.ndarray, grid_shape: tuple[int, ...]) ->
 
 def pretrain_model(
     run: Path,
-    manifest: Path,
+    manifests: list[Path],
     *,
     sequences: tuple[str, ...] | None,
     spacing: float,
@@ -215,7 +219,7 @@ def pretrain_model(
             overrides["sequences"] = list(sequences)
         cfg = PretrainConfig(
             out=str(run),
-            manifest=[str(manifest)],
+            manifest=[str(m) for m in manifests],
             model="tiny",
             model_overrides=overrides,
             mae=dict(mae),
@@ -258,6 +262,8 @@ def _tag(args: argparse.Namespace) -> str:
     variant: dict[str, Any] = {"mae": args.mae, "mp": args.mixed_precision}
     if args.lr != DEFAULT_LR:  # keeps the folder names of runs made before --lr existed
         variant["lr"] = args.lr
+    if args.extra_unlabeled:  # likewise for --extra-unlabeled
+        variant["extra_unlabeled"] = args.extra_unlabeled
     key = json.dumps(variant, sort_keys=True)
     return (
         ""
@@ -548,15 +554,46 @@ def case_predictions(
     )
 
 
+EXTRA_SEED_OFFSET = 1000
+"""The extra unlabeled cohort's seed is the benchmark seed plus this (other anatomy, other subjects)."""
+
+
+def extra_cohort(b: dict[str, Any], work: Path, n: int, seed: int) -> tuple[Path, list[Any]]:
+    """Simulate ``n`` more cases (reused when present) that only pretraining and the baselines' fits see.
+
+    They come from another cohort seed with ``u``-prefixed case and subject ids, so no subject is shared
+    with the evaluation cohort and the held-out cases stay unseen.
+    """
+    from mrfound.data.manifest import read_manifest
+    from mrfound.data.phantom import PhantomConfig, generate_cohort
+
+    extra_seed = seed + EXTRA_SEED_OFFSET
+    cohort = work / f"phantom_extra_{n}_s{b['spacing_scale']:g}_seed{extra_seed}"
+    if not (cohort / "manifest.csv").is_file():
+        generate_cohort(
+            cohort,
+            n,
+            seed=extra_seed,
+            config=PhantomConfig(spacing_scale=b["spacing_scale"], id_prefix="u"),
+            workers=min(2, os.cpu_count() or 1),
+        )
+    return cohort / "manifest.csv", list(read_manifest(cohort / "manifest.csv").cases)
+
+
 def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict[str, Any]:
     from mrfound.data.preprocess import preprocess_case
     from mrfound.data.sequences import SEQUENCES
 
     split = phantom_split(b, work, args.seed)
     train_cases, test_cases = split.train_cases, split.test_cases
+    manifests = [split.train_csv]
+    if args.extra_unlabeled:
+        extra_csv, extra = extra_cohort(b, work, args.extra_unlabeled, args.seed)
+        manifests.append(extra_csv)
+        train_cases = train_cases + extra  # the baselines fit on every case pretraining sees
     mae, pre_info, wrapped = pretrain_model(
         work / f"pretrain_phantom_{b['cases']}_n{b['steps']}_s{b['spacing']:g}_r{b['roi']}{_tag(args)}",
-        split.train_csv,
+        manifests,
         sequences=None,
         spacing=b["spacing"],
         roi=b["roi"],
@@ -619,7 +656,8 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
         entry["nearest_ranking"] = stats.nearest_rank[name]
         per_seq[name] = entry
     return {
-        "n_train_cases": len(train_cases),
+        "n_train_cases": len(split.train_cases),
+        "n_extra_unlabeled_cases": args.extra_unlabeled,
         "n_test_cases": len(test_cases),
         "test_cases": [c.case for c in test_cases],
         "split": "GroupShuffleSplit by subject",
@@ -756,6 +794,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--skip-tristan", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--extra-unlabeled",
+        type=int,
+        default=0,
+        metavar="N",
+        help="simulate N more cases (another seed, no shared subject) for pretraining and the baselines' "
+        "fits only; the held-out cases are unchanged",
+    )
+    ap.add_argument(
         "--mae",
         default=json.dumps(IMPUTATION_MAE),
         help="JSON MAEConfig overrides for pretraining (default: the imputation recipe IMPUTATION_MAE; "
@@ -799,6 +845,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.cases < 4:
             raise SystemExit(f"--cases must be >= 4 (some to train on, some held out), got {args.cases}")
         b["cases"] = args.cases
+    if args.extra_unlabeled < 0:
+        raise SystemExit(f"--extra-unlabeled must be >= 0, got {args.extra_unlabeled}")
     b["lr"] = args.lr
     work = Path(args.work) / args.budget
     work.mkdir(parents=True, exist_ok=True)

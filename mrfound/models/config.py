@@ -211,11 +211,10 @@ class MAEConfig(_ConfigBase):
         single_drop_prob: Probability that a sample drops exactly one sequence instead (when it has two
             or more available): the imputation regime, one sequence synthesised from all the others.
             With the uniform count alone a dropped sequence is rarely synthesised from every other one
-            (with 8 sequences and ``sequence_drop`` 0.75, 1 in 21 dropped targets), and a source mix
-            fitted to few sources adds too much of seven (see ``mrfound.models.mae``). 0 = off, the
-            uniform count only (and no extra random draw, so older runs replay exactly). On the 240-case
-            phantom imputation benchmark 0.8 added 0.09 dB mean liver PSNR to ``source_features`` 16 and
-            did not close t1_art (README).
+            (with 8 sequences and ``sequence_drop`` 0.75, 1 in 21 dropped targets). 0 = off, the uniform
+            count only (and no extra random draw, so older runs replay exactly). On the 240-case phantom
+            imputation benchmark 0.8 added 0.09 dB mean liver PSNR to ``source_features`` 16 but did not
+            close t1_art, nor remove its liver offset at seven sources (README; ``mrfound.models.mae``).
         dirichlet_alpha: If set, the visible tokens are split across the kept sequences with
             proportions drawn from Dirichlet(alpha) (MultiMAE); ``None`` = uniform over all kept tokens.
         norm_pix_loss: Targets are per-patch normalised voxels (MAE). The decoder then also predicts

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from testutils import load_module
 
@@ -115,3 +116,21 @@ def test_split_baselines_and_case_predictions_without_a_model(imp, tmp_path: Pat
     assert cp.region.any() and not (cp.region & ~(s["mask"][0] > 0)).any()  # scored inside the liver only
     alone = dict(s, available=np.eye(len(SEQUENCES), dtype=bool)[t])  # nothing left to synthesise from
     assert imp.case_predictions(case, alone, t, None, stats, tuple(pp.clip), methods=methods) is None
+
+
+@pytest.mark.slow
+def test_extra_unlabeled_cases_reach_pretraining_but_not_the_held_out_split(imp, tmp_path: Path) -> None:
+    argv = ["--budget", "tiny", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r"), "--threads", "1"]
+    doc = imp.main([*argv, "--cases", "8", "--extra-unlabeled", "3", "--skip-tristan"])
+    ph = doc["phantom"]
+    assert ph["n_extra_unlabeled_cases"] == 3 and ph["n_train_cases"] + ph["n_test_cases"] == 8
+    [run] = (tmp_path / "w" / "tiny").glob("pretrain_phantom_8_*")
+    manifests = json.loads((run / "config.json").read_text())["manifest"]
+    assert len(manifests) == 2
+    extra = pd.read_csv(manifests[1])
+    cohort = pd.read_csv(Path(manifests[0]).parent / "manifest.csv")
+    assert len(extra) == 3 and extra["case"].str.startswith("uph").all()
+    assert not set(extra["subject"]) & set(cohort["subject"]), "no subject shared with the evaluated cohort"
+    assert not set(ph["test_cases"]) & set(extra["case"])
+    with pytest.raises(SystemExit, match="--extra-unlabeled"):
+        imp.main([*argv, "--extra-unlabeled", "-1"])
