@@ -55,7 +55,7 @@ Prints one JSON object (command line, budget, machine, load average) and writes 
 Usage::
 
     .venv/bin/python benchmarks/imputation.py [--budget tiny|small|full] [--cases N] [--steps N]
-        [--skip-tristan] [--skip-phantom]
+        [--skip-tristan] [--skip-phantom] [--extra-unlabeled N]
 """
 
 from __future__ import annotations
