@@ -255,15 +255,16 @@ def pretrain_model(
     return model, json.loads(info_path.read_text()), MRFoundModel(model, config, device="cpu")
 
 
-def _tag(args: argparse.Namespace) -> str:
-    """Run-folder suffix of the pretraining variant (so a cached run is reused only for the same one)."""
+def _tag(args: argparse.Namespace, extra_unlabeled: int = 0) -> str:
+    """Run-folder suffix of the pretraining variant (so a cached run is reused only for the same one);
+    ``extra_unlabeled``: the extra phantom cases pretraining also sees (phantom part only)."""
     import hashlib
 
     variant: dict[str, Any] = {"mae": args.mae, "mp": args.mixed_precision}
     if args.lr != DEFAULT_LR:  # keeps the folder names of runs made before --lr existed
         variant["lr"] = args.lr
-    if args.extra_unlabeled:  # likewise for --extra-unlabeled
-        variant["extra_unlabeled"] = args.extra_unlabeled
+    if extra_unlabeled:  # likewise for --extra-unlabeled
+        variant["extra_unlabeled"] = extra_unlabeled
     key = json.dumps(variant, sort_keys=True)
     return (
         ""
@@ -591,8 +592,9 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
         extra_csv, extra = extra_cohort(b, work, args.extra_unlabeled, args.seed)
         manifests.append(extra_csv)
         train_cases = train_cases + extra  # the baselines fit on every case pretraining sees
+    tag = _tag(args, args.extra_unlabeled)
     mae, pre_info, wrapped = pretrain_model(
-        work / f"pretrain_phantom_{b['cases']}_n{b['steps']}_s{b['spacing']:g}_r{b['roi']}{_tag(args)}",
+        work / f"pretrain_phantom_{b['cases']}_n{b['steps']}_s{b['spacing']:g}_r{b['roi']}{tag}",
         manifests,
         sequences=None,
         spacing=b["spacing"],
@@ -726,7 +728,7 @@ def run_tristan(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
         halves[half] = read_manifest(csv, vocab).cases[0]
     mae, pre_info, wrapped = pretrain_model(
         work / f"pretrain_tristan_n{b['tristan_steps']}_s{b['tristan_spacing']:g}_r{b['roi']}{_tag(args)}",
-        folder / "train.csv",
+        [folder / "train.csv"],
         sequences=TRISTAN_FAS,
         spacing=b["tristan_spacing"],
         roi=b["roi"],
