@@ -400,24 +400,30 @@ class PhantomSplit:
     simulate_s: float
 
 
+def simulate_once(cohort: Path, n: int, seed: int, spacing_scale: float, id_prefix: str = "") -> None:
+    """Simulate an ``n``-case phantom cohort into ``cohort`` unless its manifest is already there."""
+    from mrfound.data.phantom import PhantomConfig, generate_cohort
+
+    if not (cohort / "manifest.csv").is_file():
+        generate_cohort(
+            cohort,
+            n,
+            seed=seed,
+            config=PhantomConfig(spacing_scale=spacing_scale, id_prefix=id_prefix),
+            workers=min(2, os.cpu_count() or 1),
+        )
+
+
 def phantom_split(b: dict[str, Any], work: Path, seed: int) -> PhantomSplit:
     """Simulate the budget's cohort under ``work`` (reused when present) and split it by subject."""
     from sklearn.model_selection import GroupShuffleSplit
 
     from mrfound.data.manifest import read_manifest
-    from mrfound.data.phantom import PhantomConfig, generate_cohort
     from mrfound.utils.io import atomic_write_text
 
     t0 = time.time()
     cohort = work / f"phantom_{b['cases']}_s{b['spacing_scale']:g}_seed{seed}"
-    if not (cohort / "manifest.csv").is_file():
-        generate_cohort(
-            cohort,
-            b["cases"],
-            seed=seed,
-            config=PhantomConfig(spacing_scale=b["spacing_scale"]),
-            workers=min(2, os.cpu_count() or 1),
-        )
+    simulate_once(cohort, b["cases"], seed, b["spacing_scale"])
     t_sim = time.time() - t0
     man = read_manifest(cohort / "manifest.csv")
     groups = [c.subject for c in man.cases]
@@ -566,18 +572,10 @@ def extra_cohort(b: dict[str, Any], work: Path, n: int, seed: int) -> tuple[Path
     with the evaluation cohort and the held-out cases stay unseen.
     """
     from mrfound.data.manifest import read_manifest
-    from mrfound.data.phantom import PhantomConfig, generate_cohort
 
     extra_seed = seed + EXTRA_SEED_OFFSET
     cohort = work / f"phantom_extra_{n}_s{b['spacing_scale']:g}_seed{extra_seed}"
-    if not (cohort / "manifest.csv").is_file():
-        generate_cohort(
-            cohort,
-            n,
-            seed=extra_seed,
-            config=PhantomConfig(spacing_scale=b["spacing_scale"], id_prefix="u"),
-            workers=min(2, os.cpu_count() or 1),
-        )
+    simulate_once(cohort, n, extra_seed, b["spacing_scale"], id_prefix="u")
     return cohort / "manifest.csv", list(read_manifest(cohort / "manifest.csv").cases)
 
 
