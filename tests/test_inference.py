@@ -372,6 +372,66 @@ def test_synthesis_of_one_window_equals_reconstruct(models) -> None:
         inf.synthesise_volume(mae, image, np.eye(8, dtype=bool)[5], target=5)
 
 
+def test_synthesis_with_local_contrast_is_the_shrunk_synthesis(models) -> None:
+    mae = models["autoencoder"].model
+    image = np.random.default_rng(1).random((8, ROI, ROI, ROI), dtype=np.float32)
+    available = np.array([1, 1, 1, 1, 0, 1, 1, 0], dtype=bool)
+    plain = inf.synthesise_volume(mae, image, available, target=5, clip=(0.0, 1.5))
+    shrunk = inf.synthesise_volume(
+        mae, image, available, target=5, clip=(0.0, 1.5), local_contrast=(0.6, 2.0)
+    )
+    np.testing.assert_allclose(shrunk, inf.shrink_local_contrast(plain, 0.6, 2.0), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(shrunk, plain)
+
+
+def test_shrink_local_contrast_keeps_the_local_mean_and_scales_the_rest() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    vol = rng.random((12, 10, 8)).astype(np.float32)
+    np.testing.assert_array_equal(inf.shrink_local_contrast(vol, 1.0, 3.0), vol)
+    low = gaussian_filter(vol, 2.0, mode="nearest")
+    np.testing.assert_allclose(inf.shrink_local_contrast(vol, 0.0, 2.0), low, atol=1e-6)
+    half = inf.shrink_local_contrast(vol, 0.5, 2.0)
+    np.testing.assert_allclose(half - low, 0.5 * (vol - low), atol=1e-6)
+    assert half.dtype == np.float32 and vol.min() <= half.min() and half.max() <= vol.max()
+    const = np.full((6, 6, 6), 0.3, np.float32)
+    np.testing.assert_allclose(inf.shrink_local_contrast(const, 0.4, 1.5), const, atol=1e-7)
+    with pytest.raises(ConfigError, match="gain must be in"):
+        inf.shrink_local_contrast(vol, 1.2, 2.0)
+    with pytest.raises(ConfigError, match="sigma must be > 0"):
+        inf.shrink_local_contrast(vol, 0.5, 0.0)
+
+
+def test_local_contrast_mse_matches_the_shrunk_volumes_and_the_choice_follows_the_noise() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(2)
+    shape = (20, 20, 20)
+    truth = gaussian_filter(rng.normal(size=shape), 3.0).astype(np.float32)  # smooth anatomy
+    region = np.zeros(shape, bool)
+    region[4:16, 4:16, 4:16] = True
+    sigmas, gains = (1.0, 2.5), (1.0, 0.7, 0.4)
+    noisy = truth + 0.5 * truth.std() * rng.normal(size=shape).astype(np.float32)
+    table = inf.local_contrast_mse(noisy, truth, region, sigmas, gains)
+    assert table.shape == (2, 3)
+    for i, sg in enumerate(sigmas):
+        for j, g in enumerate(gains):
+            d = (inf.shrink_local_contrast(noisy, g, sg) - truth)[region].astype(np.float64)
+            direct = np.mean(d**2)
+            assert table[i, j] == pytest.approx(direct, rel=1e-4)
+    # a synthesis that carries noise the truth does not have is best shrunk; an exact one is best left alone
+    best = inf.choose_local_contrast([table], sigmas, gains)
+    assert best["gain"] < 1.0 and best["psnr"] > best["psnr_as_decoded"]
+    exact_mse = inf.local_contrast_mse(truth, truth, region, sigmas, gains)
+    exact = inf.choose_local_contrast([exact_mse], sigmas, gains)
+    assert exact["gain"] == 1.0 and exact["psnr"] == exact["psnr_as_decoded"]
+    with pytest.raises(ConfigError, match="at least one case"):
+        inf.choose_local_contrast([], sigmas, gains)
+    with pytest.raises(ConfigError, match="region is empty"):
+        inf.local_contrast_mse(noisy, truth, np.zeros(shape, bool), sigmas, gains)
+
+
 @pytest.mark.parametrize("roi,patch", [(64, 16), (32, 8), (16, 8), (96, 16)])
 def test_default_overlap_offsets_patch_grids(roi, patch) -> None:
     stride = int(roi * (1 - inf.default_overlap(roi, patch)))  # what MONAI computes

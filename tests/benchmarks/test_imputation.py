@@ -56,6 +56,23 @@ def test_tiny_budget_scores_every_method_and_records_the_recipe(imp, tmp_path: P
     assert ph["all_sequences_beat_both_baselines_psnr"] == all(
         e["beats_both_psnr"] for e in ph["per_sequence"].values()
     )
+    # mrfound_calibrated: each sequence's local-contrast shrinkage chosen on training cases, scored alike
+    calib = ph["local_contrast_calibration"]["per_sequence"]
+    assert calib, "some training case was calibrated on"
+    for seq, entry in ph["per_sequence"].items():
+        if seq not in calib:
+            continue
+        lc = entry["local_contrast"]
+        assert lc == calib[seq] and lc["gain"] in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
+        assert lc["psnr"] >= lc["psnr_as_decoded"]  # gain 1 is on the grid
+        if lc["gain"] == 1.0:  # the identity: the same synthesis
+            assert entry["psnr_mrfound_calibrated"] == entry["psnr_mrfound"]
+        assert entry["calibrated_beats_both_psnr"] == (
+            entry["psnr_mrfound_calibrated"] > max(entry["psnr_copy_nearest"], entry["psnr_mean_image"])
+        )
+    assert ph["calibrated_all_sequences_beat_both_baselines_psnr"] == all(
+        e.get("calibrated_beats_both_psnr", False) for e in ph["per_sequence"].values()
+    )
     if TRISTAN.is_dir():
         rows = doc["tristan"]["per_flip_angle"]
         assert len(rows) == 5
