@@ -745,6 +745,7 @@ def impute(
     *,
     overlap: float | None = None,
     sw_batch_size: int = 4,
+    local_contrast: tuple[float, float] | None = None,
 ) -> nib.Nifti1Image:
     """Synthesise ``sequence`` for a case from its other sequences, on the case's reference grid.
 
@@ -754,11 +755,16 @@ def impute(
         sequence: Sequence to synthesise (name or alias).
         overlap: Sliding-window overlap (default :func:`default_overlap`).
         sw_batch_size: Windows per forward pass.
+        local_contrast: ``(gain, sigma in mm)``: keep only ``gain`` of the synthesis' contrast around
+            its Gaussian local mean (:func:`shrink_local_contrast`, on the preprocessing grid), e.g. the
+            per-sequence values ``benchmarks/imputation.py`` chooses on training cases; default: as decoded.
 
     Returns:
         ``nibabel.Nifti1Image`` (float32, normalised units) with the reference sequence's affine and shape.
     """
-    img, _ = _impute_case(model, case, sequence, overlap=overlap, sw_batch_size=sw_batch_size)
+    img, _ = _impute_case(
+        model, case, sequence, overlap=overlap, sw_batch_size=sw_batch_size, local_contrast=local_contrast
+    )
     return img
 
 
@@ -770,18 +776,43 @@ def _impute_case(
     overlap: float | None,
     sw_batch_size: int,
     case_id: str | None = None,
+    local_contrast: tuple[float, float] | None = None,
 ) -> tuple[nib.Nifti1Image, PreparedCase]:
     _require(model, ("autoencoder",), "impute")
     target, t_idx = _target_index(model, sequence)
+    lc = _local_contrast_voxels(model, local_contrast)
     prepared = prepare_case(model, case, case_id=case_id, exclude=(target,))
-    out = _synthesise_on_reference_grid(model, prepared, t_idx, overlap, sw_batch_size)
+    out = _synthesise_on_reference_grid(model, prepared, t_idx, overlap, sw_batch_size, lc)
     return _nifti(out.astype(np.float32), prepared.ref_affine), prepared
 
 
+def _local_contrast_voxels(
+    model: MRFoundModel, local_contrast: tuple[float, float] | None
+) -> tuple[float, float] | None:
+    """``(gain, sigma mm)`` -> ``(gain, sigma in preprocessing voxels)``, checked before any case is read."""
+    if local_contrast is None:
+        return None
+    try:
+        gain, sigma_mm = (float(v) for v in local_contrast)
+    except (TypeError, ValueError):
+        raise ConfigError(f"local_contrast must be (gain, sigma in mm), got {local_contrast!r}") from None
+    if not 0.0 <= gain <= 1.0:
+        raise ConfigError(f"local-contrast gain must be in [0, 1], got {gain}")
+    if not sigma_mm > 0:
+        raise ConfigError(f"local-contrast sigma must be > 0 mm, got {sigma_mm}")
+    return gain, sigma_mm / float(model.preprocessing.spacing)
+
+
 def _synthesise_on_reference_grid(
-    model: MRFoundModel, prepared: PreparedCase, t_idx: int, overlap: float | None, sw_batch_size: int
+    model: MRFoundModel,
+    prepared: PreparedCase,
+    t_idx: int,
+    overlap: float | None,
+    sw_batch_size: int,
+    local_contrast: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """Synthesise sequence ``t_idx`` of a prepared case and resample it onto its reference grid."""
+    """Synthesise sequence ``t_idx`` of a prepared case and resample it onto its reference grid
+    (``local_contrast``: gain and sigma in voxels of the preprocessing grid)."""
     vol = synthesise_volume(
         model.model,
         prepared.sample["image"],
@@ -791,6 +822,7 @@ def _synthesise_on_reference_grid(
         sw_batch_size=sw_batch_size,
         device=model.device,
         clip=tuple(model.preprocessing.clip),
+        local_contrast=local_contrast,
     )
     return resample_to_grid(
         vol, prepared.sample["affine"], prepared.ref_affine, prepared.ref_shape, nearest=False
@@ -1156,6 +1188,7 @@ def impute_manifest(
     sw_batch_size: int = 4,
     num_workers: int = 0,
     progress: bool | None = None,
+    local_contrast: tuple[float, float] | None = None,
 ) -> ImputeSummary:
     """Synthesise ``sequence`` for every case; write ``out/<case>_<sequence>.nii.gz`` (each atomically).
 
@@ -1169,6 +1202,7 @@ def impute_manifest(
         sw_batch_size: Windows per forward pass.
         num_workers: DataLoader workers preprocessing ahead.
         progress: Progress bar (default: only on a terminal).
+        local_contrast: ``(gain, sigma in mm)``, see :func:`impute`.
     """
     from tqdm.auto import tqdm
 
@@ -1179,6 +1213,7 @@ def impute_manifest(
     t0 = time.time()
     _require(model, ("autoencoder",), "impute")
     target, t_idx = _target_index(model, sequence)
+    lc = _local_contrast_voxels(model, local_contrast)
     man = _as_manifest(model, manifest)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -1198,7 +1233,7 @@ def impute_manifest(
                 rows.append([item["case"], "", "", "", "", item["error"]])
                 continue
             prepared: PreparedCase = item["prepared"]
-            res = _synthesise_on_reference_grid(model, prepared, t_idx, overlap, sw_batch_size)
+            res = _synthesise_on_reference_grid(model, prepared, t_idx, overlap, sw_batch_size, lc)
             path = _save_nifti(out / f"{safe_name(prepared.case)}_{target}.nii.gz", res, prepared.ref_affine)
             files.append(path)
             rows.append(

@@ -342,6 +342,22 @@ def test_impute_on_reference_grid_and_hides_the_target(models, cohort) -> None:
     np.testing.assert_array_equal(np.asarray(model.impute(noisy, "t2").dataobj), vol)
 
 
+def test_impute_with_local_contrast_shrinks_the_same_synthesis(models, cohort) -> None:
+    case = next(c for c in read_manifest(cohort).cases if "t2" in c.sequences and len(c.sequences) > 2)
+    model = models["autoencoder"]
+    plain = np.asarray(model.impute(case, "t2").dataobj)
+    same = np.asarray(model.impute(case, "t2", local_contrast=(1.0, 12.0)).dataobj)
+    np.testing.assert_array_equal(same, plain)  # gain 1: as decoded
+    shrunk = np.asarray(model.impute(case, "t2", local_contrast=(0.5, 12.0)).dataobj)
+    assert shrunk.shape == plain.shape and not np.allclose(shrunk, plain)
+    # half the contrast around the local mean: the voxel-to-voxel differences shrink
+    assert np.abs(np.diff(shrunk, axis=0)).mean() < np.abs(np.diff(plain, axis=0)).mean()
+    bad_values = {(1.5, 12.0): "gain must be in", (0.5, 0.0): "sigma must be > 0 mm", (0.5,): "gain, sigma"}
+    for bad, msg in bad_values.items():
+        with pytest.raises(ConfigError, match=msg):
+            model.impute(case, "t2", local_contrast=bad)
+
+
 def test_impute_manifest_writes_files_and_table(models, cohort, tmp_path) -> None:
     out = tmp_path / "imp"
     summary = inf.impute_manifest(models["autoencoder"], cohort, "t1_art", out)

@@ -26,6 +26,16 @@ def test_impute_writes_volumes_on_reference_grids(inference_setup, run_command, 
         assert row.reference_sequence == first
 
 
+def test_impute_local_contrast_option_changes_the_volumes(inference_setup, run_command, tmp_path) -> None:
+    plain, shrunk = tmp_path / "plain", tmp_path / "shrunk"
+    assert run_command("impute", "autoencoder", plain, "--sequence", "t1_art") == 0
+    lc = ("--local-contrast", "0.6", "12")
+    assert run_command("impute", "autoencoder", shrunk, "--sequence", "t1_art", *lc) == 0
+    for f in sorted(plain.glob("*.nii.gz")):
+        a, b = np.asarray(nib.load(str(f)).dataobj), np.asarray(nib.load(str(shrunk / f.name)).dataobj)
+        assert a.shape == b.shape and not np.allclose(a, b)
+
+
 @pytest.mark.parametrize(
     "which,extra,message",
     [
@@ -33,6 +43,7 @@ def test_impute_writes_volumes_on_reference_grids(inference_setup, run_command, 
         ("autoencoder", ["--sequence", "flair"], "unknown sequence 'flair'"),
         ("autoencoder", ["--sequence", "t2", "--sw-batch-size", "0"], "--sw-batch-size must be >= 1"),
         ("autoencoder", ["--sequence", "t2", "--overlap", "1.5"], "--overlap must be in"),
+        ("autoencoder", ["--sequence", "t2", "--local-contrast", "1.5", "12"], "gain must be in [0, 1]"),
     ],
 )
 def test_impute_bad_input_one_line_exit_2(run_command, tmp_path, capsys, which, extra, message) -> None:
