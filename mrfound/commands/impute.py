@@ -10,7 +10,7 @@ EXAMPLES = """examples:
       writes synth/<case>_t1_art.nii.gz for every case, on the grid of the case's reference sequence (its
       first available sequence, exact affine and shape), and synth/imputed_t1_art.csv
   mrfound impute --checkpoint runs/pre/final --manifest new.csv --sequence "C+A" --out synth/ --on-error skip
-  mrfound impute --checkpoint runs/pre/final --manifest m.csv --sequence t1_art --out s/ --local-contrast 0.6 20
+  mrfound impute --checkpoint runs/pre/final --manifest m.csv --sequence C+A --out s/ --local-contrast 0.6 20
       keeps 60 % of the synthesis' contrast around its 20 mm Gaussian local mean: a synthesis cannot know
       where the hidden sequence's breath-hold put each vessel, nor how far its contrast bolus had come, and
       the shrinkage benchmarks/imputation.py chooses per sequence on training cases lowers the error
