@@ -559,15 +559,19 @@ def shrink_local_contrast(volume: np.ndarray, gain: float, sigma: float) -> np.n
     """
     from scipy.ndimage import gaussian_filter
 
-    if not 0.0 <= gain <= 1.0:
-        raise ConfigError(f"local-contrast gain must be in [0, 1], got {gain}")
-    if not sigma > 0:
-        raise ConfigError(f"local-contrast sigma must be > 0 voxels, got {sigma}")
+    _check_local_contrast(gain, sigma, "voxels")
     vol = np.asarray(volume, dtype=np.float32)
     if gain == 1.0:
         return vol
     low = gaussian_filter(vol, sigma, mode="nearest")
     return (gain * vol + (1.0 - gain) * low).astype(np.float32)
+
+
+def _check_local_contrast(gain: float, sigma: float, unit: str) -> None:
+    if not 0.0 <= gain <= 1.0:
+        raise ConfigError(f"local-contrast gain must be in [0, 1], got {gain}")
+    if not sigma > 0:
+        raise ConfigError(f"local-contrast sigma must be > 0 {unit}, got {sigma}")
 
 
 def local_contrast_mse(
@@ -796,10 +800,7 @@ def _local_contrast_voxels(
         gain, sigma_mm = (float(v) for v in local_contrast)
     except (TypeError, ValueError):
         raise ConfigError(f"local_contrast must be (gain, sigma in mm), got {local_contrast!r}") from None
-    if not 0.0 <= gain <= 1.0:
-        raise ConfigError(f"local-contrast gain must be in [0, 1], got {gain}")
-    if not sigma_mm > 0:
-        raise ConfigError(f"local-contrast sigma must be > 0 mm, got {sigma_mm}")
+    _check_local_contrast(gain, sigma_mm, "mm")
     return gain, sigma_mm / float(model.preprocessing.spacing)
 
 
