@@ -16,9 +16,10 @@ model, ``--mae '{}'`` the library default (per-patch normalised voxels plus the 
 
 ``mrfound_calibrated`` is the same synthesis with its local contrast shrunk
 (:func:`mrfound.inference.shrink_local_contrast`, what ``mrfound impute --local-contrast`` applies): per
-target sequence the gain (0.4-1) and Gaussian width (8-32 mm) with the best mean liver PSNR on about
-``--calibration-cases`` training cases, each sequence hidden in turn as at test time; nothing is chosen
-on held-out cases.
+target sequence the gain (0.4-1) and Gaussian width (8-64 mm; 8-32 mm before 2026-12-07) with the best
+mean liver PSNR on about ``--calibration-cases`` training cases, each sequence hidden in turn as at test
+time (:func:`mrfound.calibration.calibrate_local_contrast`, what ``mrfound calibrate`` stores in a
+checkpoint); nothing is chosen on held-out cases.
 
 ``--extra-unlabeled N`` adds N simulated cases from another cohort seed (``u``-prefixed ids, no subject
 shared with the split) to pretraining and to the baselines' fits, to measure what more unlabeled data buys;
@@ -82,6 +83,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PHANTOM_FOREGROUND, choose_threads, resolve_autocast  # noqa: E402
 
+# fov_mask: also for the results/ scripts, which call it as im.fov_mask
+from mrfound.calibration import LOCAL_CONTRAST_WIDTHS_MM, fov_mask  # noqa: E402
 from mrfound.utils.machine import load_average as _load  # noqa: E402
 from mrfound.utils.machine import machine_info  # noqa: E402
 
@@ -188,16 +191,6 @@ def corr(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------------------------------
 # shared pieces
-
-
-def fov_mask(path: Any, grid_affine: np.ndarray, grid_shape: tuple[int, ...]) -> np.ndarray:
-    """Voxels of the common grid inside a sequence's own field of view."""
-    from mrfound.data.readers import read_header
-    from mrfound.inference import resample_to_grid
-
-    h = read_header(path)
-    ones = np.ones(h.shape, dtype=np.float32)
-    return resample_to_grid(ones, h.affine, grid_affine, grid_shape, nearest=True) > 0.5
 
 
 def pretrain_model(
@@ -401,8 +394,6 @@ PHANTOM_METHODS = ("mrfound", "copy_nearest", "mean_image", "mean_image_liver_al
 BASELINES_OF_THE_GOAL = ("copy_nearest", "mean_image")
 """The two simple baselines issue 5 asks imputation to beat on every sequence."""
 
-LOCAL_CONTRAST_SIGMAS_MM = (8.0, 12.0, 20.0, 32.0)
-"""Widths of the local mean that ``mrfound_calibrated`` tries (mm; gains: the library's default grid)."""
 
 
 @dataclasses.dataclass
@@ -582,35 +573,20 @@ def _beats_goal_baselines(entry: dict[str, Any], method: str) -> bool:
     return bool(entry[f"psnr_{method}"] > max(entry[f"psnr_{b}"] for b in BASELINES_OF_THE_GOAL))
 
 
-def calibrate_local_contrast(
-    cases: list[Any], pp: Any, mae: Any, stats: BaselineStats, n: int
-) -> dict[str, dict[str, float]]:
+def calibrate_local_contrast(cases: list[Any], model: Any, n: int) -> dict[str, dict[str, float]]:
     """Per target sequence, the local-contrast shrinkage of mrfound's synthesis that scores best in the liver
-    of about ``n`` training cases (spread over the list), each sequence hidden in turn as at test time.
+    of about ``n`` training cases (spread over the list), each sequence hidden in turn as at test time: the
+    library's :func:`mrfound.calibration.calibrate_local_contrast`, what ``mrfound calibrate`` stores.
 
     Returns:
         sequence -> ``gain``, ``sigma`` (voxels), ``sigma_mm``, ``psnr`` and ``psnr_as_decoded`` on those
         cases, ``n_cases``.
     """
-    from mrfound.data.preprocess import preprocess_case
-    from mrfound.data.sequences import SEQUENCES
-    from mrfound.inference import choose_local_contrast, local_contrast_mse
+    from mrfound.calibration import calibrate_local_contrast as calibrate
 
-    sigmas = [mm / pp.spacing for mm in LOCAL_CONTRAST_SIGMAS_MM]
-    mse: dict[str, list[np.ndarray]] = {}
-    for c in cases[:: max(1, len(cases) // max(n, 1))][:n]:
-        s = preprocess_case(c, pp)
-        for t in np.flatnonzero(s["available"]):
-            cp = case_predictions(c, s, int(t), mae, stats, tuple(pp.clip), methods=("mrfound",))
-            if cp is not None:
-                mse.setdefault(SEQUENCES[t], []).append(
-                    local_contrast_mse(cp.preds["mrfound"], cp.truth, cp.region, sigmas)
-                )
-    out = {}
-    for name, m in mse.items():
-        best = choose_local_contrast(m, sigmas)
-        out[name] = best | {"sigma_mm": round(best["sigma"] * pp.spacing, 3), "n_cases": len(m)}
-    return out
+    res = calibrate(model, cases, region="liver", max_cases=n, progress=False)
+    spacing = float(model.preprocessing.spacing)
+    return {name: {**v, "sigma": v["sigma_mm"] / spacing} for name, v in res["sequences"].items()}
 
 
 EXTRA_SEED_OFFSET = 1000
@@ -667,7 +643,7 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
     t_stats = time.time() - t1
     # mrfound_calibrated: the synthesis with its local contrast shrunk as chosen on training cases
     t1 = time.time()
-    calib = calibrate_local_contrast(split.train_cases, pp, mae, stats, args.calibration_cases)
+    calib = calibrate_local_contrast(split.train_cases, wrapped, args.calibration_cases)
     t_calib = time.time() - t1
 
     # held-out cases
@@ -764,7 +740,7 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
         },
         "local_contrast_calibration": {
             "cases": "training cases (every k-th, about --calibration-cases), each sequence hidden in turn",
-            "sigmas_mm": list(LOCAL_CONTRAST_SIGMAS_MM),
+            "sigmas_mm": list(LOCAL_CONTRAST_WIDTHS_MM),
             "per_sequence": calib,
         },
         "timings_s": {

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "score predictions against a labelled manifest",
     "predict": "classify (and segment) new cases with a checkpoint",
     "impute": "synthesise a missing sequence for each case",
+    "calibrate": "calibrate imputation's local contrast per sequence and store it in the checkpoint",
     "demo": "run the whole story on a simulated cohort and write a report",
     "info": "show versions, the vocabularies, the model registry or a checkpoint's config",
 }

@@ -33,6 +33,11 @@ neighbouring windows do not coincide and the blend smooths the patch grid. If th
 the target sequence, it is hidden from the model (synthesis uses only the other sequences), which is
 how imputation is evaluated.
 
+A checkpoint calibrated by ``mrfound calibrate`` (:mod:`mrfound.calibration`) carries, per sequence,
+how much of the synthesis' local contrast to keep around a Gaussian local mean
+(:func:`shrink_local_contrast`); ``impute`` applies it by default (``local_contrast="auto"``), and
+``"none"`` or an explicit ``(gain, sigma mm)`` override it.
+
 Intensities of synthesised sequences are in the **case's normalised units** of preprocessing: per
 sequence, 0 and 1 are the 1st and 99th intensity percentiles inside the body (``PreprocessConfig.
 percentiles``), values clipped to ``PreprocessConfig.clip`` (default [0, 1.5]); air is ~0. A missing
@@ -749,7 +754,7 @@ def impute(
     *,
     overlap: float | None = None,
     sw_batch_size: int = 4,
-    local_contrast: tuple[float, float] | None = None,
+    local_contrast: tuple[float, float] | str | None = "auto",
 ) -> nib.Nifti1Image:
     """Synthesise ``sequence`` for a case from its other sequences, on the case's reference grid.
 
@@ -760,8 +765,10 @@ def impute(
         overlap: Sliding-window overlap (default :func:`default_overlap`).
         sw_batch_size: Windows per forward pass.
         local_contrast: ``(gain, sigma in mm)``: keep only ``gain`` of the synthesis' contrast around
-            its Gaussian local mean (:func:`shrink_local_contrast`, on the preprocessing grid), e.g. the
-            per-sequence values ``benchmarks/imputation.py`` chooses on training cases; default: as decoded.
+            its Gaussian local mean (:func:`shrink_local_contrast`, on the preprocessing grid);
+            ``"auto"`` (default): the checkpoint's calibration for ``sequence``
+            (``model.local_contrast``, written by ``mrfound calibrate``), as decoded if it has none;
+            ``None`` or ``"none"``: as decoded.
 
     Returns:
         ``nibabel.Nifti1Image`` (float32, normalised units) with the reference sequence's affine and shape.
@@ -780,14 +787,38 @@ def _impute_case(
     overlap: float | None,
     sw_batch_size: int,
     case_id: str | None = None,
-    local_contrast: tuple[float, float] | None = None,
+    local_contrast: tuple[float, float] | str | None = "auto",
 ) -> tuple[nib.Nifti1Image, PreparedCase]:
     _require(model, ("autoencoder",), "impute")
     target, t_idx = _target_index(model, sequence)
-    lc = _local_contrast_voxels(model, local_contrast)
+    lc = _local_contrast_voxels(model, resolve_local_contrast(model, target, local_contrast))
     prepared = prepare_case(model, case, case_id=case_id, exclude=(target,))
     out = _synthesise_on_reference_grid(model, prepared, t_idx, overlap, sw_batch_size, lc)
     return _nifti(out.astype(np.float32), prepared.ref_affine), prepared
+
+
+LOCAL_CONTRAST_MODES = ("auto", "none")
+"""String values of ``local_contrast``: the checkpoint's calibration, or the synthesis as decoded."""
+
+
+def resolve_local_contrast(
+    model: MRFoundModel, sequence: str, local_contrast: tuple[float, float] | str | None
+) -> tuple[float, float] | None:
+    """The ``(gain, sigma mm)`` to apply to a synthesis of ``sequence`` (None: as decoded).
+
+    ``"auto"`` takes the checkpoint's calibration of that sequence (``model.local_contrast``), if any;
+    ``"none"`` / ``None``: as decoded; a pair is used as given.
+    """
+    if isinstance(local_contrast, str):
+        if local_contrast not in LOCAL_CONTRAST_MODES:
+            raise ConfigError(
+                f"local_contrast must be (gain, sigma in mm) or one of {', '.join(LOCAL_CONTRAST_MODES)}, "
+                f"got {local_contrast!r}"
+            )
+        if local_contrast == "none":
+            return None
+        return getattr(model, "local_contrast", {}).get(sequence)
+    return local_contrast
 
 
 def _local_contrast_voxels(
@@ -1170,12 +1201,14 @@ class ImputeSummary:
         table: Path of ``out/imputed_<sequence>.csv`` (case, file, reference sequence, sources).
         skipped: ``(case, reason)`` of skipped cases.
         wall_s: Seconds.
+        local_contrast: The ``(gain, sigma mm)`` applied, or None (as decoded).
     """
 
     files: list[Path]
     table: Path
     skipped: list[tuple[str, str]]
     wall_s: float
+    local_contrast: tuple[float, float] | None = None
 
 
 def impute_manifest(
@@ -1189,7 +1222,7 @@ def impute_manifest(
     sw_batch_size: int = 4,
     num_workers: int = 0,
     progress: bool | None = None,
-    local_contrast: tuple[float, float] | None = None,
+    local_contrast: tuple[float, float] | str | None = "auto",
 ) -> ImputeSummary:
     """Synthesise ``sequence`` for every case; write ``out/<case>_<sequence>.nii.gz`` (each atomically).
 
@@ -1203,7 +1236,7 @@ def impute_manifest(
         sw_batch_size: Windows per forward pass.
         num_workers: DataLoader workers preprocessing ahead.
         progress: Progress bar (default: only on a terminal).
-        local_contrast: ``(gain, sigma in mm)``, see :func:`impute`.
+        local_contrast: ``(gain, sigma in mm)``, ``"auto"`` or ``"none"``, see :func:`impute`.
     """
     from tqdm.auto import tqdm
 
@@ -1214,7 +1247,8 @@ def impute_manifest(
     t0 = time.time()
     _require(model, ("autoencoder",), "impute")
     target, t_idx = _target_index(model, sequence)
-    lc = _local_contrast_voxels(model, local_contrast)
+    applied = resolve_local_contrast(model, target, local_contrast)
+    lc = _local_contrast_voxels(model, applied)
     man = _as_manifest(model, manifest)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -1253,4 +1287,4 @@ def impute_manifest(
         raise ManifestError(f"no case could be imputed ({len(skipped)} skipped){first}", path=str(man.path))
     table = out / f"imputed_{target}.csv"
     atomic_write_text(table, "\n".join(_csv_line(r) for r in rows) + "\n")
-    return ImputeSummary(files, table, skipped, time.time() - t0)
+    return ImputeSummary(files, table, skipped, time.time() - t0, None if applied is None else tuple(applied))

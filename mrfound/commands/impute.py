@@ -13,7 +13,8 @@ EXAMPLES = """examples:
   mrfound impute --checkpoint runs/pre/final --manifest m.csv --sequence C+A --out s/ --local-contrast 0.6 20
       keeps 60 % of the synthesis' contrast around its 20 mm Gaussian local mean: a synthesis cannot know
       where the hidden sequence's breath-hold put each vessel, nor how far its contrast bolus had come, and
-      the shrinkage benchmarks/imputation.py chooses per sequence on training cases lowers the error
+      such shrinkage, chosen per sequence on cases with the truth, lowers the error. mrfound calibrate
+      chooses it and stores it in the checkpoint; impute then applies it unless given --as-decoded
 
 The pretrained masked-modality autoencoder's decoder synthesises the sequence from whatever other
 sequences a case has, over the whole volume (sliding window, Gaussian blending). A case that already has
@@ -38,15 +39,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="raise: stop with an error at the first unusable case (default; 'stop' is a synonym); skip: "
         "set it aside",
     )
-    p.add_argument(
+    lc = p.add_mutually_exclusive_group()
+    lc.add_argument(
         "--local-contrast",
         nargs=2,
         type=float,
         metavar=("GAIN", "SIGMA_MM"),
         default=None,
         help="keep only GAIN (0-1) of the synthesis' contrast around its Gaussian local mean of width "
-        "SIGMA_MM: the shrinkage benchmarks/imputation.py chooses per sequence on training cases "
-        "(default: as decoded)",
+        "SIGMA_MM (default: the checkpoint's calibration of the sequence by mrfound calibrate, if any, "
+        "else as decoded)",
+    )
+    lc.add_argument(
+        "--as-decoded",
+        action="store_true",
+        help="ignore the checkpoint's calibration: the synthesis as the decoder gives it",
     )
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: see docs)")
     p.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward pass (4)")
@@ -71,11 +78,17 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         sw_batch_size=args.sw_batch_size,
         num_workers=args.num_workers,
-        local_contrast=args.local_contrast,
+        local_contrast="none" if args.as_decoded else (args.local_contrast or "auto"),
     )
     print(
         f"synthesised {len(summary.files)} volume(s) -> {summary.table.parent} (index: {summary.table.name})"
     )
+    if summary.local_contrast is None:
+        print("local contrast: as decoded")
+    else:
+        gain, sigma = summary.local_contrast
+        source = "given" if args.local_contrast else "the checkpoint's calibration"
+        print(f"local contrast: {gain:g} of it kept around a {sigma:g} mm local mean ({source})")
     if summary.skipped:
         print(f"skipped {len(summary.skipped)} case(s):")
         for case, reason in summary.skipped:

@@ -10,6 +10,8 @@
     vocabulary       mrfound.data.sequences.Vocabulary.to_dict()
     preprocessing    PreprocessConfig.to_dict() (spacing, ROI size, percentiles...)
     provenance       free-form: run, step, data, time, torch version...
+    local_contrast   optional, autoencoders: per-sequence imputation calibration (``mrfound calibrate``,
+                     :mod:`mrfound.calibration`), applied by ``impute`` by default
 
 Names are resolved by :func:`resolve_checkpoint`: an existing folder; ``hf://owner/repo[@revision]``
 through ``huggingface_hub.snapshot_download`` (only ``config.json`` and ``model.safetensors`` are

@@ -57,6 +57,8 @@ def argv(tiny_checkpoints, pretrain_opts):
             ]  # fmt: skip
         if command == "predict":
             return ["predict", "--checkpoint", clf, "--manifest", m, "--out", o, *on_error]
+        if command == "calibrate":  # no --on-error: it reads a sample of cases, each must be usable
+            return ["calibrate", "--checkpoint", mae, "--manifest", m, "--out", o]
         if command == "impute":
             return [
                 "impute",
@@ -89,7 +91,7 @@ def _assert_one_line_error(command: str, captured, fault) -> str:
 
 
 # ------------------------------------------------------------------------------------------ --on-error raise
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", [*COMMANDS, "calibrate"])
 def test_every_fault_is_one_line_exit_2_and_writes_nothing(
     command, fault_name, corpus, deny_access, argv, tmp_path, capsys, tree
 ):
