@@ -19,7 +19,6 @@ label > 0) or, label-free, in the body, in either case inside the hidden sequenc
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -259,14 +258,6 @@ def read_calibration(
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_store_target(checkpoint: str | os.PathLike, out: str | os.PathLike | None) -> None:
     """Fail early (before any case is read) where :func:`store_calibration` could not write.
 
@@ -307,7 +298,7 @@ def store_calibration(
     """
     from mrfound import __version__
     from mrfound.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config, resolve_checkpoint
-    from mrfound.utils.io import atomic_dir, atomic_write_json
+    from mrfound.utils.io import atomic_dir, atomic_write_json, file_sha256
 
     check_store_target(checkpoint, out)
     folder = resolve_checkpoint(checkpoint)
@@ -316,7 +307,7 @@ def store_calibration(
     entry = dict(calibration)
     entry.update(
         {
-            "weights_sha256": _sha256(weights),
+            "weights_sha256": file_sha256(weights),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "mrfound_version": __version__,
         }

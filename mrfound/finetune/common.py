@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from mrfound.errors import CheckpointError, ConfigError
 from mrfound.finetune.config import RANDOM_PREFIX
-from mrfound.utils.io import atomic_write_json, atomic_write_text
+from mrfound.utils.io import atomic_write_json, atomic_write_text, file_sha256
 
 
 @dataclass
@@ -52,11 +52,7 @@ class EncoderSource:
 
 
 def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def _preprocess_for(encoder: Any, cfg: Mapping[str, Any] | None) -> Any:

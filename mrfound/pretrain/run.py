@@ -23,7 +23,6 @@ Multi-process runs (``accelerate launch``) train data-parallel; only the main pr
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import shutil
 import subprocess
 import time
@@ -43,7 +42,7 @@ from mrfound.pretrain.trainer import (
     find_latest_checkpoint,
     make_accelerator,
 )
-from mrfound.utils.io import atomic_write_json
+from mrfound.utils.io import atomic_write_json, file_sha256
 
 EVAL_MASKING_SEED = 1234
 """Masking seed of held-out evaluations and figures (fixed so numbers and figures are comparable)."""
@@ -140,14 +139,6 @@ def split_by_subject(manifest: Any, fraction: float, seed: int) -> tuple[Any, An
     train = Manifest.from_cases([pick[i] for i in sorted(train_idx)], manifest.root, manifest.vocabulary)
     held = Manifest.from_cases([pick[i] for i in sorted(test_idx)], manifest.root, manifest.vocabulary)
     return train, held
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def git_commit() -> str | None:
@@ -343,7 +334,7 @@ def pretrain(
             "weights": "ema" if config.ema is not None else "last",
             "world_size": acc.num_processes,
             "mixed_precision": config.mixed_precision,
-            "data": [{"manifest": p, "sha256": _sha256(p)} for p in config.manifest],
+            "data": [{"manifest": p, "sha256": file_sha256(p)} for p in config.manifest],
             "train_cases": len(train_m),
             "heldout_cases": len(held_m) if held_m is not None else 0,
             "final_train_loss": result.last_logs.get("loss"),

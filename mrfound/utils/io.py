@@ -9,6 +9,7 @@ and removed only after the new folder is in place, so a crash leaves either the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -66,6 +67,15 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -
         raise
     fsync_dir(path.parent)
     return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
