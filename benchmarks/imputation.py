@@ -573,10 +573,13 @@ def _beats_goal_baselines(entry: dict[str, Any], method: str) -> bool:
     return bool(entry[f"psnr_{method}"] > max(entry[f"psnr_{b}"] for b in BASELINES_OF_THE_GOAL))
 
 
-def calibrate_local_contrast(cases: list[Any], model: Any, n: int) -> dict[str, dict[str, float]]:
+def calibrate_local_contrast(
+    cases: list[Any], model: Any, n: int, region: str = "liver"
+) -> dict[str, dict[str, float]]:
     """Per target sequence, the local-contrast shrinkage of mrfound's synthesis that scores best in the liver
-    of about ``n`` training cases (spread over the list), each sequence hidden in turn as at test time: the
-    library's :func:`mrfound.calibration.calibrate_local_contrast`, what ``mrfound calibrate`` stores.
+    (or ``region``) of about ``n`` training cases (spread over the list), each sequence hidden in turn as at
+    test time: the library's :func:`mrfound.calibration.calibrate_local_contrast`, what ``mrfound
+    calibrate`` stores. ``n`` 0: none.
 
     Returns:
         sequence -> ``gain``, ``sigma`` (voxels), ``sigma_mm``, ``psnr`` and ``psnr_as_decoded`` on those
@@ -584,7 +587,9 @@ def calibrate_local_contrast(cases: list[Any], model: Any, n: int) -> dict[str, 
     """
     from mrfound.calibration import calibrate_local_contrast as calibrate
 
-    res = calibrate(model, cases, region="liver", max_cases=n, progress=False)
+    if n == 0:
+        return {}
+    res = calibrate(model, cases, region=region, max_cases=n, progress=False)
     spacing = float(model.preprocessing.spacing)
     return {name: {**v, "sigma": v["sigma_mm"] / spacing} for name, v in res["sequences"].items()}
 
@@ -643,7 +648,9 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
     t_stats = time.time() - t1
     # mrfound_calibrated: the synthesis with its local contrast shrunk as chosen on training cases
     t1 = time.time()
-    calib = calibrate_local_contrast(split.train_cases, wrapped, args.calibration_cases)
+    calib = calibrate_local_contrast(
+        split.train_cases, wrapped, args.calibration_cases, region=args.calibration_region
+    )
     t_calib = time.time() - t1
 
     # held-out cases
@@ -740,6 +747,7 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
         },
         "local_contrast_calibration": {
             "cases": "training cases (every k-th, about --calibration-cases), each sequence hidden in turn",
+            "region": args.calibration_region,
             "sigmas_mm": list(LOCAL_CONTRAST_WIDTHS_MM),
             "per_sequence": calib,
         },
@@ -878,6 +886,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=48,
         help="training cases on which mrfound_calibrated chooses each sequence's local-contrast gain "
         "(0: off)",
+    )
+    ap.add_argument(
+        "--calibration-region",
+        choices=("liver", "body"),
+        default="liver",
+        help="where the calibration scores the training cases: liver (mask) or, label-free, body; the "
+        "evaluation is in the liver either way (liver)",
     )
     ap.add_argument("--mixed-precision", choices=("no", "bf16"), default="bf16", help="pretraining autocast")
     ap.add_argument(

@@ -58,6 +58,8 @@ def test_tiny_budget_scores_every_method_and_records_the_recipe(imp, tmp_path: P
     )
     # mrfound_calibrated: each sequence's local-contrast shrinkage chosen on training cases, scored alike
     calib = ph["local_contrast_calibration"]["per_sequence"]
+    assert ph["local_contrast_calibration"]["region"] == "liver"  # the default; the library's widths
+    assert ph["local_contrast_calibration"]["sigmas_mm"] == list(imp.LOCAL_CONTRAST_WIDTHS_MM)
     assert calib, "some training case was calibrated on"
     for seq, entry in ph["per_sequence"].items():
         if seq not in calib:
