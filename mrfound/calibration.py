@@ -129,8 +129,9 @@ def calibrate_local_contrast(
 
     Args:
         model: A pretrained masked-modality autoencoder (:func:`mrfound.load_pretrained`).
-        manifest: Manifest, CSV path or list of cases; about ``max_cases`` of them, spread evenly over the
-            list, are used. Use cases the checkpoint was not evaluated on (e.g. its training cases).
+        manifest: Manifest, CSV path or list of cases; ``max_cases`` of those that can be scored (a
+            requested sequence and another one; a mask for ``liver``), spread evenly over the list, are
+            read. Use cases the checkpoint will not be evaluated on (e.g. its training cases).
         sequences: Sequences to calibrate (names or aliases; default all the model knows).
         region: ``liver`` or ``body`` (see :data:`REGIONS`).
         max_cases: Cases to read.
@@ -147,7 +148,7 @@ def calibrate_local_contrast(
         (requested sequences no case could score).
 
     Raises:
-        ConfigError: Bad options; ``region="liver"`` and no case read has a mask.
+        ConfigError: Bad options; no case that can be scored.
         ManifestError: A case that cannot be read (naming the case and column).
     """
     from tqdm.auto import tqdm
@@ -167,25 +168,29 @@ def calibrate_local_contrast(
     if not gains or any(not 0.0 <= g <= 1.0 for g in gains):
         raise ConfigError(f"gains must be in [0, 1], got {list(gains)}")
     cases = _cases(model, manifest)
-    picked = cases[:: max(1, len(cases) // max_cases)][:max_cases]
-    if not picked:
-        raise ConfigError("no case to calibrate on")
+    # only cases that can score: a requested sequence and another one, and a mask for the liver
+    usable = [
+        c
+        for c in cases
+        if len(c.sequences) >= 2
+        and any(name in c.sequences for name in wanted)
+        and (region != "liver" or c.mask is not None)
+    ]
+    if not usable:
+        need = " and a mask (or use region 'body')" if region == "liver" else ""
+        raise ConfigError(
+            f"none of the {len(cases)} cases has {' or '.join(wanted)} with another sequence{need}"
+        )
+    picked = usable[:: max(1, len(usable) // max_cases)][:max_cases]
     spacing = float(model.preprocessing.spacing)
     sigmas = [float(w) / spacing for w in widths_mm]
     clip = tuple(model.preprocessing.clip)
     names = list(model.sequences)
     mse: dict[str, list[np.ndarray]] = {}
-    with_mask = 0
     disable = None if progress is None else not progress
     for case in tqdm(picked, desc="calibrate", unit="case", disable=disable):
         s = preprocess_case(case, model.preprocessing, model.vocabulary)
-        if region == "liver":
-            if s["mask"] is None:
-                continue
-            with_mask += 1
-            base = s["mask"][0] > 0
-        else:
-            base = np.asarray(s["body"], dtype=bool)
+        base = s["mask"][0] > 0 if region == "liver" else np.asarray(s["body"], dtype=bool)
         av = np.asarray(s["available"], dtype=bool)
         for t in np.flatnonzero(av):
             name = names[t]
@@ -205,11 +210,6 @@ def calibrate_local_contrast(
                 clip=clip,
             )
             mse.setdefault(name, []).append(local_contrast_mse(syn, s["image"][t], reg, sigmas, gains))
-    if region == "liver" and not with_mask:
-        raise ConfigError(
-            f"region 'liver' needs the manifest's mask column; none of the {len(picked)} cases read has a "
-            "mask (use region 'body')"
-        )
     chosen = {}
     for name in wanted:
         if name in mse:

@@ -83,8 +83,12 @@ def test_calibration_body_region_needs_no_mask_and_liver_does(ckpts, cohort, tmp
     frame["mask"] = ""
     no_masks = tmp_path / "no_masks.csv"
     frame.to_csv(no_masks, index=False)
-    with pytest.raises(ConfigError, match="region 'liver' needs the manifest's mask"):
+    with pytest.raises(ConfigError, match="with another sequence and a mask .or use region 'body'."):
         cal.calibrate_local_contrast(model, no_masks, progress=False)
+    # only cases that can score are read: here the cases with a t1_del
+    with_del = [c for c in read_manifest(cohort).cases if "t1_del" in c.sequences and len(c.sequences) > 1]
+    only = cal.calibrate_local_contrast(model, cohort, sequences=["t1_del"], max_cases=4, progress=False)
+    assert only["cases_read"] == len(with_del) and only["sequences"]["t1_del"]["n_cases"] == len(with_del)
 
 
 @pytest.mark.parametrize(

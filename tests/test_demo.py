@@ -30,9 +30,13 @@ MICRO = {
     "segment_batch_size": 2,
     "segment_feature_size": 4,
     "impute_cases": 2,
+    "calibrate_cases": 2,
     "workers": 2,
     "montage_candidates": 1,
 }
+
+
+MICRO_CALIBRATE = MICRO["calibrate_cases"]
 
 
 @pytest.mark.slow
@@ -89,6 +93,13 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
     case = saved["inference"]["predictions"][0]["case"]
     img = nib.load(str(next((out / "imputed").glob(f"{case}_t1_art.nii.gz"))))
     assert img.ndim == 3 and np.isfinite(np.asarray(img.dataobj)).all()
+    # the pretrained checkpoint was calibrated on training cases and imputation applied it
+    cal = saved["inference"]["calibration"]
+    assert 1 <= cal["n_cases"] <= MICRO_CALIBRATE and cal["psnr"] >= cal["psnr_as_decoded"]
+    stored = json.loads((Path(saved["pretrain"]["checkpoint"]) / "config.json").read_text())
+    assert stored["local_contrast"]["sequences"]["t1_art"]["gain"] == cal["gain"]
+    assert saved["inference"]["impute_summary"]["local_contrast"] == [cal["gain"], cal["sigma_mm"]]
+    assert "calibrated (`mrfound calibrate`)" in report
 
     # progress on the terminal: numbered stage headers and the closing summary table
     text = stream.getvalue()
@@ -123,6 +134,9 @@ def test_time_plan_reserves_scaled_fixed_work_and_shares_the_rest() -> None:
     assert noseg.seconds_for("pretrain", later) == pytest.approx((600.0 - fixed_noseg) * 0.5 / 0.8)
     # the reserve stays well inside the budget, so training gets most of it
     assert fast.fixed(["pretrain", *later]) < 0.3 * 600.0
+    # each calibration volume of the inference stage is one more whole-volume pass
+    calib = TimePlan(budget, 1.0, segment=True, n_volumes=1, calibration_volumes=3)
+    assert calib.fixed(["infer"]) - fast.fixed(["infer"]) == pytest.approx(3 * FIXED_COSTS["volume"])
 
 
 def test_md_table_and_config_validation(tmp_path: Path) -> None:
@@ -137,6 +151,8 @@ def test_md_table_and_config_validation(tmp_path: Path) -> None:
         DemoConfig(out=str(tmp_path), segment_spacing=0).validate()
     with pytest.raises(ConfigError, match="segment_feature_size"):
         DemoConfig(out=str(tmp_path), segment_feature_size=0).validate()
+    with pytest.raises(ConfigError, match="calibrate_cases"):
+        DemoConfig(out=str(tmp_path), calibrate_cases=-1).validate()
     with pytest.raises(ConfigError, match="impute_cases"):
         DemoConfig(out=str(tmp_path), impute_cases=0).validate()
     with pytest.raises(ConfigError, match="segment_lr"):
