@@ -16,9 +16,10 @@ model, ``--mae '{}'`` the library default (per-patch normalised voxels plus the 
 
 ``mrfound_calibrated`` is the same synthesis with its local contrast shrunk
 (:func:`mrfound.inference.shrink_local_contrast`, what ``mrfound impute --local-contrast`` applies): per
-target sequence the gain (0.4-1) and Gaussian width (8-64 mm; 8-32 mm before 2026-12-07) with the best
-mean liver PSNR on about ``--calibration-cases`` training cases, each sequence hidden in turn as at test
-time (:func:`mrfound.calibration.calibrate_local_contrast`, what ``mrfound calibrate`` stores in a
+target sequence the gain (0.4-1), Gaussian width (8-64 mm; 8-32 mm before 2026-12-07) and level of the
+local mean (0.8-1.3, ``--calibration-levels``; 1 before 2026-12-07) with the best mean liver PSNR on about
+``--calibration-cases`` training cases, each sequence hidden in turn as at test time
+(:func:`mrfound.calibration.calibrate_local_contrast`, what ``mrfound calibrate`` stores in a
 checkpoint); nothing is chosen on held-out cases.
 
 ``--extra-unlabeled N`` adds N simulated cases from another cohort seed (``u``-prefixed ids, no subject
@@ -85,6 +86,7 @@ from _common import PHANTOM_FOREGROUND, choose_threads, resolve_autocast  # noqa
 
 # fov_mask: also for the results/ scripts, which call it as im.fov_mask
 from mrfound.calibration import LOCAL_CONTRAST_WIDTHS_MM, fov_mask  # noqa: E402
+from mrfound.inference import LOCAL_CONTRAST_LEVELS  # noqa: E402
 from mrfound.utils.machine import load_average as _load  # noqa: E402
 from mrfound.utils.machine import machine_info  # noqa: E402
 
@@ -574,22 +576,22 @@ def _beats_goal_baselines(entry: dict[str, Any], method: str) -> bool:
 
 
 def calibrate_local_contrast(
-    cases: list[Any], model: Any, n: int, region: str = "liver"
+    cases: list[Any], model: Any, n: int, region: str = "liver", levels: tuple[float, ...] | None = None
 ) -> dict[str, dict[str, float]]:
     """Per target sequence, the local-contrast shrinkage of mrfound's synthesis that scores best in the liver
     (or ``region``) of about ``n`` training cases (spread over the list), each sequence hidden in turn as at
-    test time: the library's :func:`mrfound.calibration.calibrate_local_contrast`, what ``mrfound
-    calibrate`` stores. ``n`` 0: none.
+    test time: the library's :func:`mrfound.calibration.calibrate_local_contrast` (``levels``: its default
+    grid), what ``mrfound calibrate`` stores. ``n`` 0: none.
 
     Returns:
-        sequence -> ``gain``, ``sigma`` (voxels), ``sigma_mm``, ``psnr`` and ``psnr_as_decoded`` on those
-        cases, ``n_cases``.
+        sequence -> ``gain``, ``sigma`` (voxels), ``sigma_mm``, ``level``, ``psnr`` and ``psnr_as_decoded``
+        on those cases, ``n_cases``.
     """
     from mrfound.calibration import calibrate_local_contrast as calibrate
 
     if n == 0:
         return {}
-    res = calibrate(model, cases, region=region, max_cases=n, progress=False)
+    res = calibrate(model, cases, region=region, max_cases=n, levels=levels, progress=False)
     spacing = float(model.preprocessing.spacing)
     return {name: {**v, "sigma": v["sigma_mm"] / spacing} for name, v in res["sequences"].items()}
 
@@ -649,7 +651,11 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
     # mrfound_calibrated: the synthesis with its local contrast shrunk as chosen on training cases
     t1 = time.time()
     calib = calibrate_local_contrast(
-        split.train_cases, wrapped, args.calibration_cases, region=args.calibration_region
+        split.train_cases,
+        wrapped,
+        args.calibration_cases,
+        region=args.calibration_region,
+        levels=args.calibration_levels,
     )
     t_calib = time.time() - t1
 
@@ -672,7 +678,10 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
             preds = dict(cp.preds)
             if SEQUENCES[t] in calib:
                 lc = calib[SEQUENCES[t]]
-                preds["mrfound_calibrated"] = shrink_local_contrast(preds["mrfound"], lc["gain"], lc["sigma"])
+                preds["mrfound_calibrated"] = np.clip(
+                    shrink_local_contrast(preds["mrfound"], lc["gain"], lc["sigma"], lc["level"]),
+                    *pp.clip,
+                )
             for k, v in preds.items():
                 row[f"psnr_{k}"] = psnr(v, cp.truth, cp.region)
                 row[f"ssim_{k}"] = ssim(v, cp.truth, cp.region)
@@ -749,6 +758,7 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
             "cases": "training cases (every k-th, about --calibration-cases), each sequence hidden in turn",
             "region": args.calibration_region,
             "sigmas_mm": list(LOCAL_CONTRAST_WIDTHS_MM),
+            "levels": list(args.calibration_levels),
             "per_sequence": calib,
         },
         "timings_s": {
@@ -886,6 +896,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=48,
         help="training cases on which mrfound_calibrated chooses each sequence's local-contrast gain "
         "(0: off)",
+    )
+    ap.add_argument(
+        "--calibration-levels",
+        nargs="+",
+        type=float,
+        default=list(LOCAL_CONTRAST_LEVELS),
+        metavar="L",
+        help="scales of the local mean the calibration tries (default the library's 0.8-1.3; '1': the "
+        "contrast only, as before 2026-12-07)",
     )
     ap.add_argument(
         "--calibration-region",

@@ -4,10 +4,12 @@ A synthesis draws vessels, lesion edges and texture where the *source* sequences
 sequence was acquired in another breath-hold, with its own noise and (a contrast phase) its own bolus
 timing, so the prediction with the least squared error has less local contrast than the decoder gives
 (:func:`mrfound.inference.shrink_local_contrast`). On the 240-case phantom, keeping 40-90 % of it
-around a 12-32 mm local mean, chosen on training cases, lifted every sequence above both simple
-baselines of issue 5, arterial phase included (README, Imputation).
+around an 8-64 mm local mean, chosen on training cases, lifted every sequence above both simple
+baselines of issue 5, arterial phase included (README, Imputation). A *level* (scale of that local mean)
+corrects a brightness the decoder gets wrong alike on every case, as an under-trained one does for the
+pre-contrast liver.
 
-:func:`calibrate_local_contrast` chooses, for each sequence, the gain and width with the best mean PSNR
+:func:`calibrate_local_contrast` chooses, for each sequence, the gain, width and level with the best mean PSNR
 over cases of a manifest that have it: each sequence is hidden in turn and synthesised from the case's
 others, exactly as :func:`mrfound.inference.impute` does, and scored in the liver (the manifest's mask,
 label > 0) or, label-free, in the body, in either case inside the hidden sequence's own field of view.
@@ -121,6 +123,7 @@ def calibrate_local_contrast(
     max_cases: int = 48,
     widths_mm: Sequence[float] = LOCAL_CONTRAST_WIDTHS_MM,
     gains: Sequence[float] | None = None,
+    levels: Sequence[float] | None = None,
     overlap: float | None = None,
     sw_batch_size: int = 4,
     progress: bool | None = None,
@@ -137,14 +140,17 @@ def calibrate_local_contrast(
         max_cases: Cases to read.
         widths_mm: Widths of the local mean to try.
         gains: Gains to try (default :data:`mrfound.inference.LOCAL_CONTRAST_GAINS`; 1 = as decoded).
+        levels: Scales of the local mean to try (default :data:`mrfound.inference.LOCAL_CONTRAST_LEVELS`;
+            ``[1.0]`` calibrates the contrast only).
         overlap: Sliding-window overlap of the synthesis (default as :func:`mrfound.inference.impute`).
         sw_batch_size: Windows per forward pass.
         progress: Progress bar (default: only on a terminal).
 
     Returns:
-        ``sequences``: name -> ``gain``, ``sigma_mm``, ``psnr`` (mean liver/body PSNR at that setting,
-        data range 1 in normalised units), ``psnr_as_decoded``, ``n_cases``, for each sequence with at
-        least one scorable case; ``region``, ``widths_mm``, ``gains``, ``cases_read``, ``uncalibrated``
+        ``sequences``: name -> ``gain``, ``sigma_mm``, ``level``, ``psnr`` (mean liver/body PSNR at that
+        setting, data range 1 in normalised units), ``psnr_as_decoded``, ``n_cases``, for each sequence
+        with at least one scorable case; ``region``, ``widths_mm``, ``gains``, ``levels``, ``cases_read``,
+        ``uncalibrated``
         (requested sequences no case could score).
 
     Raises:
@@ -156,6 +162,7 @@ def calibrate_local_contrast(
     from mrfound.data.preprocess import preprocess_case
     from mrfound.inference import (
         LOCAL_CONTRAST_GAINS,
+        LOCAL_CONTRAST_LEVELS,
         _require,
         choose_local_contrast,
         local_contrast_mse,
@@ -167,6 +174,9 @@ def calibrate_local_contrast(
     gains = tuple(float(g) for g in (LOCAL_CONTRAST_GAINS if gains is None else gains))
     if not gains or any(not 0.0 <= g <= 1.0 for g in gains):
         raise ConfigError(f"gains must be in [0, 1], got {list(gains)}")
+    levels = tuple(float(v) for v in (LOCAL_CONTRAST_LEVELS if levels is None else levels))
+    if not levels or any(not 0.0 < v <= 4.0 for v in levels):
+        raise ConfigError(f"levels must be in (0, 4], got {list(levels)}")
     cases = _cases(model, manifest)
     # only cases that can score: a requested sequence and another one, and a mask for the liver
     usable = [
@@ -209,14 +219,17 @@ def calibrate_local_contrast(
                 device=model.device,
                 clip=clip,
             )
-            mse.setdefault(name, []).append(local_contrast_mse(syn, s["image"][t], reg, sigmas, gains))
+            mse.setdefault(name, []).append(
+                local_contrast_mse(syn, s["image"][t], reg, sigmas, gains, levels)
+            )
     chosen = {}
     for name in wanted:
         if name in mse:
-            best = choose_local_contrast(mse[name], sigmas, gains)
+            best = choose_local_contrast(mse[name], sigmas, gains, levels)
             chosen[name] = {
                 "gain": best["gain"],
                 "sigma_mm": round(best["sigma"] * spacing, 6),
+                "level": best["level"],
                 "psnr": round(best["psnr"], 4),
                 "psnr_as_decoded": round(best["psnr_as_decoded"], 4),
                 "n_cases": len(mse[name]),
@@ -226,6 +239,7 @@ def calibrate_local_contrast(
         "region": region,
         "widths_mm": [float(w) for w in widths_mm],
         "gains": list(gains),
+        "levels": list(levels),
         "cases_read": len(picked),
         "uncalibrated": [n for n in wanted if n not in chosen],
     }
@@ -233,8 +247,9 @@ def calibrate_local_contrast(
 
 def read_calibration(
     config: Mapping[str, Any], source: str = "config.json"
-) -> dict[str, tuple[float, float]]:
-    """The ``(gain, sigma in mm)`` per sequence stored in a checkpoint config ({} when there is none).
+) -> dict[str, tuple[float, float, float]]:
+    """The ``(gain, sigma in mm, level)`` per sequence stored in a checkpoint config ({} when there is none;
+    a calibration without ``level`` has level 1).
 
     Raises:
         CheckpointError: A malformed ``local_contrast`` entry.
@@ -250,11 +265,11 @@ def read_calibration(
     out = {}
     for name, v in seqs.items():
         try:
-            gain, sigma = float(v["gain"]), float(v["sigma_mm"])
-            _check_local_contrast(gain, sigma, "mm")
-        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+            gain, sigma, level = float(v["gain"]), float(v["sigma_mm"]), float(v.get("level", 1.0))
+            _check_local_contrast(gain, sigma, "mm", level)
+        except (AttributeError, KeyError, TypeError, ValueError, ConfigError) as exc:
             raise CheckpointError(f"{source}: '{CONFIG_KEY}' of {name!r} is not usable ({exc})") from None
-        out[str(name)] = (gain, sigma)
+        out[str(name)] = (gain, sigma, level)
     return out
 
 

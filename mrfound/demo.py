@@ -1359,7 +1359,8 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
                 calibration = calib["sequences"][mae_api.vocabulary.canonical_sequence(cfg.impute_sequence)]
                 log.say(
                     f"   calibrated {cfg.impute_sequence} on {calibration['n_cases']} training case(s): "
-                    f"gain {calibration['gain']:g} around a {calibration['sigma_mm']:g} mm local mean, liver "
+                    f"gain {calibration['gain']:g} around a {calibration['sigma_mm']:g} mm local mean, level "
+                    f"{calibration['level']:g}, liver "
                     f"PSNR {calibration['psnr_as_decoded']:.1f} -> {calibration['psnr']:.1f} dB"
                 )
         imp_sum = impute_manifest(mae_api, vol_csv, cfg.impute_sequence, out / "imputed", progress=None)
@@ -1672,9 +1673,10 @@ def _report(
         lines.append(
             f"\nBefore imputing, the pretrained checkpoint was calibrated (`mrfound calibrate`) on "
             f"{cal['n_cases']} training case(s) where {cfg.impute_sequence} is known: the synthesis keeps "
-            f"{cal['gain']:g} of its contrast around a {cal['sigma_mm']:g} mm Gaussian local mean (liver "
-            f"PSNR on those cases {cal['psnr_as_decoded']:.1f} -> {cal['psnr']:.1f} dB); the NIfTI in "
-            "`imputed/` apply it, the ROI table below is the synthesis as decoded.\n"
+            f"{cal['gain']:g} of its contrast around a {cal['sigma_mm']:g} mm Gaussian local mean, that mean "
+            f"scaled by {cal['level']:g} (liver PSNR on those cases {cal['psnr_as_decoded']:.1f} -> "
+            f"{cal['psnr']:.1f} dB); the NIfTI in `imputed/` apply it, the ROI table below is the synthesis "
+            "as decoded.\n"
         )
     if inf["imputation"]:
         lines += [

@@ -488,7 +488,7 @@ def synthesise_volume(
     sw_batch_size: int = 4,
     device: torch.device | str | None = None,
     clip: tuple[float, float] | None = None,
-    local_contrast: tuple[float, float] | None = None,
+    local_contrast: tuple[float, ...] | None = None,
 ) -> np.ndarray:
     """Synthesise one sequence over a whole preprocessed volume with a masked-modality autoencoder.
 
@@ -501,8 +501,9 @@ def synthesise_volume(
         sw_batch_size: Windows per forward pass.
         device: Torch device (default: the model's).
         clip: Clip the result to this range (normalised units), e.g. the preprocessing ``clip``.
-        local_contrast: ``(gain, sigma in voxels)``: after clipping, keep only ``gain`` of the local
-            contrast (:func:`shrink_local_contrast`); default: as decoded.
+        local_contrast: ``(gain, sigma in voxels[, level])``: after clipping, keep only ``gain`` of the
+            local contrast and scale the local mean by ``level`` (:func:`shrink_local_contrast`; clipped
+            again); default: as decoded.
 
     Returns:
         (X, Y, Z) float32 synthesised intensities (normalised units).
@@ -537,46 +538,59 @@ def synthesise_volume(
         np.clip(vol, clip[0], clip[1], out=vol)
     if local_contrast is not None:
         vol = shrink_local_contrast(vol, *local_contrast)
+        if clip is not None:  # a level above 1 can leave the range
+            np.clip(vol, clip[0], clip[1], out=vol)
     return vol
 
 
 LOCAL_CONTRAST_GAINS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 """Gains :func:`choose_local_contrast` tries by default (1 = the synthesis as decoded)."""
 
+LOCAL_CONTRAST_LEVELS = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
+"""Levels (scales of the local mean) :func:`choose_local_contrast` tries by default (1 = as decoded)."""
 
-def shrink_local_contrast(volume: np.ndarray, gain: float, sigma: float) -> np.ndarray:
-    """``gain * volume + (1 - gain) * G_sigma(volume)``: the local contrast of a synthesis scaled by ``gain``.
+
+def shrink_local_contrast(
+    volume: np.ndarray, gain: float, sigma: float, level: float = 1.0
+) -> np.ndarray:
+    """``level * G_sigma(volume) + gain * (volume - G_sigma(volume))``: a synthesis' local contrast scaled by
+    ``gain`` and its local mean by ``level``.
 
     A synthesis places vessels, lesion edges and texture where the *source* sequences show them, but the
     hidden sequence was acquired in another breath-hold, with its own noise and (for a contrast phase)
     its own bolus timing, so each such detail is uncertain in place and strength; the prediction with the
     least squared error then has less local contrast than a sharp guess. Scaling the deviations from a
-    Gaussian local mean is that shrinkage; its two numbers are chosen on cases where the truth is known
-    (:func:`choose_local_contrast`). A convex combination, so values stay in the input's range.
+    Gaussian local mean is that shrinkage. ``level`` corrects the brightness a decoder gets wrong
+    alike on every case (e.g. an under-trained one that draws the pre-contrast liver too dark); the
+    numbers are chosen on cases where the truth is known (:func:`choose_local_contrast`). With ``level``
+    1 it is a convex combination, so values stay in the input's range.
 
     Args:
         volume: (X, Y, Z) synthesis.
-        gain: Share of the local contrast kept, in [0, 1] (1 returns ``volume`` unchanged).
+        gain: Share of the local contrast kept, in [0, 1] (1 and ``level`` 1 return ``volume`` unchanged).
         sigma: Gaussian width of the local mean, in voxels (> 0).
+        level: Scale of the local mean, in (0, 4].
 
     Returns:
         float32 volume of the same shape.
     """
     from scipy.ndimage import gaussian_filter
 
-    _check_local_contrast(gain, sigma, "voxels")
+    _check_local_contrast(gain, sigma, "voxels", level)
     vol = np.asarray(volume, dtype=np.float32)
-    if gain == 1.0:
+    if gain == 1.0 and level == 1.0:
         return vol
     low = gaussian_filter(vol, sigma, mode="nearest")
-    return (gain * vol + (1.0 - gain) * low).astype(np.float32)
+    return (gain * vol + (level - gain) * low).astype(np.float32)
 
 
-def _check_local_contrast(gain: float, sigma: float, unit: str) -> None:
+def _check_local_contrast(gain: float, sigma: float, unit: str, level: float = 1.0) -> None:
     if not 0.0 <= gain <= 1.0:
         raise ConfigError(f"local-contrast gain must be in [0, 1], got {gain}")
     if not sigma > 0:
         raise ConfigError(f"local-contrast sigma must be > 0 {unit}, got {sigma}")
+    if not 0.0 < level <= 4.0:
+        raise ConfigError(f"local-contrast level must be in (0, 4], got {level}")
 
 
 def local_contrast_mse(
@@ -585,11 +599,12 @@ def local_contrast_mse(
     region: np.ndarray,
     sigmas: Sequence[float],
     gains: Sequence[float] = LOCAL_CONTRAST_GAINS,
+    levels: Sequence[float] = (1.0,),
 ) -> np.ndarray:
-    """Mean squared error in ``region`` of :func:`shrink_local_contrast` for every (sigma, gain).
+    """Mean squared error in ``region`` of :func:`shrink_local_contrast` for every (sigma, gain, level).
 
     Returns:
-        (len(sigmas), len(gains)) float64 array; the input of :func:`choose_local_contrast`.
+        (len(sigmas), len(gains), len(levels)) float64 array; the input of :func:`choose_local_contrast`.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -597,36 +612,51 @@ def local_contrast_mse(
     if not region.any():
         raise ConfigError("local_contrast_mse: the region is empty")
     vol = np.asarray(synthesis, dtype=np.float64)
-    d_full = vol[region] - np.asarray(truth, dtype=np.float64)[region]
-    out = np.empty((len(sigmas), len(gains)))
+    d = vol[region] - np.asarray(truth, dtype=np.float64)[region]
+    a = np.asarray(levels, dtype=np.float64)[None, :] - 1.0  # (1, L)
+    b = np.asarray(gains, dtype=np.float64)[:, None] - 1.0  # (G, 1)
+    out = np.empty((len(sigmas), len(gains), len(levels)))
     for i, sg in enumerate(sigmas):
-        # gain * v + (1 - gain) * low - truth = (v - truth) - (1 - gain) * (v - low)
-        hi = (vol - gaussian_filter(vol, sg, mode="nearest"))[region]
-        for j, g in enumerate(gains):
-            out[i, j] = float(np.mean((d_full - (1.0 - g) * hi) ** 2))
-    return out
+        # level * lo + gain * hi - truth = d + (level - 1) * lo + (gain - 1) * hi, expanded in moments
+        lo = gaussian_filter(vol, sg, mode="nearest")[region]
+        hi = vol[region] - lo
+        m = {k: float(np.mean(x * y)) for k, (x, y) in {
+            "dd": (d, d), "ll": (lo, lo), "hh": (hi, hi), "dl": (d, lo), "dh": (d, hi), "lh": (lo, hi)
+        }.items()}
+        out[i] = (
+            m["dd"] + a * a * m["ll"] + b * b * m["hh"]
+            + 2 * a * m["dl"] + 2 * b * m["dh"] + 2 * a * b * m["lh"]
+        )  # fmt: skip
+    return np.maximum(out, 0.0)
 
 
 def choose_local_contrast(
     mse_per_case: Sequence[np.ndarray],
     sigmas: Sequence[float],
     gains: Sequence[float] = LOCAL_CONTRAST_GAINS,
+    levels: Sequence[float] = (1.0,),
 ) -> dict[str, float]:
-    """The (gain, sigma) with the best mean PSNR (data range 1) over cases, from :func:`local_contrast_mse`.
+    """The (gain, sigma, level) with the best mean PSNR (data range 1) over cases, from
+    :func:`local_contrast_mse`.
 
     Returns:
-        ``gain``, ``sigma``, ``psnr`` (mean over the cases at that setting) and ``psnr_as_decoded`` (gain 1).
+        ``gain``, ``sigma``, ``level``, ``psnr`` (mean over the cases at that setting) and
+        ``psnr_as_decoded`` (gain 1, level 1; NaN if the grid lacks it).
     """
     if not mse_per_case:
         raise ConfigError("choose_local_contrast needs at least one case")
-    psnr = np.mean([-10.0 * np.log10(np.maximum(m, 1e-12)) for m in mse_per_case], axis=0)
-    i, j = np.unravel_index(int(np.argmax(psnr)), psnr.shape)
+    tables = [np.asarray(m, dtype=np.float64) for m in mse_per_case]
+    tables = [m[..., None] if m.ndim == 2 else m for m in tables]
+    psnr = np.mean([-10.0 * np.log10(np.maximum(m, 1e-12)) for m in tables], axis=0)
+    i, j, k = np.unravel_index(int(np.argmax(psnr)), psnr.shape)
     g1 = list(gains).index(1.0) if 1.0 in gains else None
+    l1 = list(levels).index(1.0) if 1.0 in levels else None
     return {
         "gain": float(gains[j]),
         "sigma": float(sigmas[i]),
-        "psnr": float(psnr[i, j]),
-        "psnr_as_decoded": float(psnr[0, g1]) if g1 is not None else float("nan"),
+        "level": float(levels[k]),
+        "psnr": float(psnr[i, j, k]),
+        "psnr_as_decoded": float(psnr[0, g1, l1]) if g1 is not None and l1 is not None else float("nan"),
     }
 
 
@@ -754,7 +784,7 @@ def impute(
     *,
     overlap: float | None = None,
     sw_batch_size: int = 4,
-    local_contrast: tuple[float, float] | str | None = "auto",
+    local_contrast: Sequence[float] | str | None = "auto",
 ) -> nib.Nifti1Image:
     """Synthesise ``sequence`` for a case from its other sequences, on the case's reference grid.
 
@@ -764,8 +794,9 @@ def impute(
         sequence: Sequence to synthesise (name or alias).
         overlap: Sliding-window overlap (default :func:`default_overlap`).
         sw_batch_size: Windows per forward pass.
-        local_contrast: ``(gain, sigma in mm)``: keep only ``gain`` of the synthesis' contrast around
-            its Gaussian local mean (:func:`shrink_local_contrast`, on the preprocessing grid);
+        local_contrast: ``(gain, sigma in mm[, level])``: keep only ``gain`` of the synthesis' contrast
+            around its Gaussian local mean and scale that mean by ``level`` (default 1)
+            (:func:`shrink_local_contrast`, on the preprocessing grid);
             ``"auto"`` (default): the checkpoint's calibration for ``sequence``
             (``model.local_contrast``, written by ``mrfound calibrate``), as decoded if it has none;
             ``None`` or ``"none"``: as decoded.
@@ -787,7 +818,7 @@ def _impute_case(
     overlap: float | None,
     sw_batch_size: int,
     case_id: str | None = None,
-    local_contrast: tuple[float, float] | str | None = "auto",
+    local_contrast: Sequence[float] | str | None = "auto",
 ) -> tuple[nib.Nifti1Image, PreparedCase]:
     _require(model, ("autoencoder",), "impute")
     target, t_idx = _target_index(model, sequence)
@@ -802,9 +833,9 @@ LOCAL_CONTRAST_MODES = ("auto", "none")
 
 
 def resolve_local_contrast(
-    model: MRFoundModel, sequence: str, local_contrast: tuple[float, float] | str | None
-) -> tuple[float, float] | None:
-    """The ``(gain, sigma mm)`` to apply to a synthesis of ``sequence`` (None: as decoded).
+    model: MRFoundModel, sequence: str, local_contrast: Sequence[float] | str | None
+) -> Sequence[float] | None:
+    """The ``(gain, sigma mm[, level])`` to apply to a synthesis of ``sequence`` (None: as decoded).
 
     ``"auto"`` takes the checkpoint's calibration of that sequence (``model.local_contrast``), if any;
     ``"none"`` / ``None``: as decoded; a pair is used as given.
@@ -812,8 +843,8 @@ def resolve_local_contrast(
     if isinstance(local_contrast, str):
         if local_contrast not in LOCAL_CONTRAST_MODES:
             raise ConfigError(
-                f"local_contrast must be (gain, sigma in mm) or one of {', '.join(LOCAL_CONTRAST_MODES)}, "
-                f"got {local_contrast!r}"
+                "local_contrast must be (gain, sigma mm[, level]) or one of "
+                f"{', '.join(LOCAL_CONTRAST_MODES)}, got {local_contrast!r}"
             )
         if local_contrast == "none":
             return None
@@ -821,18 +852,30 @@ def resolve_local_contrast(
     return local_contrast
 
 
-def _local_contrast_voxels(
-    model: MRFoundModel, local_contrast: tuple[float, float] | None
-) -> tuple[float, float] | None:
-    """``(gain, sigma mm)`` -> ``(gain, sigma in preprocessing voxels)``, checked before any case is read."""
+def _local_contrast_mm(local_contrast: Sequence[float] | None) -> tuple[float, float, float] | None:
+    """``(gain, sigma mm[, level])`` checked and completed to ``(gain, sigma mm, level)``."""
     if local_contrast is None:
         return None
     try:
-        gain, sigma_mm = (float(v) for v in local_contrast)
+        values = [float(v) for v in local_contrast]
     except (TypeError, ValueError):
-        raise ConfigError(f"local_contrast must be (gain, sigma in mm), got {local_contrast!r}") from None
-    _check_local_contrast(gain, sigma_mm, "mm")
-    return gain, sigma_mm / float(model.preprocessing.spacing)
+        values = []
+    if len(values) not in (2, 3):
+        raise ConfigError(f"local_contrast must be (gain, sigma in mm[, level]), got {local_contrast!r}")
+    gain, sigma_mm, level = (*values, 1.0)[:3]
+    _check_local_contrast(gain, sigma_mm, "mm", level)
+    return gain, sigma_mm, level
+
+
+def _local_contrast_voxels(
+    model: MRFoundModel, local_contrast: Sequence[float] | None
+) -> tuple[float, float, float] | None:
+    """``(gain, sigma mm[, level])`` -> ``(gain, sigma in preprocessing voxels, level)``, checked before any
+    case is read."""
+    lc = _local_contrast_mm(local_contrast)
+    if lc is None:
+        return None
+    return lc[0], lc[1] / float(model.preprocessing.spacing), lc[2]
 
 
 def _synthesise_on_reference_grid(
@@ -841,7 +884,7 @@ def _synthesise_on_reference_grid(
     t_idx: int,
     overlap: float | None,
     sw_batch_size: int,
-    local_contrast: tuple[float, float] | None = None,
+    local_contrast: tuple[float, float, float] | None = None,
 ) -> np.ndarray:
     """Synthesise sequence ``t_idx`` of a prepared case and resample it onto its reference grid
     (``local_contrast``: gain and sigma in voxels of the preprocessing grid)."""
@@ -1201,14 +1244,14 @@ class ImputeSummary:
         table: Path of ``out/imputed_<sequence>.csv`` (case, file, reference sequence, sources).
         skipped: ``(case, reason)`` of skipped cases.
         wall_s: Seconds.
-        local_contrast: The ``(gain, sigma mm)`` applied, or None (as decoded).
+        local_contrast: The ``(gain, sigma mm, level)`` applied, or None (as decoded).
     """
 
     files: list[Path]
     table: Path
     skipped: list[tuple[str, str]]
     wall_s: float
-    local_contrast: tuple[float, float] | None = None
+    local_contrast: tuple[float, float, float] | None = None
 
 
 def impute_manifest(
@@ -1222,7 +1265,7 @@ def impute_manifest(
     sw_batch_size: int = 4,
     num_workers: int = 0,
     progress: bool | None = None,
-    local_contrast: tuple[float, float] | str | None = "auto",
+    local_contrast: Sequence[float] | str | None = "auto",
 ) -> ImputeSummary:
     """Synthesise ``sequence`` for every case; write ``out/<case>_<sequence>.nii.gz`` (each atomically).
 
@@ -1247,7 +1290,7 @@ def impute_manifest(
     t0 = time.time()
     _require(model, ("autoencoder",), "impute")
     target, t_idx = _target_index(model, sequence)
-    applied = resolve_local_contrast(model, target, local_contrast)
+    applied = _local_contrast_mm(resolve_local_contrast(model, target, local_contrast))
     lc = _local_contrast_voxels(model, applied)
     man = _as_manifest(model, manifest)
     out = Path(out)
@@ -1287,4 +1330,4 @@ def impute_manifest(
         raise ManifestError(f"no case could be imputed ({len(skipped)} skipped){first}", path=str(man.path))
     table = out / f"imputed_{target}.csv"
     atomic_write_text(table, "\n".join(_csv_line(r) for r in rows) + "\n")
-    return ImputeSummary(files, table, skipped, time.time() - t0, None if applied is None else tuple(applied))
+    return ImputeSummary(files, table, skipped, time.time() - t0, applied)

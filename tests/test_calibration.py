@@ -65,13 +65,14 @@ def test_calibration_scores_the_synthesis_in_the_liver_inside_the_target_fov(ckp
         d = (syn - s["image"][t])[region].astype(np.float64)
         as_decoded.append(_psnr(np.mean(d**2)))
         sigma = t2["sigma_mm"] / model.preprocessing.spacing
-        e = (inf.shrink_local_contrast(syn, t2["gain"], sigma) - s["image"][t])[region].astype(np.float64)
+        shrunk = inf.shrink_local_contrast(syn, t2["gain"], sigma, t2["level"])
+        e = (shrunk - s["image"][t])[region].astype(np.float64)
         best.append(_psnr(np.mean(e**2)))
     assert t2["n_cases"] == len(as_decoded) > 0
     assert t2["psnr_as_decoded"] == pytest.approx(np.mean(as_decoded), abs=1e-3)
     assert t2["psnr"] == pytest.approx(np.mean(best), abs=2e-3)
     assert t2["psnr"] >= t2["psnr_as_decoded"]  # gain 1 is on the grid
-    assert t2["gain"] in res["gains"] and t2["sigma_mm"] in res["widths_mm"]
+    assert t2["gain"] in res["gains"] and t2["sigma_mm"] in res["widths_mm"] and t2["level"] in res["levels"]
 
 
 def test_calibration_body_region_needs_no_mask_and_liver_does(ckpts, cohort, tmp_path) -> None:
@@ -100,6 +101,7 @@ def test_calibration_body_region_needs_no_mask_and_liver_does(ckpts, cohort, tmp
         ({"max_cases": 0}, "max_cases must be >= 1"),
         ({"sequences": ["flair"]}, "unknown sequence 'flair'"),
         ({"gains": [1.0, 1.2]}, "gains must be in"),
+        ({"levels": [1.0, 0.0]}, "levels must be in"),
     ],
 )
 def test_calibration_bad_options(ckpts, cohort, kwargs, message) -> None:
@@ -124,7 +126,7 @@ def test_stored_calibration_is_what_impute_applies_by_default(mae_copy, cohort) 
     entry = json.loads((mae_copy / "config.json").read_text())[cal.CONFIG_KEY]
     assert entry["manifest"] == "m.csv" and len(entry["weights_sha256"]) == 64
     model = load_pretrained(mae_copy, device="cpu")
-    assert model.local_contrast == {"t2": (0.5, 12.0)}
+    assert model.local_contrast == {"t2": (0.5, 12.0, 1.0)}  # no level stored: 1
     case = next(c for c in read_manifest(cohort).cases if "t2" in c.sequences and len(c.sequences) > 2)
     default = np.asarray(model.impute(case, "t2").dataobj)
     explicit = np.asarray(model.impute(case, "t2", local_contrast=(0.5, 12.0)).dataobj)
@@ -142,10 +144,10 @@ def test_stored_calibration_is_what_impute_applies_by_default(mae_copy, cohort) 
 
 
 def test_impute_manifest_reports_the_applied_calibration(mae_copy, cohort, tmp_path) -> None:
-    cal.store_calibration(mae_copy, {"sequences": {"t1_art": {"gain": 0.7, "sigma_mm": 20.0}}})
+    cal.store_calibration(mae_copy, {"sequences": {"t1_art": {"gain": 0.7, "sigma_mm": 20.0, "level": 1.1}}})
     model = load_pretrained(mae_copy, device="cpu")
     auto = inf.impute_manifest(model, cohort, "C+A", tmp_path / "auto")
-    assert auto.local_contrast == (0.7, 20.0)
+    assert auto.local_contrast == (0.7, 20.0, 1.1)
     plain = inf.impute_manifest(model, cohort, "t1_art", tmp_path / "plain", local_contrast="none")
     assert plain.local_contrast is None
     a = nib.load(str(auto.files[0])).get_fdata()
@@ -158,7 +160,7 @@ def test_store_calibration_copy_leaves_the_original_and_refuses_a_full_folder(ma
     calibration = {"sequences": {"dwi": {"gain": 0.8, "sigma_mm": 32.0}}}
     out = cal.store_calibration(mae_copy, calibration, out=tmp_path / "calibrated")
     assert (mae_copy / "config.json").read_bytes() == before
-    assert load_pretrained(out, device="cpu").local_contrast == {"dwi": (0.8, 32.0)}
+    assert load_pretrained(out, device="cpu").local_contrast == {"dwi": (0.8, 32.0, 1.0)}
     assert load_pretrained(mae_copy, device="cpu").local_contrast == {}
     with pytest.raises(CheckpointError, match="not an empty folder"):
         cal.store_calibration(mae_copy, calibration, out=out)
@@ -175,6 +177,8 @@ def test_store_calibration_copy_leaves_the_original_and_refuses_a_full_folder(ma
     [
         ({"sequences": {"t2": {"gain": 0.5}}}, "'t2' is not usable"),
         ({"sequences": {"t2": {"gain": 0.5, "sigma_mm": -1}}}, "sigma must be > 0 mm"),
+        ({"sequences": {"t2": {"gain": 0.5, "sigma_mm": 8, "level": 9}}}, "level must be in"),
+        ({"sequences": {"t2": [0.5, 8]}}, "'t2' is not usable"),
         ({"per_sequence": {}}, "must be an object with a 'sequences' object"),
         ([0.5, 12.0], "must be an object with a 'sequences' object"),
     ],

@@ -98,7 +98,8 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
     assert 1 <= cal["n_cases"] <= MICRO_CALIBRATE and cal["psnr"] >= cal["psnr_as_decoded"]
     stored = json.loads((Path(saved["pretrain"]["checkpoint"]) / "config.json").read_text())
     assert stored["local_contrast"]["sequences"]["t1_art"]["gain"] == cal["gain"]
-    assert saved["inference"]["impute_summary"]["local_contrast"] == [cal["gain"], cal["sigma_mm"]]
+    applied = saved["inference"]["impute_summary"]["local_contrast"]
+    assert applied == [cal["gain"], cal["sigma_mm"], cal["level"]]
     assert "calibrated (`mrfound calibrate`)" in report
 
     # progress on the terminal: numbered stage headers and the closing summary table

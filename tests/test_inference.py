@@ -417,6 +417,13 @@ def test_shrink_local_contrast_keeps_the_local_mean_and_scales_the_rest() -> Non
         inf.shrink_local_contrast(vol, 1.2, 2.0)
     with pytest.raises(ConfigError, match="sigma must be > 0"):
         inf.shrink_local_contrast(vol, 0.5, 0.0)
+    # level scales the local mean and leaves the kept contrast as it is
+    brighter = inf.shrink_local_contrast(vol, 0.5, 2.0, level=1.2)
+    np.testing.assert_allclose(brighter - 1.2 * low, 0.5 * (vol - low), atol=1e-6)
+    np.testing.assert_allclose(inf.shrink_local_contrast(const, 1.0, 1.5, level=0.5), 0.5 * const, atol=1e-7)
+    for bad in (0.0, 5.0):
+        with pytest.raises(ConfigError, match="level must be in"):
+            inf.shrink_local_contrast(vol, 0.5, 2.0, level=bad)
 
 
 def test_local_contrast_mse_matches_the_shrunk_volumes_and_the_choice_follows_the_noise() -> None:
@@ -427,21 +434,28 @@ def test_local_contrast_mse_matches_the_shrunk_volumes_and_the_choice_follows_th
     truth = gaussian_filter(rng.normal(size=shape), 3.0).astype(np.float32)  # smooth anatomy
     region = np.zeros(shape, bool)
     region[4:16, 4:16, 4:16] = True
-    sigmas, gains = (1.0, 2.5), (1.0, 0.7, 0.4)
+    sigmas, gains, levels = (1.0, 2.5), (1.0, 0.7, 0.4), (0.9, 1.0, 1.1)
     noisy = truth + 0.5 * truth.std() * rng.normal(size=shape).astype(np.float32)
-    table = inf.local_contrast_mse(noisy, truth, region, sigmas, gains)
-    assert table.shape == (2, 3)
+    table = inf.local_contrast_mse(noisy, truth, region, sigmas, gains, levels)
+    assert table.shape == (2, 3, 3)
     for i, sg in enumerate(sigmas):
         for j, g in enumerate(gains):
-            d = (inf.shrink_local_contrast(noisy, g, sg) - truth)[region].astype(np.float64)
-            direct = np.mean(d**2)
-            assert table[i, j] == pytest.approx(direct, rel=1e-4)
+            for k, lv in enumerate(levels):
+                d = (inf.shrink_local_contrast(noisy, g, sg, lv) - truth)[region].astype(np.float64)
+                assert table[i, j, k] == pytest.approx(np.mean(d**2), rel=1e-4)
     # a synthesis that carries noise the truth does not have is best shrunk; an exact one is best left alone
-    best = inf.choose_local_contrast([table], sigmas, gains)
+    best = inf.choose_local_contrast([table], sigmas, gains, levels)
     assert best["gain"] < 1.0 and best["psnr"] > best["psnr_as_decoded"]
-    exact_mse = inf.local_contrast_mse(truth, truth, region, sigmas, gains)
-    exact = inf.choose_local_contrast([exact_mse], sigmas, gains)
-    assert exact["gain"] == 1.0 and exact["psnr"] == exact["psnr_as_decoded"]
+    # one 10 % too dark, alike everywhere, is best brightened by its level
+    bright = truth + 1.0
+    dark = inf.local_contrast_mse(0.9 * bright, bright, region, sigmas, gains, (1.0, 1.1, 1.2))
+    assert inf.choose_local_contrast([dark], sigmas, gains, (1.0, 1.1, 1.2))["level"] == 1.1
+    exact_mse = inf.local_contrast_mse(truth, truth, region, sigmas, gains, levels)
+    exact = inf.choose_local_contrast([exact_mse], sigmas, gains, levels)
+    assert exact["gain"] == 1.0 and exact["level"] == 1.0 and exact["psnr"] == exact["psnr_as_decoded"]
+    # a contrast-only table (2-D, as before levels) is read as level 1
+    flat = inf.choose_local_contrast([table[:, :, 1]], sigmas, gains)
+    assert flat["level"] == 1.0 and flat["psnr"] == pytest.approx(-10 * np.log10(table[:, :, 1].min()))
     with pytest.raises(ConfigError, match="at least one case"):
         inf.choose_local_contrast([], sigmas, gains)
     with pytest.raises(ConfigError, match="region is empty"):

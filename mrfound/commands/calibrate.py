@@ -23,6 +23,7 @@ pretraining cases); mrfound impute --as-decoded or --local-contrast GAIN SIGMA_M
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from mrfound.calibration import LOCAL_CONTRAST_WIDTHS_MM, REGIONS
+    from mrfound.inference import LOCAL_CONTRAST_LEVELS
 
     p.add_argument("--checkpoint", required=True, help="pretrained checkpoint (mrfound pretrain RUN/final)")
     p.add_argument("--manifest", required=True, help="manifest CSV of cases that have the sequences")
@@ -43,6 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=list(LOCAL_CONTRAST_WIDTHS_MM),
         metavar="MM",
         help=f"local-mean widths (default {' '.join(f'{w:g}' for w in LOCAL_CONTRAST_WIDTHS_MM)})",
+    )
+    p.add_argument(
+        "--levels",
+        nargs="+",
+        type=float,
+        default=list(LOCAL_CONTRAST_LEVELS),
+        metavar="L",
+        help="scales of the local mean to try (default 0.8-1.3 by 0.05; 1 alone: contrast only)",
     )
     p.add_argument(
         "--out",
@@ -80,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         region=args.region,
         max_cases=args.cases,
         widths_mm=args.widths_mm,
+        levels=args.levels,
         overlap=args.overlap,
         sw_batch_size=args.sw_batch_size,
     )
@@ -94,11 +104,11 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         provenance={"manifest": str(args.manifest), "command": getattr(args, "_command_line", None)},
     )
-    head = f"{'sequence':10s} {'cases':>5s} {'gain':>5s} {'width mm':>8s}"
+    head = f"{'sequence':10s} {'cases':>5s} {'gain':>5s} {'width mm':>8s} {'level':>5s}"
     print(f"{head}  {args.region} PSNR as decoded -> calibrated")
     for name, v in res["sequences"].items():
         print(
-            f"{name:10s} {v['n_cases']:5d} {v['gain']:5.2f} {v['sigma_mm']:8g}  "
+            f"{name:10s} {v['n_cases']:5d} {v['gain']:5.2f} {v['sigma_mm']:8g} {v['level']:5.2f}  "
             f"{v['psnr_as_decoded']:6.2f} -> {v['psnr']:6.2f} dB"
         )
     if res["uncalibrated"]:

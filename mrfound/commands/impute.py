@@ -42,13 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lc = p.add_mutually_exclusive_group()
     lc.add_argument(
         "--local-contrast",
-        nargs=2,
+        nargs="+",
         type=float,
-        metavar=("GAIN", "SIGMA_MM"),
+        metavar="V",
         default=None,
-        help="keep only GAIN (0-1) of the synthesis' contrast around its Gaussian local mean of width "
-        "SIGMA_MM (default: the checkpoint's calibration of the sequence by mrfound calibrate, if any, "
-        "else as decoded)",
+        help="GAIN SIGMA_MM [LEVEL]: keep only GAIN (0-1) of the synthesis' contrast around its Gaussian "
+        "local mean of width SIGMA_MM, that mean scaled by LEVEL (default 1) (default: the checkpoint's "
+        "calibration of the sequence by mrfound calibrate, if any, else as decoded)",
     )
     lc.add_argument(
         "--as-decoded",
@@ -86,9 +86,12 @@ def run(args: argparse.Namespace) -> int:
     if summary.local_contrast is None:
         print("local contrast: as decoded")
     else:
-        gain, sigma = summary.local_contrast
+        gain, sigma, level = summary.local_contrast
         source = "given" if args.local_contrast else "the checkpoint's calibration"
-        print(f"local contrast: {gain:g} of it kept around a {sigma:g} mm local mean ({source})")
+        print(
+            f"local contrast: {gain:g} of it kept around a {sigma:g} mm local mean, scaled by {level:g} "
+            f"({source})"
+        )
     if summary.skipped:
         print(f"skipped {len(summary.skipped)} case(s):")
         for case, reason in summary.skipped:

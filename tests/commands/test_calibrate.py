@@ -46,7 +46,7 @@ def test_calibrate_stores_per_sequence_choice_that_impute_then_applies(
     # impute applies it by default, --as-decoded and --local-contrast override it
     assert _impute(mae_copy, manifest, tmp_path / "auto") == 0
     assert "(the checkpoint's calibration)" in capsys.readouterr().out
-    given = ("--local-contrast", str(art["gain"]), str(art["sigma_mm"]))
+    given = ("--local-contrast", str(art["gain"]), str(art["sigma_mm"]), str(art["level"]))
     assert _impute(mae_copy, manifest, tmp_path / "same", *given) == 0
     assert "(given)" in capsys.readouterr().out
     assert _impute(mae_copy, manifest, tmp_path / "plain", "--as-decoded") == 0
@@ -54,7 +54,7 @@ def test_calibrate_stores_per_sequence_choice_that_impute_then_applies(
     for f in sorted((tmp_path / "auto").glob("*.nii.gz")):
         a = np.asarray(nib.load(str(f)).dataobj)
         np.testing.assert_array_equal(a, np.asarray(nib.load(str(tmp_path / "same" / f.name)).dataobj))
-        if art["gain"] < 1.0:
+        if (art["gain"], art["level"]) != (1.0, 1.0):
             assert not np.allclose(a, np.asarray(nib.load(str(tmp_path / "plain" / f.name)).dataobj))
 
 
@@ -78,6 +78,7 @@ def test_calibrate_out_writes_a_copy(inference_setup, mae_copy, tmp_path, capsys
         ("autoencoder", ["--sequences", "flair"], "unknown sequence 'flair'"),
         ("autoencoder", ["--widths-mm", "-4"], "widths must be > 0 mm"),
         ("autoencoder", ["--overlap", "1.0"], "--overlap must be in"),
+        ("autoencoder", ["--levels", "0"], "levels must be in"),
     ],
 )
 def test_calibrate_bad_input_one_line_exit_2(

@@ -44,6 +44,8 @@ def test_impute_local_contrast_option_changes_the_volumes(inference_setup, run_c
         ("autoencoder", ["--sequence", "t2", "--sw-batch-size", "0"], "--sw-batch-size must be >= 1"),
         ("autoencoder", ["--sequence", "t2", "--overlap", "1.5"], "--overlap must be in"),
         ("autoencoder", ["--sequence", "t2", "--local-contrast", "1.5", "12"], "gain must be in [0, 1]"),
+        ("autoencoder", ["--sequence", "t2", "--local-contrast", "0.5", "12", "1", "2"], "mm[, level]"),
+        ("autoencoder", ["--sequence", "t2", "--local-contrast", "0.5", "12", "0"], "level must be in"),
     ],
 )
 def test_impute_bad_input_one_line_exit_2(run_command, tmp_path, capsys, which, extra, message) -> None:
