@@ -302,7 +302,8 @@ def store_calibration(
         calibration: What :func:`calibrate_local_contrast` returned.
         out: Write a calibrated copy here instead (a new folder: config + the same weights); the
             original is left as it was.
-        provenance: Extra fields recorded with it (e.g. the manifest and the command).
+        provenance: Extra fields recorded with it under ``provenance`` (e.g. the manifest and the command),
+            beside the weights' SHA-256, the time and the mrfound version.
 
     Returns:
         The folder written.
@@ -320,14 +321,12 @@ def store_calibration(
     cfg = read_config(folder)
     weights = folder / WEIGHTS_NAME
     entry = dict(calibration)
-    entry.update(
-        {
-            "weights_sha256": file_sha256(weights),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "mrfound_version": __version__,
-        }
-    )
-    entry.update(dict(provenance or {}))
+    entry["provenance"] = {
+        "weights_sha256": file_sha256(weights),  # the weights it was chosen for
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "mrfound_version": __version__,
+        **dict(provenance or {}),
+    }
     cfg[CONFIG_KEY] = entry
     read_calibration(cfg)  # never write what load_pretrained would refuse
     if out is None:

@@ -1346,13 +1346,17 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
             # it in the checkpoint; impute then applies it
             from mrfound.calibration import calibrate_local_contrast, store_calibration
 
-            calib = calibrate_local_contrast(
-                mae_api,
-                train_m,
-                sequences=[cfg.impute_sequence],
-                max_cases=int(cfg.calibrate_cases),
-                progress=False,
-            )
+            try:
+                calib = calibrate_local_contrast(
+                    mae_api,
+                    train_m,
+                    sequences=[cfg.impute_sequence],
+                    max_cases=int(cfg.calibrate_cases),
+                    progress=False,
+                )
+            except ConfigError as exc:  # e.g. no training case with the sequence: impute as decoded
+                log.say(f"   no calibration ({exc}); the synthesis is imputed as decoded")
+                calib = {"sequences": {}}
             if calib["sequences"]:
                 store_calibration(pre.final_dir, calib, provenance={"command": "mrfound demo"})
                 mae_api = mrfound.load_pretrained(str(pre.final_dir), device="cpu")

@@ -66,7 +66,7 @@ class MRFoundModel:
         config: The checkpoint's ``config.json`` dict.
         vocabulary: Sequence/class vocabulary of the checkpoint.
         preprocessing: ``PreprocessConfig`` of the checkpoint (ROI = the encoder's ``img_size``).
-        local_contrast: Sequence -> ``(gain, sigma in mm)`` stored by ``mrfound calibrate``
+        local_contrast: Sequence -> ``(gain, sigma in mm, level)`` stored by ``mrfound calibrate``
             (:mod:`mrfound.calibration`); :meth:`impute` applies it by default. Empty if uncalibrated.
         device: Where the model runs.
     """
@@ -100,8 +100,8 @@ class MRFoundModel:
         self.roi_shape: tuple[int, int, int] = roi
         from mrfound.calibration import read_calibration
 
-        # per-sequence (gain, sigma mm) of `mrfound calibrate`, applied by impute unless overridden
-        self.local_contrast: dict[str, tuple[float, float]] = read_calibration(self.config)
+        # per-sequence (gain, sigma mm, level) of `mrfound calibrate`, applied by impute unless overridden
+        self.local_contrast: dict[str, tuple[float, float, float]] = read_calibration(self.config)
 
     def __repr__(self) -> str:
         return (

@@ -124,7 +124,7 @@ def test_stored_calibration_is_what_impute_applies_by_default(mae_copy, cohort) 
     assert cal.store_calibration(mae_copy, calibration, provenance={"manifest": "m.csv"}) == mae_copy
     assert (mae_copy / "model.safetensors").read_bytes() == weights  # weights untouched
     entry = json.loads((mae_copy / "config.json").read_text())[cal.CONFIG_KEY]
-    assert entry["manifest"] == "m.csv" and len(entry["weights_sha256"]) == 64
+    assert entry["provenance"]["manifest"] == "m.csv" and len(entry["provenance"]["weights_sha256"]) == 64
     model = load_pretrained(mae_copy, device="cpu")
     assert model.local_contrast == {"t2": (0.5, 12.0, 1.0)}  # no level stored: 1
     case = next(c for c in read_manifest(cohort).cases if "t2" in c.sequences and len(c.sequences) > 2)

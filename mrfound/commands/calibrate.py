@@ -8,16 +8,18 @@ HELP = "calibrate imputation's local contrast per sequence and store it in the c
 EXAMPLES = """examples:
   mrfound calibrate --checkpoint runs/pre/final --manifest cohort/train.csv
       hides each sequence of about 48 cases in turn, synthesises it from the others as mrfound impute does,
-      and keeps per sequence the gain and width of the local mean with the best liver PSNR (the
-      manifest's mask, label > 0); written into runs/pre/final/config.json ('local_contrast'), which
+      and keeps per sequence the gain, the width of the local mean and its level with the best liver PSNR
+      (the manifest's mask, label > 0); written into runs/pre/final/config.json ('local_contrast'), which
       mrfound impute then applies by default
   mrfound calibrate --checkpoint runs/pre/final --manifest unlabeled.csv --region body --out runs/pre/calib
-      label-free (scored in the body), into a calibrated copy of the checkpoint
+      label-free (scored in the body), into a calibrated copy of the checkpoint; on the phantom this kept
+      the decoder's detail and barely changed the liver's PSNR (README)
 
 Why: a synthesis draws vessels, lesion edges and texture where the source sequences show them, but the
 hidden sequence had its own breath-hold, noise and bolus timing, so the least-squares prediction has
-less local contrast than the decoder gives. Calibrate on cases you will not evaluate on (e.g. the
-pretraining cases); mrfound impute --as-decoded or --local-contrast GAIN SIGMA_MM override it.
+less local contrast than the decoder gives; and an under-trained decoder can get a sequence's brightness
+wrong alike on every case, which the level corrects. Calibrate on cases you will not evaluate on (e.g.
+the pretraining cases); mrfound impute --as-decoded or --local-contrast GAIN SIGMA_MM [LEVEL] override it.
 """
 
 

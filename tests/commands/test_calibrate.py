@@ -36,8 +36,8 @@ def test_calibrate_stores_per_sequence_choice_that_impute_then_applies(
     entry = json.loads((mae_copy / "config.json").read_text())["local_contrast"]
     assert set(entry["sequences"]) <= {"t1_art", "t2"} and entry["sequences"]
     assert entry["widths_mm"] == [12.0, 24.0] and entry["region"] == "liver"
-    assert entry["command"].startswith("mrfound calibrate --checkpoint")
-    assert entry["manifest"] == str(manifest)
+    assert entry["provenance"]["command"].startswith("mrfound calibrate --checkpoint")
+    assert entry["provenance"]["manifest"] == str(manifest)
     for name, v in entry["sequences"].items():
         assert name in out and v["sigma_mm"] in (12.0, 24.0)
     assert "stored in" in out
