@@ -15,7 +15,7 @@ token sets; 240 cases 19.42 -> 19.97 dB). ``--mae '{"norm_pix_loss": false}'`` g
 model, ``--mae '{}'`` the library default (per-patch normalised voxels plus the stats head).
 
 ``mrfound_calibrated`` is the same synthesis with its local contrast shrunk
-(:func:`mrfound.inference.shrink_local_contrast`, what ``mrfound impute --local-contrast`` applies): per
+(:func:`mrfound.inference.shrink_local_contrast`, what ``mrfound impute`` applies once calibrated): per
 target sequence the gain (0.4-1), Gaussian width (8-64 mm; 8-32 mm before 2026-12-07) and level of the
 local mean (0.8-1.3, ``--calibration-levels``; 1 before 2026-12-07) with the best mean liver PSNR on about
 ``--calibration-cases`` training cases, each sequence hidden in turn as at test time
