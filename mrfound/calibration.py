@@ -40,6 +40,7 @@ __all__ = [
     "LOCAL_CONTRAST_WIDTHS_MM",
     "REGIONS",
     "calibrate_local_contrast",
+    "calibration_matches_weights",
     "check_store_target",
     "fov_mask",
     "read_calibration",
@@ -271,6 +272,20 @@ def read_calibration(
             raise CheckpointError(f"{source}: '{CONFIG_KEY}' of {name!r} is not usable ({exc})") from None
         out[str(name)] = (gain, sigma, level)
     return out
+
+
+def calibration_matches_weights(config: Mapping[str, Any], folder: str | os.PathLike) -> bool:
+    """Whether a stored calibration was chosen for the weights now in ``folder`` (True when the config has
+    none, or one without a recorded weights hash)."""
+    from mrfound.models.checkpoint import WEIGHTS_NAME
+    from mrfound.utils.io import file_sha256
+
+    entry = config.get(CONFIG_KEY)
+    prov = entry.get("provenance") if isinstance(entry, Mapping) else None
+    want = prov.get("weights_sha256") if isinstance(prov, Mapping) else None
+    if not want:
+        return True
+    return file_sha256(Path(folder) / WEIGHTS_NAME) == want
 
 
 def check_store_target(checkpoint: str | os.PathLike, out: str | os.PathLike | None) -> None:

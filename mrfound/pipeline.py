@@ -318,13 +318,24 @@ def load_pretrained(
     Raises:
         CheckpointError: Unknown name, unsafe or mismatching files, incompatible version.
     """
-    from mrfound.models.checkpoint import load_model
+    import warnings
+
+    from mrfound.calibration import calibration_matches_weights
+    from mrfound.models.checkpoint import load_model, resolve_checkpoint
 
     dev = torch.device(device) if device is not None else _default_device()
-    model, config = load_model(
-        name_or_path, device=dev, cache_dir=cache_dir, local_files_only=local_files_only
-    )
-    return MRFoundModel(model, config, device=dev)
+    folder = resolve_checkpoint(name_or_path, cache_dir=cache_dir, local_files_only=local_files_only)
+    model, config = load_model(folder, device=dev)
+    loaded = MRFoundModel(model, config, device=dev)
+    if loaded.local_contrast and not calibration_matches_weights(config, folder):
+        # a calibration is only valid for the weights it was chosen for (model.safetensors replaced?)
+        warnings.warn(
+            f"{folder}: the imputation calibration in config.json was chosen for other weights (SHA-256 "
+            "differs); it is ignored, rerun mrfound calibrate",
+            stacklevel=2,
+        )
+        loaded.local_contrast = {}
+    return loaded
 
 
 def extract_features(

@@ -202,3 +202,17 @@ def test_fov_mask_of_a_file_equals_that_of_its_array(cohort) -> None:
     from_array = cal.fov_mask((np.asarray(img.dataobj), img.affine), affine, shape)
     np.testing.assert_array_equal(from_file, from_array)
     assert 0 < from_file.sum() < from_file.size
+
+
+def test_calibration_for_other_weights_is_ignored_with_a_warning(mae_copy) -> None:
+    from safetensors.torch import load_file, save_file
+
+    cal.store_calibration(mae_copy, {"sequences": {"t2": {"gain": 0.5, "sigma_mm": 12.0}}})
+    assert load_pretrained(mae_copy, device="cpu").local_contrast == {"t2": (0.5, 12.0, 1.0)}
+    weights = load_file(str(mae_copy / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1.0  # same architecture, other weights
+    save_file(weights, str(mae_copy / "model.safetensors"))
+    with pytest.warns(UserWarning, match="chosen for other weights"):
+        model = load_pretrained(mae_copy, device="cpu")
+    assert model.local_contrast == {}
