@@ -838,7 +838,7 @@ def resolve_local_contrast(
     """The ``(gain, sigma mm[, level])`` to apply to a synthesis of ``sequence`` (None: as decoded).
 
     ``"auto"`` takes the checkpoint's calibration of that sequence (``model.local_contrast``), if any;
-    ``"none"`` / ``None``: as decoded; a pair is used as given.
+    ``"none"`` / ``None``: as decoded; a ``(gain, sigma mm[, level])`` is used as given.
     """
     if isinstance(local_contrast, str):
         if local_contrast not in LOCAL_CONTRAST_MODES:
