@@ -85,7 +85,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PHANTOM_FOREGROUND, choose_threads, resolve_autocast  # noqa: E402
 
 # fov_mask: also for the results/ scripts, which call it as im.fov_mask
-from mrfound.calibration import LOCAL_CONTRAST_WIDTHS_MM, fov_mask  # noqa: E402
+from mrfound.calibration import LOCAL_CONTRAST_WIDTHS_MM, REGIONS, fov_mask  # noqa: E402
 from mrfound.inference import LOCAL_CONTRAST_LEVELS  # noqa: E402
 from mrfound.utils.machine import load_average as _load  # noqa: E402
 from mrfound.utils.machine import machine_info  # noqa: E402
@@ -397,7 +397,6 @@ BASELINES_OF_THE_GOAL = ("copy_nearest", "mean_image")
 """The two simple baselines issue 5 asks imputation to beat on every sequence."""
 
 
-
 @dataclasses.dataclass
 class PhantomSplit:
     """The phantom cohort of one run and its held-out split by subject."""
@@ -617,7 +616,7 @@ def extra_cohort(b: dict[str, Any], work: Path, n: int, seed: int) -> tuple[Path
 def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict[str, Any]:
     from mrfound.data.preprocess import preprocess_case
     from mrfound.data.sequences import SEQUENCES
-    from mrfound.inference import shrink_local_contrast
+    from mrfound.inference import apply_local_contrast
 
     split = phantom_split(b, work, args.seed)
     train_cases, test_cases = split.train_cases, split.test_cases
@@ -678,9 +677,8 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
             preds = dict(cp.preds)
             if SEQUENCES[t] in calib:
                 lc = calib[SEQUENCES[t]]
-                preds["mrfound_calibrated"] = np.clip(
-                    shrink_local_contrast(preds["mrfound"], lc["gain"], lc["sigma"], lc["level"]),
-                    *pp.clip,
+                preds["mrfound_calibrated"] = apply_local_contrast(
+                    preds["mrfound"], (lc["gain"], lc["sigma"], lc["level"]), pp.clip
                 )
             for k, v in preds.items():
                 row[f"psnr_{k}"] = psnr(v, cp.truth, cp.region)
@@ -908,7 +906,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument(
         "--calibration-region",
-        choices=("liver", "body"),
+        choices=REGIONS,
         default="liver",
         help="where the calibration scores the training cases: liver (mask) or, label-free, body; the "
         "evaluation is in the liver either way (liver)",

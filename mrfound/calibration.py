@@ -203,9 +203,11 @@ def calibrate_local_contrast(
         s = preprocess_case(case, model.preprocessing, model.vocabulary)
         base = s["mask"][0] > 0 if region == "liver" else np.asarray(s["body"], dtype=bool)
         av = np.asarray(s["available"], dtype=bool)
+        if av.sum() < 2:  # nothing left to synthesise from
+            continue
         for t in np.flatnonzero(av):
             name = names[t]
-            if name not in wanted or av.sum() < 2:
+            if name not in wanted:
                 continue
             reg = base & fov_mask(case.sequences[name], s["affine"], base.shape)
             if reg.sum() < MIN_REGION_VOXELS:

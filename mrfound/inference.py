@@ -34,9 +34,9 @@ the target sequence, it is hidden from the model (synthesis uses only the other 
 how imputation is evaluated.
 
 A checkpoint calibrated by ``mrfound calibrate`` (:mod:`mrfound.calibration`) carries, per sequence,
-how much of the synthesis' local contrast to keep around a Gaussian local mean
+how much of the synthesis' local contrast to keep around a Gaussian local mean and how to scale that mean
 (:func:`shrink_local_contrast`); ``impute`` applies it by default (``local_contrast="auto"``), and
-``"none"`` or an explicit ``(gain, sigma mm)`` override it.
+``"none"`` or an explicit ``(gain, sigma mm[, level])`` override it.
 
 Intensities of synthesised sequences are in the **case's normalised units** of preprocessing: per
 sequence, 0 and 1 are the 1st and 99th intensity percentiles inside the body (``PreprocessConfig.
@@ -536,11 +536,7 @@ def synthesise_volume(
     vol = out[0, 0].float().cpu().numpy()
     if clip is not None:
         np.clip(vol, clip[0], clip[1], out=vol)
-    if local_contrast is not None:
-        vol = shrink_local_contrast(vol, *local_contrast)
-        if clip is not None:  # a level above 1 can leave the range
-            np.clip(vol, clip[0], clip[1], out=vol)
-    return vol
+    return apply_local_contrast(vol, local_contrast, clip)
 
 
 LOCAL_CONTRAST_GAINS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
@@ -584,6 +580,19 @@ def shrink_local_contrast(
     return (gain * vol + (level - gain) * low).astype(np.float32)
 
 
+def apply_local_contrast(
+    volume: np.ndarray, local_contrast: Sequence[float] | None, clip: Sequence[float] | None = None
+) -> np.ndarray:
+    """:func:`shrink_local_contrast` with ``(gain, sigma in voxels[, level])`` (None: ``volume`` as it is),
+    clipped again to ``clip``, since a level above 1 can leave the range."""
+    if local_contrast is None:
+        return volume
+    vol = shrink_local_contrast(volume, *local_contrast)
+    if clip is not None:
+        vol = np.clip(vol, clip[0], clip[1])
+    return vol
+
+
 def _check_local_contrast(gain: float, sigma: float, unit: str, level: float = 1.0) -> None:
     if not 0.0 <= gain <= 1.0:
         raise ConfigError(f"local-contrast gain must be in [0, 1], got {gain}")
@@ -620,13 +629,9 @@ def local_contrast_mse(
         # level * lo + gain * hi - truth = d + (level - 1) * lo + (gain - 1) * hi, expanded in moments
         lo = gaussian_filter(vol, sg, mode="nearest")[region]
         hi = vol[region] - lo
-        m = {k: float(np.mean(x * y)) for k, (x, y) in {
-            "dd": (d, d), "ll": (lo, lo), "hh": (hi, hi), "dl": (d, lo), "dh": (d, hi), "lh": (lo, hi)
-        }.items()}
-        out[i] = (
-            m["dd"] + a * a * m["ll"] + b * b * m["hh"]
-            + 2 * a * m["dl"] + 2 * b * m["dh"] + 2 * a * b * m["lh"]
-        )  # fmt: skip
+        dd, ll, hh = np.mean(d * d), np.mean(lo * lo), np.mean(hi * hi)
+        dl, dh, lh = np.mean(d * lo), np.mean(d * hi), np.mean(lo * hi)
+        out[i] = dd + a * a * ll + b * b * hh + 2 * (a * dl + b * dh + a * b * lh)
     return np.maximum(out, 0.0)
 
 
@@ -822,7 +827,7 @@ def _impute_case(
 ) -> tuple[nib.Nifti1Image, PreparedCase]:
     _require(model, ("autoencoder",), "impute")
     target, t_idx = _target_index(model, sequence)
-    lc = _local_contrast_voxels(model, resolve_local_contrast(model, target, local_contrast))
+    _, lc = _local_contrast_for(model, target, local_contrast)
     prepared = prepare_case(model, case, case_id=case_id, exclude=(target,))
     out = _synthesise_on_reference_grid(model, prepared, t_idx, overlap, sw_batch_size, lc)
     return _nifti(out.astype(np.float32), prepared.ref_affine), prepared
@@ -867,15 +872,15 @@ def _local_contrast_mm(local_contrast: Sequence[float] | None) -> tuple[float, f
     return gain, sigma_mm, level
 
 
-def _local_contrast_voxels(
-    model: MRFoundModel, local_contrast: Sequence[float] | None
-) -> tuple[float, float, float] | None:
-    """``(gain, sigma mm[, level])`` -> ``(gain, sigma in preprocessing voxels, level)``, checked before any
-    case is read."""
-    lc = _local_contrast_mm(local_contrast)
-    if lc is None:
-        return None
-    return lc[0], lc[1] / float(model.preprocessing.spacing), lc[2]
+def _local_contrast_for(
+    model: MRFoundModel, sequence: str, local_contrast: Sequence[float] | str | None
+) -> tuple[tuple[float, float, float] | None, tuple[float, float, float] | None]:
+    """What to apply to a synthesis of ``sequence``, checked before any case is read: ``(gain, sigma mm,
+    level)`` and ``(gain, sigma in preprocessing voxels, level)``, both None for the synthesis as decoded."""
+    mm = _local_contrast_mm(resolve_local_contrast(model, sequence, local_contrast))
+    if mm is None:
+        return None, None
+    return mm, (mm[0], mm[1] / float(model.preprocessing.spacing), mm[2])
 
 
 def _synthesise_on_reference_grid(
@@ -1279,7 +1284,7 @@ def impute_manifest(
         sw_batch_size: Windows per forward pass.
         num_workers: DataLoader workers preprocessing ahead.
         progress: Progress bar (default: only on a terminal).
-        local_contrast: ``(gain, sigma in mm)``, ``"auto"`` or ``"none"``, see :func:`impute`.
+        local_contrast: ``(gain, sigma in mm[, level])``, ``"auto"`` or ``"none"``, see :func:`impute`.
     """
     from tqdm.auto import tqdm
 
@@ -1290,8 +1295,7 @@ def impute_manifest(
     t0 = time.time()
     _require(model, ("autoencoder",), "impute")
     target, t_idx = _target_index(model, sequence)
-    applied = _local_contrast_mm(resolve_local_contrast(model, target, local_contrast))
-    lc = _local_contrast_voxels(model, applied)
+    applied, lc = _local_contrast_for(model, target, local_contrast)
     man = _as_manifest(model, manifest)
     out = Path(out)
     if out.exists() and not out.is_dir():
