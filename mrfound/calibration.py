@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "calibrate_local_contrast",
     "calibration_matches_weights",
     "check_store_target",
+    "evaluate_local_contrast",
     "fov_mask",
     "read_calibration",
     "store_calibration",
@@ -115,6 +116,72 @@ def _check_options(
     return out
 
 
+def _pick(cases: Sequence[Case], wanted: Sequence[str], region: str, max_cases: int) -> list[Case]:
+    """``max_cases`` of the cases that can score (a wanted sequence and another one; a mask for the liver),
+    spread evenly over the list."""
+    usable = [
+        c
+        for c in cases
+        if len(c.sequences) >= 2
+        and any(name in c.sequences for name in wanted)
+        and (region != "liver" or c.mask is not None)
+    ]
+    if not usable:
+        need = " and a mask (or use region 'body')" if region == "liver" else ""
+        raise ConfigError(
+            f"none of the {len(cases)} cases has {' or '.join(wanted)} with another sequence{need}"
+        )
+    return usable[:: max(1, len(usable) // max_cases)][:max_cases]
+
+
+def _scored_syntheses(
+    model: MRFoundModel,
+    picked: Sequence[Case],
+    wanted: Sequence[str],
+    region: str,
+    overlap: float | None,
+    sw_batch_size: int,
+    progress: bool | None,
+    desc: str,
+) -> Iterator[tuple[Case, str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Hide each wanted sequence of ``picked`` (:func:`_pick`) in turn and synthesise it from the case's
+    others, as :func:`mrfound.inference.impute` does; yields ``(case, sequence, synthesis as decoded,
+    truth, region)`` on the preprocessing grid (region: liver or body inside the hidden sequence's field
+    of view)."""
+    from tqdm.auto import tqdm
+
+    from mrfound.data.preprocess import preprocess_case
+    from mrfound.inference import synthesise_volume
+
+    clip = tuple(model.preprocessing.clip)
+    names = list(model.sequences)
+    disable = None if progress is None else not progress
+    for case in tqdm(picked, desc=desc, unit="case", disable=disable):
+        s = preprocess_case(case, model.preprocessing, model.vocabulary)
+        base = s["mask"][0] > 0 if region == "liver" else np.asarray(s["body"], dtype=bool)
+        av = np.asarray(s["available"], dtype=bool)
+        if av.sum() < 2:  # nothing left to synthesise from
+            continue
+        for t in np.flatnonzero(av):
+            name = names[t]
+            if name not in wanted:
+                continue
+            reg = base & fov_mask(case.sequences[name], s["affine"], base.shape)
+            if reg.sum() < MIN_REGION_VOXELS:
+                continue
+            syn = synthesise_volume(
+                model.model,
+                s["image"],
+                av,
+                int(t),
+                overlap=overlap,
+                sw_batch_size=sw_batch_size,
+                device=model.device,
+                clip=clip,
+            )
+            yield case, name, syn, np.asarray(s["image"][t]), reg
+
+
 def calibrate_local_contrast(
     model: MRFoundModel,
     manifest: Manifest | str | os.PathLike | Sequence[Case],
@@ -158,16 +225,12 @@ def calibrate_local_contrast(
         ConfigError: Bad options; no case that can be scored.
         ManifestError: A case that cannot be read (naming the case and column).
     """
-    from tqdm.auto import tqdm
-
-    from mrfound.data.preprocess import preprocess_case
     from mrfound.inference import (
         LOCAL_CONTRAST_GAINS,
         LOCAL_CONTRAST_LEVELS,
         _require,
         choose_local_contrast,
         local_contrast_mse,
-        synthesise_volume,
     )
 
     _require(model, ("autoencoder",), "impute")
@@ -178,53 +241,14 @@ def calibrate_local_contrast(
     levels = tuple(float(v) for v in (LOCAL_CONTRAST_LEVELS if levels is None else levels))
     if not levels or any(not 0.0 < v <= 4.0 for v in levels):
         raise ConfigError(f"levels must be in (0, 4], got {list(levels)}")
-    cases = _cases(model, manifest)
-    # only cases that can score: a requested sequence and another one, and a mask for the liver
-    usable = [
-        c
-        for c in cases
-        if len(c.sequences) >= 2
-        and any(name in c.sequences for name in wanted)
-        and (region != "liver" or c.mask is not None)
-    ]
-    if not usable:
-        need = " and a mask (or use region 'body')" if region == "liver" else ""
-        raise ConfigError(
-            f"none of the {len(cases)} cases has {' or '.join(wanted)} with another sequence{need}"
-        )
-    picked = usable[:: max(1, len(usable) // max_cases)][:max_cases]
     spacing = float(model.preprocessing.spacing)
     sigmas = [float(w) / spacing for w in widths_mm]
-    clip = tuple(model.preprocessing.clip)
-    names = list(model.sequences)
+    picked = _pick(_cases(model, manifest), wanted, region, max_cases)
     mse: dict[str, list[np.ndarray]] = {}
-    disable = None if progress is None else not progress
-    for case in tqdm(picked, desc="calibrate", unit="case", disable=disable):
-        s = preprocess_case(case, model.preprocessing, model.vocabulary)
-        base = s["mask"][0] > 0 if region == "liver" else np.asarray(s["body"], dtype=bool)
-        av = np.asarray(s["available"], dtype=bool)
-        if av.sum() < 2:  # nothing left to synthesise from
-            continue
-        for t in np.flatnonzero(av):
-            name = names[t]
-            if name not in wanted:
-                continue
-            reg = base & fov_mask(case.sequences[name], s["affine"], base.shape)
-            if reg.sum() < MIN_REGION_VOXELS:
-                continue
-            syn = synthesise_volume(
-                model.model,
-                s["image"],
-                av,
-                int(t),
-                overlap=overlap,
-                sw_batch_size=sw_batch_size,
-                device=model.device,
-                clip=clip,
-            )
-            mse.setdefault(name, []).append(
-                local_contrast_mse(syn, s["image"][t], reg, sigmas, gains, levels)
-            )
+    for _case, name, syn, truth, reg in _scored_syntheses(
+        model, picked, wanted, region, overlap, sw_batch_size, progress, "calibrate"
+    ):
+        mse.setdefault(name, []).append(local_contrast_mse(syn, truth, reg, sigmas, gains, levels))
     chosen = {}
     for name in wanted:
         if name in mse:
@@ -246,6 +270,89 @@ def calibrate_local_contrast(
         "cases_read": len(picked),
         "uncalibrated": [n for n in wanted if n not in chosen],
     }
+
+
+def evaluate_local_contrast(
+    model: MRFoundModel,
+    manifest: Manifest | str | os.PathLike | Sequence[Case],
+    *,
+    sequences: Sequence[str] | None = None,
+    local_contrast: Sequence[float] | str | None = "auto",
+    region: str = "liver",
+    max_cases: int = 48,
+    overlap: float | None = None,
+    sw_batch_size: int = 4,
+    progress: bool | None = None,
+    keep_volumes: bool = False,
+) -> dict[str, Any]:
+    """Liver (or body) PSNR of each sequence's synthesis with the local contrast applied and as decoded, on
+    cases with truth: does a calibration chosen on some cases carry over to others?
+
+    Args:
+        model: A pretrained masked-modality autoencoder (:func:`mrfound.load_pretrained`).
+        manifest: Manifest, CSV path or list of cases, e.g. held-out cases the calibration never saw;
+            ``max_cases`` of those that can be scored are read, as in :func:`calibrate_local_contrast`.
+        sequences: Sequences to evaluate (default all the model knows).
+        local_contrast: ``"auto"`` (the checkpoint's calibration of each sequence; as decoded where it has
+            none), ``"none"``, or one ``(gain, sigma mm[, level])`` for every sequence.
+        region: ``liver`` or ``body``.
+        max_cases: Cases to read.
+        overlap: Sliding-window overlap of the synthesis.
+        sw_batch_size: Windows per forward pass.
+        progress: Progress bar (default: only on a terminal).
+        keep_volumes: Also return each case's ``truth``, ``as_decoded``, ``applied`` and ``region`` volumes
+            (preprocessing grid) in its row, e.g. for a figure.
+
+    Returns:
+        ``sequences``: name -> ``psnr`` and ``psnr_as_decoded`` (means over cases, data range 1),
+        ``local_contrast`` (``[gain, sigma_mm, level]`` applied, or None), ``n_cases`` and ``cases`` (one
+        row per case: ``case``, ``psnr``, ``psnr_as_decoded``); ``region``, ``cases_read``,
+        ``unscored`` (requested sequences no case could score).
+
+    Raises:
+        ConfigError: Bad options; no case that can be scored.
+        ManifestError: A case that cannot be read (naming the case and column).
+    """
+    from mrfound.inference import _local_contrast_for, _require, apply_local_contrast
+
+    _require(model, ("autoencoder",), "impute")
+    wanted = _check_options(model, sequences, region, LOCAL_CONTRAST_WIDTHS_MM, max_cases)
+    # every sequence's setting checked before any case is read
+    applied = {name: _local_contrast_for(model, name, local_contrast) for name in wanted}
+    picked = _pick(_cases(model, manifest), wanted, region, max_cases)
+    clip = tuple(model.preprocessing.clip)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for case, name, syn, truth, reg in _scored_syntheses(
+        model, picked, wanted, region, overlap, sw_batch_size, progress, "evaluate"
+    ):
+        out = apply_local_contrast(syn, applied[name][1], clip)
+        row = {"case": case.case, "psnr": _psnr(out, truth, reg), "psnr_as_decoded": _psnr(syn, truth, reg)}
+        if keep_volumes:
+            row.update(truth=truth, as_decoded=syn, applied=out, region=reg)
+        rows.setdefault(name, []).append(row)
+    result = {}
+    for name in wanted:
+        if name in rows:
+            mm = applied[name][0]
+            result[name] = {
+                "psnr": round(float(np.mean([r["psnr"] for r in rows[name]])), 4),
+                "psnr_as_decoded": round(float(np.mean([r["psnr_as_decoded"] for r in rows[name]])), 4),
+                "local_contrast": None if mm is None else [float(v) for v in mm],
+                "n_cases": len(rows[name]),
+                "cases": rows[name],
+            }
+    return {
+        "sequences": result,
+        "region": region,
+        "cases_read": len(picked),
+        "unscored": [n for n in wanted if n not in result],
+    }
+
+
+def _psnr(pred: np.ndarray, truth: np.ndarray, region: np.ndarray) -> float:
+    """PSNR (dB, data range 1) in ``region``, rounded as the calibration's."""
+    mse = float(np.mean((np.asarray(pred, np.float64)[region] - np.asarray(truth, np.float64)[region]) ** 2))
+    return round(-10.0 * float(np.log10(max(mse, 1e-12))), 4)
 
 
 def read_calibration(

@@ -100,6 +100,8 @@ class DemoConfig:
         calibrate_cases: Training cases on which ``mrfound calibrate``'s function chooses the imputed
             sequence's local contrast before the unseen volumes are imputed (whole-volume syntheses; 0:
             none, the synthesis as decoded).
+        calibrate_holdout_cases: Unseen (test) cases on which that calibration is then checked: liver PSNR
+            of the whole-volume synthesis as decoded and calibrated, and a figure of both (0: no check).
         workers: Processes for simulation and preprocessing (default: the usable CPUs, at most 8).
         batch_size: Training batch size.
         model_overrides: Encoder fields changed from ``tiny`` (tests use a narrower model).
@@ -131,6 +133,7 @@ class DemoConfig:
     impute_sequence: str = "t1_art"
     impute_cases: int = 12
     calibrate_cases: int = 3
+    calibrate_holdout_cases: int = 2
     workers: int | None = None
     batch_size: int = 8
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -167,6 +170,8 @@ class DemoConfig:
             raise ConfigError(f"impute_cases must be >= 1, got {self.impute_cases}")
         if int(self.calibrate_cases) < 0:
             raise ConfigError(f"calibrate_cases must be >= 0, got {self.calibrate_cases}")
+        if int(self.calibrate_holdout_cases) < 0:
+            raise ConfigError(f"calibrate_holdout_cases must be >= 0, got {self.calibrate_holdout_cases}")
         if int(self.segment_feature_size) < 1:
             raise ConfigError(f"segment_feature_size must be >= 1, got {self.segment_feature_size}")
         if not (math.isfinite(self.segment_lr) and self.segment_lr > 0):
@@ -890,6 +895,59 @@ def plot_imputation(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, 
     return save_figure(fig, path)
 
 
+def plot_calibration_check(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    *,
+    sequence: str,
+    local_contrast: Sequence[float] | None,
+) -> Path:
+    """Per unseen case: true sequence, synthesis as decoded and calibrated, and their absolute errors, on
+    the axial slice with the most liver; the liver outline (where the PSNR is scored) on the truth.
+
+    Each row dict (from :func:`mrfound.calibration.evaluate_local_contrast` with ``keep_volumes``):
+    ``case``, ``truth``, ``as_decoded``, ``applied``, ``region`` (3D arrays), ``psnr``, ``psnr_as_decoded``.
+    """
+    plt = _plt()
+    n = len(rows)
+    fig, axes = plt.subplots(n, 5, figsize=(11.5, 2.5 * n + 0.6), squeeze=False)
+    for r, row in enumerate(rows):
+        k = int(np.argmax(np.asarray(row["region"]).sum(axis=(0, 1))))
+
+        def axial(v: np.ndarray, k: int = k) -> np.ndarray:
+            # radiological view, as the imputation figure
+            return np.asarray(v)[:, :, k].T[:, ::-1]
+
+        truth = axial(row["truth"])
+        panels = [
+            (truth, f"true {sequence} (hidden)", "gray"),
+            (axial(row["as_decoded"]), f"as decoded\nliver PSNR {row['psnr_as_decoded']:.1f} dB", "gray"),
+            (axial(row["applied"]), f"calibrated\nliver PSNR {row['psnr']:.1f} dB", "gray"),
+            (np.abs(axial(row["as_decoded"]) - truth), "|error| as decoded", "magma"),
+            (np.abs(axial(row["applied"]) - truth), "|error| calibrated", "magma"),
+        ]
+        for c, (img, title, cmap) in enumerate(panels):
+            ax = axes[r, c]
+            im = ax.imshow(img, cmap=cmap, vmin=0, vmax=1.2 if cmap == "gray" else 0.6, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(title, fontsize=8)
+        liver = axial(row["region"]).astype(float)
+        axes[r, 0].contour(liver, levels=[0.5], colors="tab:green", linewidths=0.8)
+        axes[r, 0].set_ylabel(f"{row['case']}\nslice {k}", fontsize=8)
+        fig.colorbar(im, ax=axes[r, 4], fraction=0.046, pad=0.04, label="normalised units")
+    if local_contrast is None:
+        how = "as decoded only (no calibration)"
+    else:
+        gain, width, level = local_contrast
+        how = f"calibrated: gain {gain:g}, {width:g} mm local mean, level {level:g}"
+    fig.suptitle(
+        f"Whole-volume synthesis of {sequence} on unseen cases, {how}; green: liver, where PSNR is scored",
+        fontsize=9,
+    )
+    return save_figure(fig, path)
+
+
 # ---------------------------------------------------------------------------------------- the demo
 
 
@@ -1045,9 +1103,11 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
         sps, threads = fastest_threads(build_model(pre_cfg), ds, cfg.batch_size)
         if threads == 1 and torch.get_num_threads() == 1 and _initial_threads() > 1:
             log.say("   busy machine: one torch thread trains faster than several here; using 1")
-        plan = TimePlan(
-            budget, sps / REFERENCE_SECONDS_PER_STEP, cfg.segment, n_volumes, int(cfg.calibrate_cases)
+        # whole-volume syntheses of the calibration and of its check on unseen cases
+        calibration_volumes = int(cfg.calibrate_cases) + (
+            int(cfg.calibrate_holdout_cases) if cfg.calibrate_cases else 0
         )
+        plan = TimePlan(budget, sps / REFERENCE_SECONDS_PER_STEP, cfg.segment, n_volumes, calibration_volumes)
         pre_cfg.steps = Budget.steps(
             plan.seconds_for("pretrain", ["probe", "classify", "segment", "infer"]),
             sps,
@@ -1340,7 +1400,7 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
             seg_api = mrfound.load_pretrained(seg_summary["checkpoint"], device="cpu")
             predict_manifest(seg_api, vol_csv, out / "segmentations", progress=None)
         mae_api = mrfound.load_pretrained(str(pre.final_dir), device="cpu")
-        calibration = None
+        calibration = holdout = None
         if cfg.calibrate_cases:
             # what `mrfound calibrate` does: choose the synthesis' local contrast on training cases, store
             # it in the checkpoint; impute then applies it
@@ -1367,6 +1427,16 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
                     f"{calibration['level']:g}, liver "
                     f"PSNR {calibration['psnr_as_decoded']:.1f} -> {calibration['psnr']:.1f} dB"
                 )
+                if cfg.calibrate_holdout_cases:
+                    figure = fig_dir / "imputation_calibration.png"
+                    holdout = _check_calibration(mae_api, test_m, cfg, figure)
+                    if holdout is None:
+                        log.say("   calibration unchecked: no unseen case has the sequence, another, a mask")
+                    else:
+                        log.say(
+                            f"   on {holdout['n_cases']} unseen volume(s): liver PSNR as decoded "
+                            f"{holdout['psnr_as_decoded']:.1f} dB, calibrated {holdout['psnr']:.1f} dB"
+                        )
         imp_sum = impute_manifest(mae_api, vol_csv, cfg.impute_sequence, out / "imputed", progress=None)
         imp_rows, imp_table = _imputation_rows(
             mae, test_m, pp, cache_dir, cfg.impute_sequence, n=cfg.impute_cases
@@ -1392,6 +1462,7 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
         "predict_summary": _as_dict(pred_sum),
         "impute_summary": _as_dict(imp_sum),
         "calibration": calibration,
+        "calibration_holdout": holdout,
     }
 
     # 8 ------------------------------------------------------------------ report
@@ -1529,6 +1600,34 @@ def _imputation_rows(
         )
         table.append(row)
     return rows, table
+
+
+def _check_calibration(mae_api: Any, test_m: Any, cfg: DemoConfig, figure: Path) -> dict[str, Any] | None:
+    """Liver PSNR of the imputed sequence's whole-volume synthesis, as decoded and with the checkpoint's
+    calibration, on ``cfg.calibrate_holdout_cases`` unseen cases, and the figure of both (None: no case can
+    be scored)."""
+    from mrfound.calibration import evaluate_local_contrast
+
+    try:
+        ev = evaluate_local_contrast(
+            mae_api,
+            test_m,
+            sequences=[cfg.impute_sequence],
+            max_cases=int(cfg.calibrate_holdout_cases),
+            progress=False,
+            keep_volumes=True,
+        )
+    except ConfigError:
+        return None
+    res = next(iter(ev["sequences"].values()), None)
+    if res is None:
+        return None
+    plot_calibration_check(
+        res["cases"], figure, sequence=cfg.impute_sequence, local_contrast=res["local_contrast"]
+    )
+    keep = ("case", "psnr", "psnr_as_decoded")
+    cases = [{k: r[k] for k in keep} for r in res["cases"]]  # the volumes stay out of summary.json
+    return {**{k: v for k, v in res.items() if k != "cases"}, "cases": cases}
 
 
 def _imputation_means(table: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
@@ -1682,6 +1781,19 @@ def _report(
             f"{cal['psnr']:.1f} dB); the NIfTI in `imputed/` apply it, the ROI table below is the synthesis "
             "as decoded.\n"
         )
+    held = inf.get("calibration_holdout")
+    if held:
+        lines += [
+            f"\nDoes the calibration carry over? Whole-volume synthesis of {cfg.impute_sequence} on "
+            f"{held['n_cases']} unseen case(s) it was not chosen on, liver PSNR (dB, normalised units, "
+            "peak 1):\n",
+            md_table(
+                ["case", "as decoded", "calibrated"],
+                [[r["case"], _f(r["psnr_as_decoded"], 1), _f(r["psnr"], 1)] for r in held["cases"]]
+                + [[f"mean of {held['n_cases']}", _f(held["psnr_as_decoded"], 1), _f(held["psnr"], 1)]],
+            ),
+            "\n![Calibration on unseen cases](figures/imputation_calibration.png)\n",
+        ]
     if inf["imputation"]:
         lines += [
             f"\nSynthesis of {cfg.impute_sequence} from the other sequences on unseen lesion ROIs "
@@ -1773,6 +1885,15 @@ def print_summary(
         synth, copy = _imputation_means(imp)
         rows.append(
             ("imputation", f"PSNR {synth:.1f} dB vs copy-nearest {copy:.1f} dB ({len(imp)} unseen ROIs)")
+        )
+    held = summary["inference"].get("calibration_holdout")
+    if held:
+        rows.append(
+            (
+                "calibrated imputation",
+                f"liver PSNR {held['psnr_as_decoded']:.1f} dB as decoded -> {held['psnr']:.1f} dB calibrated "
+                f"({held['n_cases']} unseen volume(s))",
+            )
         )
     rows.append(("wall time", f"{summary['wall_s']['total'] / 60:.1f} min"))
     rows.append(("report", str(out / "report.md")))

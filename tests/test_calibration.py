@@ -155,6 +155,58 @@ def test_impute_manifest_reports_the_applied_calibration(mae_copy, cohort, tmp_p
     assert a.shape == b.shape and not np.allclose(a, b)
 
 
+def test_evaluation_on_the_calibration_cases_reproduces_the_chosen_psnr(mae_copy, cohort) -> None:
+    model = load_pretrained(mae_copy, device="cpu")
+    res = cal.calibrate_local_contrast(model, cohort, sequences=["t2"], progress=False)
+    cal.store_calibration(mae_copy, res)
+    calibrated = load_pretrained(mae_copy, device="cpu")
+    ev = cal.evaluate_local_contrast(calibrated, cohort, sequences=["t2"], progress=False)
+    t2, chosen = ev["sequences"]["t2"], res["sequences"]["t2"]
+    assert ev["cases_read"] == res["cases_read"] and ev["unscored"] == []
+    assert t2["local_contrast"] == [chosen["gain"], chosen["sigma_mm"], chosen["level"]]
+    assert t2["n_cases"] == chosen["n_cases"] == len(t2["cases"])
+    # the moment-based choice and the applied filter agree (as decoded: the same numbers)
+    assert t2["psnr_as_decoded"] == pytest.approx(chosen["psnr_as_decoded"], abs=1e-3)
+    assert t2["psnr"] == pytest.approx(chosen["psnr"], abs=2e-3)
+    assert {r["case"] for r in t2["cases"]} <= {c.case for c in read_manifest(cohort).cases}
+    none = cal.evaluate_local_contrast(calibrated, cohort, sequences=["t2"], local_contrast="none")
+    plain = none["sequences"]["t2"]
+    assert plain["local_contrast"] is None
+    assert plain["psnr"] == plain["psnr_as_decoded"] == t2["psnr_as_decoded"]
+
+
+def test_evaluation_with_a_given_local_contrast_keeps_the_volumes(ckpts, cohort) -> None:
+    model = load_pretrained(ckpts["autoencoder"], device="cpu")
+    ev = cal.evaluate_local_contrast(
+        model, cohort, sequences=["t1_art"], local_contrast=(0.5, 16.0), max_cases=2, keep_volumes=True
+    )
+    art = ev["sequences"]["t1_art"]
+    assert art["local_contrast"] == [0.5, 16.0, 1.0] and ev["cases_read"] == 2
+    row = art["cases"][0]
+    sigma = 16.0 / model.preprocessing.spacing
+    expect = inf.apply_local_contrast(row["as_decoded"], (0.5, sigma, 1.0), model.preprocessing.clip)
+    np.testing.assert_allclose(row["applied"], expect)
+    region = row["region"]
+    assert region.dtype == bool and region.shape == row["truth"].shape and region.any()
+    mse = np.mean((row["applied"][region].astype(np.float64) - row["truth"][region]) ** 2)
+    assert row["psnr"] == pytest.approx(_psnr(mse), abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"local_contrast": "best"}, "local_contrast must be"),
+        ({"local_contrast": (2.0, 8.0)}, "gain must be in"),
+        ({"region": "lung"}, "region must be one of"),
+        ({"max_cases": 0}, "max_cases must be >= 1"),
+    ],
+)
+def test_evaluation_bad_options(ckpts, cohort, kwargs, message) -> None:
+    model = load_pretrained(ckpts["autoencoder"], device="cpu")
+    with pytest.raises(ConfigError, match=message):
+        cal.evaluate_local_contrast(model, cohort, progress=False, **kwargs)
+
+
 def test_store_calibration_copy_leaves_the_original_and_refuses_a_full_folder(mae_copy, tmp_path) -> None:
     before = (mae_copy / "config.json").read_bytes()
     calibration = {"sequences": {"dwi": {"gain": 0.8, "sigma_mm": 32.0}}}

@@ -31,6 +31,7 @@ MICRO = {
     "segment_feature_size": 4,
     "impute_cases": 2,
     "calibrate_cases": 2,
+    "calibrate_holdout_cases": 1,
     "workers": 2,
     "montage_candidates": 1,
 }
@@ -59,6 +60,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
         "confusion",
         "segmentation",
         "imputation",
+        "imputation_calibration",
     }
     for name in figures:
         png = out / "figures" / f"{name}.png"
@@ -101,11 +103,20 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
     applied = saved["inference"]["impute_summary"]["local_contrast"]
     assert applied == [cal["gain"], cal["sigma_mm"], cal["level"]]
     assert "calibrated (`mrfound calibrate`)" in report
+    # and checked on an unseen (test) case: the same setting, as decoded and calibrated, in the report
+    held = saved["inference"]["calibration_holdout"]
+    assert held["n_cases"] == len(held["cases"]) == 1 and held["local_contrast"] == applied
+    test_cases = (out / "work" / "test.csv").read_text()
+    row = held["cases"][0]
+    assert set(row) == {"case", "psnr", "psnr_as_decoded"} and f"\n{row['case']}," in test_cases
+    assert held["psnr"] == row["psnr"] and np.isfinite(row["psnr_as_decoded"])
+    assert "Does the calibration carry over?" in report and f"| {row['case']} |" in report
 
     # progress on the terminal: numbered stage headers and the closing summary table
     text = stream.getvalue()
     assert "== [1/8]" in text and "== [8/8]" in text
     assert "mrfound demo summary" in text and str(out / "report.md") in text
+    assert "calibrated imputation" in text and "unseen volume(s)" in text
 
 
 def test_budget_steps_fit_the_time_and_respect_the_bounds() -> None:
@@ -154,6 +165,8 @@ def test_md_table_and_config_validation(tmp_path: Path) -> None:
         DemoConfig(out=str(tmp_path), segment_feature_size=0).validate()
     with pytest.raises(ConfigError, match="calibrate_cases"):
         DemoConfig(out=str(tmp_path), calibrate_cases=-1).validate()
+    with pytest.raises(ConfigError, match="calibrate_holdout_cases must be >= 0"):
+        DemoConfig(out=str(tmp_path), calibrate_holdout_cases=-1).validate()
     with pytest.raises(ConfigError, match="impute_cases"):
         DemoConfig(out=str(tmp_path), impute_cases=0).validate()
     with pytest.raises(ConfigError, match="segment_lr"):

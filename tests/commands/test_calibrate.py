@@ -70,6 +70,38 @@ def test_calibrate_out_writes_a_copy(inference_setup, mae_copy, tmp_path, capsys
     assert "not an empty folder" in capsys.readouterr().err
 
 
+def test_calibrate_check_reports_held_out_psnr_of_what_impute_applies(
+    inference_setup, mae_copy, tmp_path, capsys
+) -> None:
+    from mrfound.calibration import evaluate_local_contrast
+    from mrfound.pipeline import load_pretrained
+
+    manifest = inference_setup["manifest"]
+    args = ("--sequences", "t1_art", "--cases", "2", "--check", str(manifest))
+    assert _calibrate(mae_copy, manifest, *args) == 0
+    out = capsys.readouterr().out
+    assert "held-out check on" in out
+    # the printed numbers are those of the stored calibration, reloaded
+    model = load_pretrained(mae_copy, device="cpu")
+    art = evaluate_local_contrast(model, manifest, sequences=["t1_art"], max_cases=2)["sequences"]["t1_art"]
+    assert art["local_contrast"] == list(model.local_contrast["t1_art"])
+    lines = out.splitlines()
+    after = lines[next(i for i, x in enumerate(lines) if x.startswith("held-out check on")) :]
+    row = next(x for x in after if x.startswith("t1_art"))
+    assert f"{art['psnr_as_decoded']:6.2f} -> {art['psnr']:6.2f} dB" in row
+
+
+def test_calibrate_refuses_a_bad_check_manifest_before_calibrating(
+    inference_setup, mae_copy, tmp_path, capsys
+) -> None:
+    before = (mae_copy / "config.json").read_bytes()
+    missing = tmp_path / "nope.csv"
+    assert _calibrate(mae_copy, inference_setup["manifest"], "--check", str(missing)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mrfound calibrate: error:") and "nope.csv" in err and "\n" not in err
+    assert (mae_copy / "config.json").read_bytes() == before
+
+
 @pytest.mark.parametrize(
     "which,extra,message",
     [
