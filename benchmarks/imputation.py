@@ -86,7 +86,7 @@ from _common import PHANTOM_FOREGROUND, choose_threads, resolve_autocast  # noqa
 
 # fov_mask: also for the results/ scripts, which call it as im.fov_mask
 from mrfound.calibration import LOCAL_CONTRAST_WIDTHS_MM, REGIONS, fov_mask  # noqa: E402
-from mrfound.inference import LOCAL_CONTRAST_LEVELS  # noqa: E402
+from mrfound.inference import LOCAL_CONTRAST_GAINS, LOCAL_CONTRAST_LEVELS  # noqa: E402
 from mrfound.utils.machine import load_average as _load  # noqa: E402
 from mrfound.utils.machine import machine_info  # noqa: E402
 
@@ -575,12 +575,18 @@ def _beats_goal_baselines(entry: dict[str, Any], method: str) -> bool:
 
 
 def calibrate_local_contrast(
-    cases: list[Any], model: Any, n: int, region: str = "liver", levels: tuple[float, ...] | None = None
+    cases: list[Any],
+    model: Any,
+    n: int,
+    region: str = "liver",
+    levels: tuple[float, ...] | None = None,
+    gains: tuple[float, ...] | None = None,
+    widths_mm: tuple[float, ...] = LOCAL_CONTRAST_WIDTHS_MM,
 ) -> dict[str, dict[str, float]]:
     """Per target sequence, the local-contrast shrinkage of mrfound's synthesis that scores best in the liver
     (or ``region``) of about ``n`` training cases (spread over the list), each sequence hidden in turn as at
-    test time: the library's :func:`mrfound.calibration.calibrate_local_contrast` (``levels``: its default
-    grid), what ``mrfound calibrate`` stores. ``n`` 0: none.
+    test time: the library's :func:`mrfound.calibration.calibrate_local_contrast` (``levels``, ``gains``:
+    its default grids when None), what ``mrfound calibrate`` stores. ``n`` 0: none.
 
     Returns:
         sequence -> ``gain``, ``sigma`` (voxels), ``sigma_mm``, ``level``, ``psnr`` and ``psnr_as_decoded``
@@ -590,7 +596,10 @@ def calibrate_local_contrast(
 
     if n == 0:
         return {}
-    res = calibrate(model, cases, region=region, max_cases=n, levels=levels, progress=False)
+    res = calibrate(
+        model, cases, region=region, max_cases=n, levels=levels, gains=gains, widths_mm=widths_mm,
+        progress=False,
+    )
     spacing = float(model.preprocessing.spacing)
     return {name: {**v, "sigma": v["sigma_mm"] / spacing} for name, v in res["sequences"].items()}
 
@@ -655,6 +664,8 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
         args.calibration_cases,
         region=args.calibration_region,
         levels=args.calibration_levels,
+        gains=args.calibration_gains,
+        widths_mm=args.calibration_widths_mm,
     )
     t_calib = time.time() - t1
 
@@ -755,7 +766,8 @@ def run_phantom(args: argparse.Namespace, b: dict[str, Any], work: Path) -> dict
         "local_contrast_calibration": {
             "cases": "training cases (every k-th, about --calibration-cases), each sequence hidden in turn",
             "region": args.calibration_region,
-            "sigmas_mm": list(LOCAL_CONTRAST_WIDTHS_MM),
+            "sigmas_mm": list(args.calibration_widths_mm),
+            "gains": list(args.calibration_gains),
             "levels": list(args.calibration_levels),
             "per_sequence": calib,
         },
@@ -903,6 +915,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metavar="L",
         help="scales of the local mean the calibration tries (default the library's 0.8-1.3; '1': the "
         "contrast only, as before 2026-12-07)",
+    )
+    ap.add_argument(
+        "--calibration-gains",
+        nargs="+",
+        type=float,
+        default=list(LOCAL_CONTRAST_GAINS),
+        metavar="G",
+        help="shares of the local contrast the calibration tries (default the library's 1-0.4)",
+    )
+    ap.add_argument(
+        "--calibration-widths-mm",
+        nargs="+",
+        type=float,
+        default=list(LOCAL_CONTRAST_WIDTHS_MM),
+        metavar="MM",
+        help="widths of the local mean the calibration tries (default the library's 8-64 mm)",
     )
     ap.add_argument(
         "--calibration-region",

@@ -25,6 +25,7 @@ def imp():
 def test_tiny_budget_scores_every_method_and_records_the_recipe(imp, tmp_path: Path) -> None:
     argv = ["--budget", "tiny", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r"), "--threads", "1"]
     argv += ["--cases", "12"]  # --cases overrides the budget's cohort size
+    argv += ["--calibration-gains", "1", "0.5", "0", "--calibration-widths-mm", "4", "16", "96"]
     if not TRISTAN.is_dir():
         argv.append("--skip-tristan")
     doc = imp.main(argv)
@@ -58,14 +59,15 @@ def test_tiny_budget_scores_every_method_and_records_the_recipe(imp, tmp_path: P
     )
     # mrfound_calibrated: each sequence's local-contrast shrinkage chosen on training cases, scored alike
     calib = ph["local_contrast_calibration"]["per_sequence"]
-    assert ph["local_contrast_calibration"]["region"] == "liver"  # the default; the library's widths
-    assert ph["local_contrast_calibration"]["sigmas_mm"] == list(imp.LOCAL_CONTRAST_WIDTHS_MM)
+    assert ph["local_contrast_calibration"]["region"] == "liver"  # the default; the grids asked for
+    assert ph["local_contrast_calibration"]["sigmas_mm"] == [4.0, 16.0, 96.0]
+    assert ph["local_contrast_calibration"]["gains"] == [1.0, 0.5, 0.0]
     assert calib, "some training case was calibrated on"
     for seq, entry in ph["per_sequence"].items():
         if seq not in calib:
             continue
         lc = entry["local_contrast"]
-        assert lc == calib[seq] and lc["gain"] in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
+        assert lc == calib[seq] and lc["gain"] in (1.0, 0.5, 0.0) and lc["sigma_mm"] in (4.0, 16.0, 96.0)
         assert lc["psnr"] >= lc["psnr_as_decoded"]  # gain 1 is on the grid
         if lc["gain"] == 1.0:  # the identity: the same synthesis
             assert entry["psnr_mrfound_calibrated"] == entry["psnr_mrfound"]
