@@ -1367,8 +1367,9 @@ def _run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
                 segm, eval_m, seg_pp, cache_dir, fig_dir / "segmentation.png"
             )
             log.say(
-                f"   test volumes: liver Dice {seg_metrics['liver']['dice'] or float('nan'):.3f}, "
-                f"lesion Dice {seg_metrics['lesion']['dice'] or float('nan'):.3f} "
+                # _f: a Dice of 0 is a result (no lesion voxel found), only None is "n/a"
+                f"   test volumes: liver Dice {_f(seg_metrics['liver']['dice'])}, "
+                f"lesion Dice {_f(seg_metrics['lesion']['dice'])} "
                 f"(n={seg_metrics['n_cases']})"
             )
         seg_summary = {

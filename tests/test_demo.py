@@ -117,6 +117,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
     assert "== [1/8]" in text and "== [8/8]" in text
     assert "mrfound demo summary" in text and str(out / "report.md") in text
     assert "calibrated imputation" in text and "unseen volume(s)" in text
+    assert "Dice nan" not in text  # a Dice of 0 is printed as 0.000, not as missing
 
 
 def test_budget_steps_fit_the_time_and_respect_the_bounds() -> None:
