@@ -96,13 +96,10 @@ def _check_options(
     model: MRFoundModel,
     sequences: Sequence[str] | None,
     region: str,
-    widths_mm: Sequence[float],
     max_cases: int,
 ) -> list[str]:
     if region not in REGIONS:
         raise ConfigError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
-    if not widths_mm or any(not float(w) > 0 for w in widths_mm):
-        raise ConfigError(f"widths must be > 0 mm, got {list(widths_mm)}")
     if max_cases < 1:
         raise ConfigError(f"max_cases must be >= 1, got {max_cases}")
     if sequences is None:
@@ -234,7 +231,9 @@ def calibrate_local_contrast(
     )
 
     _require(model, ("autoencoder",), "impute")
-    wanted = _check_options(model, sequences, region, widths_mm, max_cases)
+    wanted = _check_options(model, sequences, region, max_cases)
+    if not widths_mm or any(not float(w) > 0 for w in widths_mm):
+        raise ConfigError(f"widths must be > 0 mm, got {list(widths_mm)}")
     gains = tuple(float(g) for g in (LOCAL_CONTRAST_GAINS if gains is None else gains))
     if not gains or any(not 0.0 <= g <= 1.0 for g in gains):
         raise ConfigError(f"gains must be in [0, 1], got {list(gains)}")
@@ -313,10 +312,10 @@ def evaluate_local_contrast(
         ConfigError: Bad options; no case that can be scored.
         ManifestError: A case that cannot be read (naming the case and column).
     """
-    from mrfound.inference import _local_contrast_for, _require, apply_local_contrast
+    from mrfound.inference import _local_contrast_for, _require, apply_local_contrast, masked_psnr
 
     _require(model, ("autoencoder",), "impute")
-    wanted = _check_options(model, sequences, region, LOCAL_CONTRAST_WIDTHS_MM, max_cases)
+    wanted = _check_options(model, sequences, region, max_cases)
     # every sequence's setting checked before any case is read
     applied = {name: _local_contrast_for(model, name, local_contrast) for name in wanted}
     picked = _pick(_cases(model, manifest), wanted, region, max_cases)
@@ -326,7 +325,9 @@ def evaluate_local_contrast(
         model, picked, wanted, region, overlap, sw_batch_size, progress, "evaluate"
     ):
         out = apply_local_contrast(syn, applied[name][1], clip)
-        row = {"case": case.case, "psnr": _psnr(out, truth, reg), "psnr_as_decoded": _psnr(syn, truth, reg)}
+        # rounded as the calibration's PSNRs
+        psnr, as_decoded = round(masked_psnr(out, truth, reg), 4), round(masked_psnr(syn, truth, reg), 4)
+        row = {"case": case.case, "psnr": psnr, "psnr_as_decoded": as_decoded}
         if keep_volumes:
             row.update(truth=truth, as_decoded=syn, applied=out, region=reg)
         rows.setdefault(name, []).append(row)
@@ -347,12 +348,6 @@ def evaluate_local_contrast(
         "cases_read": len(picked),
         "unscored": [n for n in wanted if n not in result],
     }
-
-
-def _psnr(pred: np.ndarray, truth: np.ndarray, region: np.ndarray) -> float:
-    """PSNR (dB, data range 1) in ``region``, rounded as the calibration's."""
-    mse = float(np.mean((np.asarray(pred, np.float64)[region] - np.asarray(truth, np.float64)[region]) ** 2))
-    return round(-10.0 * float(np.log10(max(mse, 1e-12))), 4)
 
 
 def read_calibration(

@@ -962,11 +962,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return read_log(path)
 
 
-def _psnr(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, peak: float = 1.0) -> float:
-    mse = float(np.mean((pred[mask] - truth[mask]) ** 2)) if mask.any() else float("nan")
-    return float(10 * np.log10(peak**2 / max(mse, 1e-12)))
-
-
 def run_demo(cfg: DemoConfig, stream: Any = None) -> dict[str, Any]:
     """Run every stage (see the module docstring) and write ``cfg.out/report.md``.
 
@@ -1566,6 +1561,7 @@ def _imputation_rows(
     nearest available sequence (the simple baseline)."""
     from mrfound.data.dataset import MRDataset
     from mrfound.data.preprocess import crop_lesion
+    from mrfound.inference import masked_psnr
 
     seqs = list(test_m.vocabulary.sequences)
     if sequence not in seqs:
@@ -1585,8 +1581,8 @@ def _imputation_rows(
         row = {
             "case": s["case"],
             "source": nearest,
-            "psnr": _psnr(synth, truth, body),
-            "psnr_copy_nearest": _psnr(copy, truth, body),
+            "psnr": masked_psnr(synth, truth, body),
+            "psnr_copy_nearest": masked_psnr(copy, truth, body),
         }
         mid = truth.shape[2] // 2
         rows.append(

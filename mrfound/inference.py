@@ -593,6 +593,16 @@ def apply_local_contrast(
     return vol
 
 
+def masked_psnr(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, peak: float = 1.0) -> float:
+    """PSNR (dB) of ``pred`` against ``truth`` inside ``mask`` (NaN for an empty mask); ``peak`` 1 is the
+    normalised units' data range, as :func:`choose_local_contrast` scores."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return float("nan")
+    d = np.asarray(pred, np.float64)[mask] - np.asarray(truth, np.float64)[mask]
+    return float(10.0 * np.log10(peak**2 / max(float(np.mean(d * d)), 1e-12)))
+
+
 def _check_local_contrast(gain: float, sigma: float, unit: str, level: float = 1.0) -> None:
     if not 0.0 <= gain <= 1.0:
         raise ConfigError(f"local-contrast gain must be in [0, 1], got {gain}")

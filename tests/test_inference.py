@@ -492,3 +492,16 @@ def test_safe_name() -> None:
     assert inf.safe_name("ph00001") == "ph00001"
     odd = inf.safe_name("a/b c")
     assert "/" not in odd and odd.startswith("a_b_c-") and odd != inf.safe_name("a_b c")
+
+
+def test_masked_psnr_scores_inside_the_mask_only() -> None:
+    truth = np.zeros((4, 4, 4), np.float32)
+    pred = truth.copy()
+    pred[0] = 0.1  # error 0.1 on the first slab only
+    pred[3] = 5.0  # a large error outside the mask
+    mask = np.zeros_like(truth, dtype=bool)
+    mask[:2] = True
+    # mean squared error in the mask: half its voxels off by 0.1 -> 0.005 -> 23.01 dB at peak 1
+    assert inf.masked_psnr(pred, truth, mask) == pytest.approx(10 * np.log10(1 / 0.005))
+    assert inf.masked_psnr(pred, truth, mask, peak=2.0) == pytest.approx(10 * np.log10(4 / 0.005))
+    assert np.isnan(inf.masked_psnr(pred, truth, np.zeros_like(mask)))
