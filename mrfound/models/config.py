@@ -20,6 +20,8 @@ _C = TypeVar("_C", bound="_ConfigBase")
 
 EMBED_POOLING = ("mean", "centre", "centre_per_sequence")
 """Token poolings of ``MultiSequenceViT.embed`` (features for probes and ``extract_features``)."""
+MASK_MODES = ("random", "tube")
+"""How :class:`MAEConfig` draws the hidden tokens: per token, or per position across sequences."""
 EMBED_ABSENT = ("drop", "impute")
 """What feature extraction does with a case's absent sequences: no tokens (``drop``), or synthesised by
 the autoencoder's decoder first (``impute``; ``MaskedModalityAutoencoder.complete``)."""
@@ -215,8 +217,16 @@ class MAEConfig(_ConfigBase):
             count only (and no extra random draw, so older runs replay exactly). On the 240-case phantom
             imputation benchmark 0.8 added 0.09 dB mean liver PSNR to ``source_features`` 16 but did not
             close t1_art, nor remove its liver offset at seven sources (README; ``mrfound.models.mae``).
+        mask_mode: How the hidden tokens of the kept sequences are drawn. ``"random"``: independently
+            per (sequence, position) token, so a position hidden in one sequence is usually visible in
+            another and can be filled in by translating its contrast. ``"tube"``: one set of positions per
+            sample, hidden in every kept sequence alike (VideoMAE's tube masking across frames, here across
+            sequences), so a hidden position must be inferred from the spatial context; whole dropped
+            sequences still train the cross-sequence synthesis. Visible count as in ``"random"`` (the
+            ``1 - mask_ratio`` of the positions, rounded, at least one, times the kept sequences).
         dirichlet_alpha: If set, the visible tokens are split across the kept sequences with
             proportions drawn from Dirichlet(alpha) (MultiMAE); ``None`` = uniform over all kept tokens.
+            Needs ``mask_mode="random"``.
         norm_pix_loss: Targets are per-patch normalised voxels (MAE). The decoder then also predicts
             each hidden patch's mean and std (a 2-output "stats" head) so that :meth:`reconstruct`
             can return intensities; see ``mrfound.models.mae``.
@@ -253,6 +263,7 @@ class MAEConfig(_ConfigBase):
     decoder_heads: int = 4
     decoder_mlp_ratio: float = 4.0
     mask_ratio: float = 0.75
+    mask_mode: str = "random"
     sequence_drop: float = 0.5
     single_drop_prob: float = 0.0
     dirichlet_alpha: float | None = None
@@ -274,6 +285,14 @@ class MAEConfig(_ConfigBase):
             )
         _check_float(self, "decoder_mlp_ratio", 0.0, 64.0, low_open=True)
         _check_float(self, "mask_ratio", 0.0, 1.0, low_open=True, high_open=True)
+        if self.mask_mode not in MASK_MODES:
+            raise ConfigError(
+                f"MAEConfig.mask_mode must be one of {', '.join(MASK_MODES)}, got {self.mask_mode!r}"
+            )
+        if self.mask_mode == "tube" and self.dirichlet_alpha is not None:
+            raise ConfigError(
+                "MAEConfig.dirichlet_alpha needs mask_mode=random (tube masks positions, not tokens)"
+            )
         _check_float(self, "sequence_drop", 0.0, 1.0)
         _check_float(self, "single_drop_prob", 0.0, 1.0)
         if self.dirichlet_alpha is not None:

@@ -83,6 +83,7 @@ onto the token grid (:func:`mrfound.models.layers.scatter_tokens`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -388,16 +389,24 @@ class MaskedModalityAutoencoder(nn.Module):
         self, kept: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For (B, S) sequences whose tokens may be shown: their (B, S, L) token mask, the (B,) number of
-        visible tokens (``1 - mask_ratio`` of them, rounded, at least one) and (B, S, L) uniform noise to
-        rank them by (2.0, never chosen, on the other tokens)."""
+        visible tokens (``1 - mask_ratio`` of them, rounded, at least one; in ``tube`` mode of the
+        positions, times the kept sequences) and (B, S, L) uniform noise to rank them by (2.0, never
+        chosen, on the other tokens; in ``tube`` mode the same along S)."""
         b, s = kept.shape
         n = self.num_patches
         dev = kept.device
-        total = kept.sum(dim=1) * n
-        n_visible = torch.floor((1.0 - self.config.mask_ratio) * total.double() + 0.5).long()
-        n_visible = torch.minimum(n_visible.clamp_min(1), total)
         kept_tok = kept.unsqueeze(-1).expand(b, s, n)
-        noise = torch.rand(b, s, n, generator=generator, device=dev)
+        if self.config.mask_mode == "tube":
+            # one noise per position shared by every sequence: the lowest n_pos positions are visible in
+            # each kept sequence (ties are only between copies of one position, so the count is exact)
+            n_pos = max(1, math.floor((1.0 - self.config.mask_ratio) * n + 0.5))
+            n_visible = kept.sum(dim=1) * n_pos
+            noise = torch.rand(b, 1, n, generator=generator, device=dev).expand(b, s, n)
+        else:
+            total = kept.sum(dim=1) * n
+            n_visible = torch.floor((1.0 - self.config.mask_ratio) * total.double() + 0.5).long()
+            n_visible = torch.minimum(n_visible.clamp_min(1), total)
+            noise = torch.rand(b, s, n, generator=generator, device=dev)
         return kept_tok, n_visible, torch.where(kept_tok, noise, torch.full((b, s, n), 2.0, device=dev))
 
     # ------------------------------------------------------------------ model

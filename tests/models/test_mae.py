@@ -110,6 +110,40 @@ def test_max_decoded_caps_targets(model, mae_cfg) -> None:
     assert not (masks["target"] & ~hidden).any()
 
 
+def test_tube_masking_hides_the_same_positions_in_every_kept_sequence(model, mae_cfg) -> None:
+    avail = _random_available(32, 8, 5)
+    model.config = mae_cfg.replace(mask_mode="tube")
+    masks = model.random_masking(avail, torch.Generator().manual_seed(2))
+    dropped, visible, target = masks["dropped"], masks["visible"], masks["target"]
+    kept = avail & ~dropped
+    assert kept.any(1).all() and not (visible & ~kept.unsqueeze(-1)).any()
+    # the kept sequences of a sample show one set of positions, 16 of 64 at mask ratio 0.75
+    for b in range(32):
+        rows = visible[b][kept[b]]
+        assert (rows == rows[0]).all() and int(rows[0].sum()) == 16
+    assert torch.equal(target, avail.unsqueeze(-1).expand_as(visible) & ~visible)
+    assert target[dropped].all()
+    # a position hidden in one kept sequence is visible in none (random masking leaks it from others)
+    hidden_somewhere = (kept.unsqueeze(-1) & ~visible).any(1)
+    assert not (hidden_somewhere & visible.any(1)).any()
+    model.config = mae_cfg
+    leaky = model.random_masking(avail, torch.Generator().manual_seed(2))
+    kept_r = avail & ~leaky["dropped"]
+    assert ((kept_r.unsqueeze(-1) & ~leaky["visible"]).any(1) & leaky["visible"].any(1)).any()
+    # the full view of the consistency term follows the mode too; at least one position stays visible
+    model.config = mae_cfg.replace(mask_mode="tube", mask_ratio=0.999)
+    vis = model.full_view_mask(avail, torch.Generator().manual_seed(0))
+    assert torch.equal(vis.sum(-1), avail.long()), "one position per available sequence"
+    assert (vis.any(1).sum(-1) == 1).all(), "the same one in each"
+
+
+def test_mask_mode_is_validated(mae_cfg) -> None:
+    with pytest.raises(ConfigError, match="mask_mode must be one of random, tube"):
+        mae_cfg.replace(mask_mode="block")
+    with pytest.raises(ConfigError, match="dirichlet_alpha needs mask_mode=random"):
+        mae_cfg.replace(mask_mode="tube", dirichlet_alpha=0.5)
+
+
 def test_masking_randomness_is_reproducible(model) -> None:
     avail = _random_available(4, 8, 0)
     a = model.random_masking(avail, torch.Generator().manual_seed(7))
