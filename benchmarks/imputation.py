@@ -993,6 +993,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pretraining_mixed_precision": args.mixed_precision,
         "pretraining_mixed_precision_requested": requested_mp,
         "machine": machine_info(),
+        # README: the 60-case default budget, same seed and data, on the two CPUs (t1_pre 10.25 vs 11.17 dB)
+        "reproducibility": (
+            "a seed's pretraining has rerun to the same digits on the same CPU kind, threads and autocast, "
+            "but not across CPUs, whose bf16 kernels round differently (a 1500-step run: mean liver PSNR as "
+            "decoded 18.59 dB on an AMX Xeon, 18.88 on an AVX-512 EPYC); compare PSNRs only with those "
+            "measured on the CPU named in 'machine'"
+        ),
         "loadavg_start": load0,
         "units": "normalised (0/1 = 1st/99th body percentile of each sequence); PSNR data range 1",
     }

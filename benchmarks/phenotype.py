@@ -81,7 +81,7 @@ from _common import PHANTOM_FOREGROUND, ChannelStackedMAE, provenance, resolve_a
 
 from mrfound import demo as D  # noqa: E402
 from mrfound.data.preprocess import FOREGROUND_METHODS  # noqa: E402
-from mrfound.models.config import EMBED_ABSENT, EMBED_POOLING, HEAD_POOLING  # noqa: E402
+from mrfound.models.config import EMBED_ABSENT, EMBED_POOLING, HEAD_POOLING, MASK_MODES  # noqa: E402
 from mrfound.utils.machine import machine_info  # noqa: E402
 
 FOUR_CENTRES = ("uni_3t", "community_15t", "oncology", "surveillance")
@@ -125,6 +125,8 @@ class Budget:
     ours_sequence_drop: float = PRETRAINED_VARIANTS["ours"]
     # ours' cross-view consistency term (``mae.consistency_weight``; 0 = off, the design's objective)
     ours_consistency_weight: float = 0.0
+    # how ours hides patches (``mae.mask_mode``; "random" per token, the design's, or "tube" per position)
+    ours_mask_mode: str = "random"
     test_fraction: float = 0.3
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     mae_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -270,7 +272,10 @@ def _autocast_note(settings: dict[str, Any]) -> str:
 def _consistency_note(settings: dict[str, Any]) -> str:
     """The markdown's note on ours' cross-view consistency term (``""`` when off)."""
     w = settings.get("ours_consistency_weight", 0.0)
-    return "" if not w else f"; ours adds the cross-view consistency term (`mae.consistency_weight` {w:g})"
+    note = "" if not w else f"; ours adds the cross-view consistency term (`mae.consistency_weight` {w:g})"
+    if settings.get("ours_mask_mode", "random") != "random":
+        note += f"; ours hides patches by `mae.mask_mode` {settings['ours_mask_mode']}"
+    return note
 
 
 def _warmup(b: Budget) -> int:
@@ -298,12 +303,13 @@ def pretrain_mrfound(
     sequence_drop: float,
     extra_csv: Path | None = None,
     consistency_weight: float = 0.0,
+    mask_mode: str = "random",
 ) -> tuple[Path, float]:
     """Pretrain with ``mrfound pretrain``'s program (reused if a finished run with these settings exists);
     ``extra_csv``: a manifest of unlabeled cases pooled with the training cases."""
     from mrfound.pretrain.run import pretrain
 
-    cfg = _pretrain_config(train_csv, extra_csv, cache, b, seed, sequence_drop, consistency_weight)
+    cfg = _pretrain_config(train_csv, extra_csv, cache, b, seed, sequence_drop, consistency_weight, mask_mode)
     settings = [
         str(train_csv),
         b.pretrain_steps,
@@ -343,14 +349,18 @@ def _pretrain_config(
     seed: int,
     sequence_drop: float,
     consistency_weight: float = 0.0,
+    mask_mode: str = "random",
 ) -> Any:
     """The ``PretrainConfig`` of a mrfound pretraining variant of budget ``b`` (its ``out`` left unset).
 
-    ``consistency_weight`` enters the recipe only when positive, so runs made before it existed still match.
+    ``consistency_weight`` enters the recipe only when positive and ``mask_mode`` only when not "random", so
+    runs made before they existed still match.
     """
     mae = {**b.mae_overrides, "sequence_drop": sequence_drop}
     if consistency_weight > 0:
         mae["consistency_weight"] = consistency_weight
+    if mask_mode != "random":
+        mae["mask_mode"] = mask_mode
     from mrfound.pretrain.config import PretrainConfig
 
     return PretrainConfig(
@@ -1008,6 +1018,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="ours' cross-view consistency term, mae.consistency_weight (default 0: off)",
     )
     p.add_argument(
+        "--ours-mask-mode",
+        choices=MASK_MODES,
+        default=None,
+        help="how ours hides patches, mae.mask_mode (default random: per token; tube: per position)",
+    )
+    p.add_argument(
         "--ft-min-steps",
         type=int,
         default=None,
@@ -1089,6 +1105,7 @@ BUDGET_OVERRIDES: dict[str, str] = {
     "ft_pooling": "ft_pooling",
     "ours_sequence_drop": "ours_sequence_drop",
     "ours_consistency_weight": "ours_consistency_weight",
+    "ours_mask_mode": "ours_mask_mode",
     "ft_min_steps": "ft_min_steps",
 }
 """Command-line option (argparse dest) -> the :class:`Budget` field it overrides when given."""
@@ -1200,8 +1217,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
     for name, sd in PRETRAINED_VARIANTS.items():
         sd = b.ours_sequence_drop if name == "ours" else sd
         cw = b.ours_consistency_weight if name == "ours" else 0.0
+        mm = b.ours_mask_mode if name == "ours" else "random"
         if name in args.pretrained:
-            expected = _pretrain_config(train_csv, extra_csv, cache, b, args.seed, sd, cw)
+            expected = _pretrain_config(train_csv, extra_csv, cache, b, args.seed, sd, cw, mm)
             ckpt[name], info = reuse_pretrained(
                 name,
                 args.pretrained[name],
@@ -1215,7 +1233,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
             T.add(f"pretrain_{name}", recorded_seconds(run_dir))
             continue
         T.say(f"pretraining {name} ({b.pretrain_steps} steps, sequence_drop {sd})")
-        ckpt[name], sec = pretrain_mrfound(name, train_csv, work, cache, b, args.seed, sd, extra_csv, cw)
+        ckpt[name], sec = pretrain_mrfound(name, train_csv, work, cache, b, args.seed, sd, extra_csv, cw, mm)
         T.add(f"pretrain_{name}", sec)
     T.say(f"pretraining MONAI channel-stacked MAE ({b.pretrain_steps} steps)")
     monai_model, sec = pretrain_monai(pretrain_m, work, cache, pp, b, args.seed)

@@ -33,6 +33,8 @@ def test_tiny_budget_scores_every_method_and_records_the_recipe(imp, tmp_path: P
     assert saved["command"].startswith("python benchmarks/imputation.py --budget tiny")
     # the default pretraining is the imputation recipe, and the checkpoint was built with it
     assert saved["pretraining_mae_overrides"] == imp.IMPUTATION_MAE
+    # numbers are tied to the CPU that made them: the JSON names it and says so
+    assert saved["machine"]["cpu_model"] and "not across CPUs" in saved["reproducibility"]
     ph = doc["phantom"]
     assert saved["settings"]["cases"] == 12 and ph["n_train_cases"] + ph["n_test_cases"] == 12
     assert ph["pretraining"]["steps"] == imp.BUDGETS["tiny"]["steps"]

@@ -28,7 +28,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
     recipe += ["--extra-unlabeled", "6", "--probe-pooling", "centre_per_sequence", "--probe-absent", "impute"]
     recipe += ["--probe-train-protocols", "each", "--ours-sequence-drop", "0.75"]
     recipe += ["--ft-pooling", "centre_per_sequence"]
-    recipe += ["--ours-consistency-weight", "0.1", "--ft-min-steps", "3"]
+    recipe += ["--ours-consistency-weight", "0.1", "--ft-min-steps", "3", "--ours-mask-mode", "tube"]
     ph.main(
         [
             "--budget",
@@ -47,13 +47,13 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
 
     saved = json.loads((out / "phenotype_tiny.json").read_text())
     # provenance of the run
-    assert saved["command"].endswith("centre_per_sequence --ours-consistency-weight 0.1 --ft-min-steps 3")
+    assert saved["command"].endswith("--ours-consistency-weight 0.1 --ft-min-steps 3 --ours-mask-mode tube")
     assert saved["date"] and "git_commit" in saved
     st = saved["settings"]
     assert (st["pretrain_steps"], st["pretrain_warmup_steps"], st["pretrain_lesion_crops"]) == (4, 1, 0.5)
     assert (st["probe_pooling"], st["probe_absent"]) == ("centre_per_sequence", "impute")
     assert st["probe_train_protocols"] == "each"
-    assert (st["ours_consistency_weight"], st["ft_min_steps"]) == (0.1, 3)
+    assert (st["ours_consistency_weight"], st["ft_min_steps"], st["ours_mask_mode"]) == (0.1, 3, "tube")
     # the extra unlabeled cases: another seed, no label, their own ids, in pretraining only
     extra = saved["extra_unlabeled"]
     assert (extra["cases"], extra["seed"], extra["id_prefix"]) == (6, 101, "u")
@@ -70,6 +70,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         assert cfg["manifest"] == [str(work / "train.csv"), str(extra_csv)]
         assert cfg["mae"]["sequence_drop"] == {"ours": 0.75, "plain_mae": 0.0}[name]
         assert cfg["mae"].get("consistency_weight") == {"ours": 0.1, "plain_mae": None}[name]
+        assert cfg["mae"].get("mask_mode") == {"ours": "tube", "plain_mae": None}[name]
     assert len(list(work.glob("pretrain_monai_*/final.safetensors"))) == 1
     m = saved["machine_start"]
     assert m["cpu_count"] >= 1 and m["torch_threads"] >= 1 and len(m["load_average_1_5_15min"]) == 3
@@ -105,6 +106,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
     assert "synthesised from the kept ones by each model's own decoder" in md
     assert "head pooling centre_per_sequence" in md and "(`mae.sequence_drop`) 0.75 for ours" in md
     assert "ours adds the cross-view consistency term (`mae.consistency_weight` 0.1)" in md
+    assert "ours hides patches by `mae.mask_mode` tube" in md
     assert "trained on the training cases under every protocol (protocol augmentation)" in md
 
     # a checkpoint pretrained beforehand is accepted only with this run's recipe, data and no test subject
@@ -115,9 +117,11 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         ph.BUDGETS["tiny"], pretrain_steps=4, pretrain_warmup_steps=1, pretrain_lesion_crops=0.5
     )
 
-    def recipe_of(budget, sequence_drop=0.75, consistency_weight=0.1):
+    def recipe_of(budget, sequence_drop=0.75, consistency_weight=0.1, mask_mode="tube"):
         train, cache = work / "train.csv", work / "cache"
-        return ph._pretrain_config(train, extra_csv, cache, budget, 0, sequence_drop, consistency_weight)
+        return ph._pretrain_config(
+            train, extra_csv, cache, budget, 0, sequence_drop, consistency_weight, mask_mode
+        )
 
     cases = set(saved["split"]["train"]) | {r.split(",")[0] for r in rows[1:]}
     nobody = {"no-such-subject"}
@@ -127,6 +131,8 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         ph.reuse_pretrained("ours", final, recipe_of(b, 0.0), cases, nobody)
     with pytest.raises(SystemExit, match=r"another recipe: mae .*consistency_weight"):
         ph.reuse_pretrained("ours", final, recipe_of(b, consistency_weight=0.0), cases, nobody)
+    with pytest.raises(SystemExit, match=r"another recipe: mae .*mask_mode"):
+        ph.reuse_pretrained("ours", final, recipe_of(b, mask_mode="random"), cases, nobody)
     with pytest.raises(SystemExit, match="another recipe: steps 4 "):
         longer = ph.dataclasses.replace(b, pretrain_steps=5)
         ph.reuse_pretrained("ours", final, recipe_of(longer), cases, nobody)
@@ -167,6 +173,7 @@ def test_tiny_budget_writes_every_result(ph, tmp_path: Path) -> None:
         ("--ours-sequence-drop", "0", "--ours-sequence-drop must be in (0, 1], got 0.0"),
         ("--ours-consistency-weight", "-1", "--ours-consistency-weight must be >= 0, got -1.0"),
         ("--ft-min-steps", "0", "--ft-min-steps must be >= 1, got 0"),
+        ("--ours-mask-mode", "block", "argument --ours-mask-mode: invalid choice: 'block'"),
         ("--extra-unlabeled", "-1", "--extra-unlabeled must be >= 0, got -1"),
         ("--extra-seed", "0", "--extra-seed must differ from --seed"),
         ("--pretrained", "mine=/x", "--pretrained must be NAME=CHECKPOINT with NAME in ours, plain_mae"),
