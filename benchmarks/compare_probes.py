@@ -16,7 +16,9 @@ Usage::
         [--metric auc_macro] [--n-boot 2000] [--out compare.json]
 
 Prints the JSON (and writes it to ``--out``); exit code 2 with one line for unreadable or mismatched
-files.
+files. ``--summarise compare_*.json`` prints one line per comparison written before (the named protocols'
+scores, the paired difference under ``all`` and the counts over every protocol), the lines a README table
+is written from.
 """
 
 from __future__ import annotations
@@ -139,15 +141,55 @@ def compare(
     return {"metric": metric, "summary": summary, "protocols": rows}
 
 
+NAMED = ("all", "no_contrast", "t2_only", "contrast_only")
+
+
+def summary_line(name: str, doc: dict[str, Any]) -> str:
+    """One line of a comparison written by :func:`main`: A's and B's metric under the named protocols (those
+    present), A minus B under ``all`` with its paired CI, in how many protocols A is ahead (CI of the
+    difference above / below 0), the mean difference, and in how many A degrades less from ``all``."""
+    pa, s = doc["protocols"], doc["summary"]
+    named = [p for p in NAMED if p in pa]
+    a = " / ".join(f"{pa[p]['a']:.3f}" for p in named)
+    b = " / ".join(f"{pa[p]['b']:.3f}" for p in named)
+    d = pa["all"]["difference"]
+    return (
+        f"{name}: A {a} | B {b} | all {d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | A ahead "
+        f"{s['a_ahead']} of {s['protocols']} ({s['a_ahead_ci_excludes_0']} / {s['b_ahead_ci_excludes_0']}), "
+        f"mean {s['mean_difference']:+.3f} | degrades less {s['a_degrades_less']} "
+        f"({s['a_degrades_less_ci_excludes_0']} / {s['b_degrades_less_ci_excludes_0']})"
+    )
+
+
+def _summarise(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text())
+            line = summary_line(Path(path).stem.removeprefix("compare_"), doc)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            msg = f"compare_probes: error: {path}: not a comparison written by this script ({e})"
+            print(msg, file=sys.stderr)
+            raise SystemExit(2) from None
+        print(line)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--a", required=True, help="predictions.csv (or its folder) of model A")
-    ap.add_argument("--b", required=True, help="predictions.csv (or its folder) of model B")
+    ap.add_argument("--a", help="predictions.csv (or its folder) of model A")
+    ap.add_argument("--b", help="predictions.csv (or its folder) of model B")
     ap.add_argument("--metric", default="auc_macro", help="one of the SCALAR_METRICS (default auc_macro)")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the JSON here (atomically)")
+    ap.add_argument(
+        "--summarise", nargs="+", metavar="JSON", help="instead: one line per comparison JSON written before"
+    )
     args = ap.parse_args(argv)
+    if args.summarise:
+        _summarise(args.summarise)
+        return {}
+    if not (args.a and args.b):
+        ap.error("give --a and --b (or --summarise)")
     from mrfound.errors import ConfigError
 
     try:

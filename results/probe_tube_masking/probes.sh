@@ -44,3 +44,5 @@ for s in 0 1; do
   cmp $O/finetuned_seed$s $F/per_sequence_head_pretrain_seed_pair_$s/plain_mae_seed0 finetuned_tube_seed${s}_vs_plain_mae_seed${s}
 done
 echo PROBED
+# run afterwards (the option is newer than the run): the lines README's table is made of
+$PY benchmarks/compare_probes.py --summarise $O/compare_*.json > $O/summary.txt

@@ -26,7 +26,7 @@ def _write(path: Path, y: np.ndarray, proba: dict[str, np.ndarray]) -> Path:
     return path
 
 
-def test_compare_reports_paired_gaps_and_degradation(tmp_path: Path) -> None:
+def test_compare_reports_paired_gaps_and_degradation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cp = load_module("benchmarks/compare_probes.py")
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 80)
@@ -53,6 +53,23 @@ def test_compare_reports_paired_gaps_and_degradation(tmp_path: Path) -> None:
     # swapped: B's side of the same test
     swapped = cp.compare(cp.read_predictions(b), cp.read_predictions(a), n_boot=300)
     assert swapped["summary"]["a_degrades_less_ci_excludes_0"] == 1
+    # --summarise: one line per written comparison, the numbers of the JSON
+    named = tmp_path / "compare_good_vs_noise.json"
+    out.rename(named)
+    assert cp.main(["--summarise", str(named)]) == {}
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    d = top["difference"]
+    scores = f"A {top['a']:.3f} / {nc['a']:.3f} | B {top['b']:.3f} / {nc['b']:.3f}"
+    assert line.startswith(f"good_vs_noise: {scores}")
+    assert f"all {d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" in line
+    mean = f"{s['mean_difference']:+.3f}"
+    assert line.endswith(f"| A ahead 1 of 2 (1 / 0), mean {mean} | degrades less 0 (0 / 1)")
+    with pytest.raises(SystemExit) as e:
+        cp.main(["--summarise", str(a)])  # a predictions table, not a comparison
+    assert e.value.code == 2 and "not a comparison written by this script" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cp.main(["--a", str(a)])
+    assert "give --a and --b (or --summarise)" in capsys.readouterr().err
 
 
 def test_compare_rejects_mismatched_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
