@@ -223,7 +223,9 @@ class MAEConfig(_ConfigBase):
             sample, hidden in every kept sequence alike (VideoMAE's tube masking across frames, here across
             sequences), so a hidden position must be inferred from the spatial context; whole dropped
             sequences still train the cross-sequence synthesis. Visible count as in ``"random"`` (the
-            ``1 - mask_ratio`` of the positions, rounded, at least one, times the kept sequences).
+            ``1 - mask_ratio`` of the positions, rounded, at least one, times the kept sequences). On the
+            phantom ``"tube"`` lowered the probes and fine-tuning in two pretraining seeds: telling lesions
+            apart rests on the contrast change between sequences at one place, which ``"random"`` teaches.
         dirichlet_alpha: If set, the visible tokens are split across the kept sequences with
             proportions drawn from Dirichlet(alpha) (MultiMAE); ``None`` = uniform over all kept tokens.
             Needs ``mask_mode="random"``.

@@ -10,7 +10,8 @@ RNG-state checkpointing makes resumed runs exact):
 2. **Patch masking.** Of the T tokens of the kept sequences, ``V = clamp(floor((1 - mask_ratio) * T
    + 0.5), 1, T)`` are visible: uniformly over all kept tokens, or split across the kept sequences
    with Dirichlet(``dirichlet_alpha``) proportions (MultiMAE; quotas capped at L tokens per sequence
-   and rounded by largest remainder so they sum to V).
+   and rounded by largest remainder so they sum to V). With ``mask_mode="tube"`` one set of positions is
+   visible in every kept sequence instead (VideoMAE's tube masking, across sequences).
 3. The encoder sees only the visible tokens (packed, see :mod:`mrfound.models.layers`).
 4. The light decoder gets the encoded visible tokens (projected to ``decoder_dim``, plus decoder
    sequence and position embeddings) and one mask token per *target* (mask token + sequence +
