@@ -86,7 +86,7 @@ from _common import PHANTOM_FOREGROUND, choose_threads, resolve_autocast  # noqa
 
 # fov_mask: also for the results/ scripts, which call it as im.fov_mask
 from mrfound.calibration import LOCAL_CONTRAST_WIDTHS_MM, REGIONS, fov_mask  # noqa: E402
-from mrfound.inference import LOCAL_CONTRAST_GAINS, LOCAL_CONTRAST_LEVELS  # noqa: E402
+from mrfound.inference import LOCAL_CONTRAST_GAINS, LOCAL_CONTRAST_LEVELS, masked_psnr  # noqa: E402
 from mrfound.utils.machine import load_average as _load  # noqa: E402
 from mrfound.utils.machine import machine_info  # noqa: E402
 
@@ -155,9 +155,10 @@ BUDGETS: dict[str, dict[str, Any]] = {
 
 
 def psnr(pred: np.ndarray, truth: np.ndarray, region: np.ndarray) -> float:
-    """PSNR in dB over ``region`` with data range 1 (normalised units)."""
-    mse = float(np.mean((pred[region].astype(np.float64) - truth[region]) ** 2))
-    return float(10 * np.log10(1.0 / max(mse, 1e-12)))
+    """PSNR in dB over ``region`` with data range 1 (normalised units): the library's
+    :func:`mrfound.inference.masked_psnr`, which ``mrfound calibrate`` and the demo score with (the name
+    stays for the results/ scripts, which call it as im.psnr)."""
+    return masked_psnr(pred, truth, region)
 
 
 def ssim(pred: np.ndarray, truth: np.ndarray, region: np.ndarray, k: int = 7, sigma: float = 1.5) -> float:
