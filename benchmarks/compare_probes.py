@@ -35,6 +35,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import provenance  # noqa: E402
 
+from mrfound.data.sequences import NAMED_PROTOCOLS  # noqa: E402
+
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
     """A predictions table with a ``protocol`` column (``all`` where the file has none).
@@ -141,15 +143,12 @@ def compare(
     return {"metric": metric, "summary": summary, "protocols": rows}
 
 
-NAMED = ("all", "no_contrast", "t2_only", "contrast_only")
-
-
 def summary_line(name: str, doc: dict[str, Any]) -> str:
     """One line of a comparison written by :func:`main`: A's and B's metric under the named protocols (those
     present), A minus B under ``all`` with its paired CI, in how many protocols A is ahead (CI of the
     difference above / below 0), the mean difference, and in how many A degrades less from ``all``."""
     pa, s = doc["protocols"], doc["summary"]
-    named = [p for p in NAMED if p in pa]
+    named = [p for p in NAMED_PROTOCOLS if p in pa]
     a = " / ".join(f"{pa[p]['a']:.3f}" for p in named)
     b = " / ".join(f"{pa[p]['b']:.3f}" for p in named)
     d = pa["all"]["difference"]

@@ -35,9 +35,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import choose_threads, provenance  # noqa: E402
 
+from mrfound.data.sequences import NAMED_PROTOCOLS  # noqa: E402
 from mrfound.utils.machine import machine_info  # noqa: E402
-
-NAMED = ("all", "no_contrast", "t2_only", "contrast_only")
 
 
 def _named_checkpoints(specs: list[str]) -> dict[str, Path]:
@@ -155,7 +154,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 **info,
                 "train_s": round(sec, 1),
                 "eval_s": round(time.time() - t0, 1),
-                "auc_macro": {p: metrics[p].get("auc_macro", {}).get("value") for p in NAMED if p in metrics},
+                "auc_macro": {
+                    p: metrics[p].get("auc_macro", {}).get("value") for p in NAMED_PROTOCOLS if p in metrics
+                },
             }
             print(f"   macro AUC {doc['runs'][tag]['auc_macro']}", flush=True)
     names = list(ckpts)

@@ -43,11 +43,10 @@ from typing import Any
 
 import numpy as np
 
+from mrfound.data.sequences import NAMED_PROTOCOLS  # the protocols the demo shows
 from mrfound.errors import ConfigError
 from mrfound.utils.io import atomic_write_json, atomic_write_text, atomic_write_with
 
-NAMED_PROTOCOLS: tuple[str, ...] = ("all", "no_contrast", "t2_only", "contrast_only")
-"""The missing-sequence protocols shown by the demo (DESIGN §7 names)."""
 SEGMENT_OVERRUN = 1.3
 """The segmentation stage is skipped only when the run is already past this multiple of its budget (on a
 very busy machine), so that the demo still ends well before 1.5x its budget."""

@@ -176,6 +176,8 @@ PROTOCOLS: dict[str, tuple[str, ...]] = {
     "t2_only": ("t2",),
     "contrast_only": CONTRAST_SEQUENCES,
 }
+NAMED_PROTOCOLS: tuple[str, ...] = tuple(PROTOCOLS)
+"""The four named missing-sequence protocols of DESIGN §7, in the order tables show them."""
 
 
 def protocol_sequences(protocol: str, sequences: Iterable[str] = SEQUENCES) -> tuple[str, ...]:
@@ -211,6 +213,6 @@ def protocol_sequences(protocol: str, sequences: Iterable[str] = SEQUENCES) -> t
 def all_protocols(sequences: Iterable[str] = SEQUENCES) -> list[str]:
     """Every protocol of DESIGN §7 for a vocabulary: the four named ones, each single, each leave-one-out."""
     seqs = tuple(sequences)
-    return ["all", "no_contrast", "t2_only", "contrast_only"] + [f"only_{s}" for s in seqs] + [
+    return [*NAMED_PROTOCOLS] + [f"only_{s}" for s in seqs] + [
         f"without_{s}" for s in seqs
     ]

@@ -599,7 +599,7 @@ def resolve_protocols(spec: str | Sequence[str], sequences: Sequence[str]) -> li
     Raises:
         ConfigError: an unknown protocol name.
     """
-    from mrfound.data.sequences import all_protocols
+    from mrfound.data.sequences import NAMED_PROTOCOLS, all_protocols
 
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     out: list[str] = []
@@ -607,7 +607,7 @@ def resolve_protocols(spec: str | Sequence[str], sequences: Sequence[str]) -> li
         names = (
             all_protocols(sequences)
             if item == "full"
-            else ["all", "no_contrast", "t2_only", "contrast_only"]
+            else list(NAMED_PROTOCOLS)
             if item == "named"
             else [item]
         )
