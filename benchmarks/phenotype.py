@@ -269,8 +269,9 @@ def _autocast_note(settings: dict[str, Any]) -> str:
     return "" if mp == "no" else f", {mp} autocast for ours and plain MAE, fp32 for MONAI"
 
 
-def _consistency_note(settings: dict[str, Any]) -> str:
-    """The markdown's note on ours' cross-view consistency term (``""`` when off)."""
+def _ours_recipe_note(settings: dict[str, Any]) -> str:
+    """The markdown's note on ours' optional pretraining terms: the cross-view consistency term and a mask
+    mode other than random (``""`` when neither is on)."""
     w = settings.get("ours_consistency_weight", 0.0)
     note = "" if not w else f"; ours adds the cross-view consistency term (`mae.consistency_weight` {w:g})"
     if settings.get("ours_mask_mode", "random") != "random":
@@ -1701,7 +1702,7 @@ def markdown(doc: Mapping[str, Any], stem: str, protocols: Sequence[str], seqs: 
         f"{_autocast_note(st)}"
         f") for every pretrained variant; whole-sequence dropout (`mae.sequence_drop`) "
         f"{st.get('ours_sequence_drop', PRETRAINED_VARIANTS['ours']):g} for ours, 0 for plain MAE"
-        f"{_consistency_note(st)}. "
+        f"{_ours_recipe_note(st)}. "
         "Fine-tuning (ours and "
         f"from scratch alike): {st['ft_epochs']:g} epochs over the labels used, {st['ft_min_steps']}-"
         f"{st['ft_max_steps']} steps, lr {st['ft_lr']}, sequence dropout {st['sequence_dropout']}, "
